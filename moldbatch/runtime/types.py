@@ -1,0 +1,55 @@
+"""What the executor asks of the runtime, and what it gets back: one clip at a time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Lora:
+    path: str  # a .safetensors path, or "camera-control:<preset>"
+    scale: float = 1.0
+
+
+@dataclass
+class Carry:
+    """The tail of the previous clip of a chain, handed to the next clip.
+
+    `video` is the previous clip's final video latents (unpacked, [1, C, F', H', W']) cut to
+    the latent frames that hold its last `tail_frames` pixel frames; `audio` is the previous
+    clip's final audio latents cut to the same stretch of time (None when silent).
+    """
+
+    video: Any  # torch.Tensor
+    audio: Any | None
+    tail_frames: int
+
+
+@dataclass
+class ClipRequest:
+    model: str  # registry name, e.g. "ltx-2-tiny:random"
+    prompt: str
+    width: int  # base render size (output size / spatial scale), multiple of 32
+    height: int
+    frames: int  # 8k+1
+    fps: float
+    seed: int
+    steps: int
+    guidance: float
+    negative_prompt: str = ""
+    audio: bool = True
+    image: Path | None = None  # first-frame conditioning at clip frame 0
+    keyframes: list[tuple[int, Path]] = field(default_factory=list)  # (clip-local frame, image)
+    loras: list[Lora] = field(default_factory=list)
+    carry: Carry | None = None
+
+
+@dataclass
+class ClipResult:
+    video_latents: Any  # torch.Tensor [1, C, F', H', W'], final (denoised) latents
+    audio_latents: Any | None  # torch.Tensor, final audio latents, or None
+    frames: Any  # np.ndarray uint8 [F, H, W, 3]
+    audio: Any | None  # np.ndarray float32 [channels, samples], or None
+    sample_rate: int | None
