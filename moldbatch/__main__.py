@@ -1,0 +1,3 @@
+from moldbatch.cli import main
+
+main()

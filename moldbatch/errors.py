@@ -1,0 +1,59 @@
+"""Diagnostics and the small typed exceptions that the CLI turns into one clear line each."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One finding about a spec: where it is, which field, what is wrong and what would be right."""
+
+    file: str
+    line: int
+    column: int
+    path: str  # e.g. "shots[2].frames"; "" for the document itself
+    message: str
+    severity: str = "error"  # "error" | "warning"
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}"
+        kind = "" if self.severity == "error" else "warning: "
+        field = f"{self.path}: " if self.path else ""
+        return f"{where}: {kind}{field}{self.message}"
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out.pop("file")
+        return {"file": self.file, **out}
+
+
+class MoldbatchError(Exception):
+    """Base of every error moldbatch reports as one line (never a traceback)."""
+
+    exit_code = 1
+
+
+class SpecInvalid(MoldbatchError):
+    """The spec has errors; `diagnostics` holds them all, not just the first."""
+
+    def __init__(self, diagnostics: list[Diagnostic]):
+        self.diagnostics = diagnostics
+        super().__init__("\n".join(str(d) for d in diagnostics))
+
+
+class StageFailed(MoldbatchError):
+    exit_code = 3
+
+
+class WorkdirLocked(MoldbatchError):
+    exit_code = 3
+
+
+def display_path(path: Path) -> str:
+    """A path as the user would type it: relative to the working folder when it is below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)

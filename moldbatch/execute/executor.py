@@ -1,0 +1,258 @@
+"""The resumable executor: runs what a plan needs and is not already in the artifact store.
+
+Evaluation is pulled from the outputs: a shot's export (and the film's join) needs its stitch,
+which needs its clips; a stage whose artifact is present and intact is not run, and nothing
+upstream of it is even looked at. A crash, a kill or an edit therefore costs only the stages
+whose keys it touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from moldbatch.errors import MoldbatchError, StageFailed
+from moldbatch.execute.lock import WorkdirLock
+from moldbatch.execute.state import StateDB
+from moldbatch.execute.store import Artifact, ArtifactStore, atomic_copy, default_workdir, \
+    sha256_file
+from moldbatch.plan.model import Plan, Stage
+
+log = logging.getLogger("moldbatch")
+TERMINAL = ("export", "join")
+
+
+@dataclass
+class StageOutcome:
+    id: str
+    kind: str
+    status: str  # rendered | cached | failed | skipped | pending
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class Summary:
+    spec: str
+    workdir: Path
+    stages: list[StageOutcome] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    runtime_seconds: float = 0.0  # time spent inside the runtime (clip/upscale stages)
+
+    @property
+    def ok(self) -> bool:
+        return all(s.status in ("rendered", "cached") for s in self.stages)
+
+    @property
+    def failed(self) -> list[StageOutcome]:
+        return [s for s in self.stages if s.status == "failed"]
+
+    def to_json(self) -> dict:
+        return {
+            "spec": self.spec, "ok": self.ok, "workdir": str(self.workdir),
+            "seconds": round(self.seconds, 3),
+            "rendered": sum(s.status == "rendered" for s in self.stages),
+            "cached": sum(s.status == "cached" for s in self.stages),
+            "stages": [{"id": s.id, "kind": s.kind, "status": s.status,
+                        "seconds": round(s.seconds, 3), **({"error": s.error} if s.error else {})}
+                       for s in self.stages],
+            "outputs": self.outputs,
+        }
+
+
+def render_plan(plan: Plan, *, workdir: Path | None = None, keep_going: bool = False,
+                device: str | None = None, progress: bool = True,
+                runtimes: dict | None = None) -> Summary:
+    """Render every output of a valid plan. Raises StageFailed (after recording it) when a stage
+    fails and `keep_going` is off; with it, returns a Summary whose `ok` is False."""
+    workdir = (workdir or default_workdir(plan.path)).resolve()
+    with WorkdirLock(workdir):
+        return Executor(plan, workdir, keep_going, device, progress, runtimes).run()
+
+
+class Executor:
+    def __init__(self, plan: Plan, workdir: Path, keep_going: bool, device: str | None,
+                 progress: bool, runtimes: dict | None):
+        self.plan, self.workdir, self.keep_going = plan, workdir, keep_going
+        self.store = ArtifactStore(workdir)
+        self.by_id = {s.id: s for s in plan.stages}
+        self.console = Console(stderr=True, highlight=False)
+        self.show = progress
+        from moldbatch.execute.stages import StageContext
+
+        self.ctx = StageContext(device=device, inputs={}, runtimes=runtimes or {})
+
+    # --- what to run ------------------------------------------------------------------
+    def _resolve(self) -> tuple[list[Stage], dict[str, Artifact]]:
+        """The stages to run (in plan order) and the intact artifacts found on the way."""
+        found: dict[str, Artifact] = {}
+        todo: set[str] = set()
+
+        def need(stage: Stage) -> None:
+            if stage.id in todo or stage.id in found:
+                return
+            art = self.store.get(stage.key)
+            if art is not None:
+                found[stage.id] = art
+                return
+            todo.add(stage.id)
+            for dep in stage.needs:
+                need(self.by_id[dep])
+
+        for stage in self.plan.stages:
+            if stage.kind in TERMINAL:
+                need(stage)
+        return [s for s in self.plan.stages if s.id in todo], found
+
+    # --- the run ----------------------------------------------------------------------
+    def run(self) -> Summary:
+        t0 = time.perf_counter()
+        self.store.clean_tmp()
+        db = StateDB(self.workdir)
+        spec = str(self.plan.path.resolve())
+        run_id = db.start_run(spec, self.plan.stages)
+        todo, found = self._resolve()
+        todo_ids = {s.id for s in todo}
+        outcomes = {s.id: StageOutcome(s.id, s.kind, "pending") for s in self.plan.stages}
+        for sid in found:
+            outcomes[sid].status = "cached"
+            db.set_stage(run_id, sid, "cached", seconds=0.0)
+        for s in self.plan.stages:  # upstream of a cached output: not needed this time
+            if outcomes[s.id].status == "pending" and s.id not in todo_ids:
+                outcomes[s.id].status = "cached" if self.store.get(s.key, verify=False) \
+                    else "skipped"
+        summary = Summary(self.plan.file, self.workdir)
+        blocked: set[str] = set()
+        status = "done"
+        try:
+            with self._progress(todo) as bar:
+                for stage in todo:
+                    if any(n in blocked for n in stage.needs):
+                        blocked.add(stage.id)
+                        outcomes[stage.id].status = "skipped"
+                        db.set_stage(run_id, stage.id, "skipped")
+                        continue
+                    ok = self._run_stage(stage, found, outcomes[stage.id], db, run_id, bar)
+                    if stage.kind in ("clip", "upscale"):
+                        summary.runtime_seconds += outcomes[stage.id].seconds
+                    if not ok:
+                        blocked.add(stage.id)
+                        status = "failed"
+                        if not self.keep_going:
+                            break
+        except KeyboardInterrupt:
+            db.finish_run(run_id, "interrupted")
+            db.close()
+            raise
+        summary.outputs = self._deliver(found, outcomes)
+        summary.stages = [outcomes[s.id] for s in self.plan.stages]
+        summary.seconds = time.perf_counter() - t0
+        db.finish_run(run_id, status)
+        db.close()
+        if status == "failed" and not self.keep_going:
+            bad = summary.failed[0]
+            raise StageFailed(
+                f"stage {bad.id} failed: {bad.error}\n"
+                f"  {sum(o.status in ('rendered', 'cached') for o in summary.stages)} stages "
+                f"are done and kept; fix the cause and run `moldbatch render {self.plan.file}` "
+                f"again to resume (details in {self.workdir / 'logs'})"
+            )
+        return summary
+
+    def _run_stage(self, stage: Stage, found, outcome: StageOutcome, db, run_id, bar) -> bool:
+        from moldbatch.execute.stages import HANDLERS
+
+        db.set_stage(run_id, stage.id, "running")
+        self.ctx.inputs = {n: found[n] for n in stage.needs}
+        out = self.store.writer(stage.key, stage.id)
+        bar.start(stage)
+        t = time.perf_counter()
+        try:
+            HANDLERS[stage.kind](stage, self.ctx, out)
+            found[stage.id] = out.commit()
+        except (Exception, MoldbatchError) as e:  # noqa: BLE001 - every failure is recorded
+            out.discard()
+            outcome.status, outcome.seconds = "failed", time.perf_counter() - t
+            outcome.error = _one_line(e)
+            self._log_failure(stage, e)
+            db.set_stage(run_id, stage.id, "failed", seconds=outcome.seconds,
+                         error=outcome.error)
+            self.console.print(f"[red]✗[/] {stage.id}: {outcome.error}")
+            bar.done(stage)
+            return False
+        outcome.status, outcome.seconds = "rendered", time.perf_counter() - t
+        db.set_stage(run_id, stage.id, "rendered", seconds=outcome.seconds)
+        bar.done(stage)
+        return True
+
+    def _deliver(self, found: dict[str, Artifact], outcomes) -> list[str]:
+        """Copy each finished shot and the film to its output path (only complete ones)."""
+        paths = []
+        for stage in self.plan.stages:
+            art = found.get(stage.id)
+            if stage.kind not in TERMINAL or art is None:
+                continue
+            src = art.file(art.meta["file"])
+            dst = Path(stage.outputs["path"])
+            if not (dst.is_file() and dst.stat().st_size == src.stat().st_size
+                    and sha256_file(dst) == art.manifest["files"][art.meta["file"]]["sha256"]):
+                atomic_copy(src, dst)
+            paths.append(str(dst))
+        return paths
+
+    def _log_failure(self, stage: Stage, e: BaseException) -> None:
+        logs = self.workdir / "logs"
+        logs.mkdir(exist_ok=True)
+        with (logs / "failures.log").open("a") as f:
+            f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {stage.id} ({stage.key})\n")
+            f.write("".join(traceback.format_exception(e)))
+
+    def _progress(self, todo: list[Stage]):
+        return _Bars(self.console, todo, self.ctx, enabled=self.show)
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    msg = text[0] if text else ""
+    return f"{type(e).__name__}: {msg}" if not isinstance(e, MoldbatchError) else msg
+
+
+class _Bars:
+    """Rich progress like mold's: the film's stages, and the current clip's denoising steps."""
+
+    def __init__(self, console: Console, todo: list[Stage], ctx, enabled: bool):
+        self.enabled = enabled and bool(todo)
+        self.ctx = ctx
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), console=console, transient=False, disable=not self.enabled,
+        )
+        self.film = self.progress.add_task("Film", total=len(todo))
+        self.steps = None
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)
+
+    def start(self, stage: Stage) -> None:
+        if stage.kind == "clip":
+            self.steps = self.progress.add_task(f"  {stage.id}", total=stage.params["steps"])
+            self.ctx.on_step = lambda i, n: self.progress.update(self.steps, completed=i, total=n)
+        else:
+            self.ctx.on_step = None
+
+    def done(self, stage: Stage) -> None:
+        if self.steps is not None:
+            self.progress.update(self.steps, completed=stage.params.get("steps", 0))
+            self.steps = None
+        self.progress.advance(self.film)

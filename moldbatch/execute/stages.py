@@ -1,0 +1,151 @@
+"""What each kind of stage does: render a clip, upscale it, stitch a shot, export, join.
+
+Each handler reads the artifacts of the stages it needs and writes its own into `out` (an
+ArtifactWriter); it never touches a final output path. Only this module and the runtime
+import torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from safetensors.numpy import load_file as load_np
+from safetensors.numpy import save_file as save_np
+
+from moldbatch.execute.store import Artifact, ArtifactWriter
+from moldbatch.plan.model import Stage
+
+MEDIA = "media.safetensors"
+LATENTS = "latents.safetensors"
+
+
+@dataclass
+class StageContext:
+    """What a handler may use: the artifacts of its needs, and the shared runtimes."""
+
+    device: str | None
+    inputs: dict[str, Artifact]  # stage id -> artifact, for this stage's needs
+    on_step: Callable[[int, int], None] | None = None
+    runtimes: dict = field(default_factory=dict)  # model name -> Runtime, one per process
+
+    def runtime(self, model: str):
+        if model not in self.runtimes:
+            from moldbatch.runtime import Runtime
+
+            self.runtimes[model] = Runtime(model, device=self.device)
+        return self.runtimes[model]
+
+
+def save_media(out: ArtifactWriter, frames: np.ndarray, audio: np.ndarray | None,
+               sample_rate: int | None, fps: float) -> None:
+    tensors = {"frames": np.ascontiguousarray(frames, dtype=np.uint8)}
+    if audio is not None:
+        tensors["audio"] = np.ascontiguousarray(audio, dtype=np.float32)
+    save_np(tensors, str(out.path(MEDIA)))
+    out.meta.update(frames=int(frames.shape[0]), height=int(frames.shape[1]),
+                    width=int(frames.shape[2]), fps=fps, sample_rate=sample_rate,
+                    audio=audio is not None)
+
+
+def load_media(art: Artifact) -> tuple[np.ndarray, np.ndarray | None, int | None]:
+    t = load_np(str(art.file(MEDIA)))
+    return t["frames"], t.get("audio"), art.meta.get("sample_rate")
+
+
+def run_clip(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from moldbatch.runtime.carry import carry_from
+    from moldbatch.runtime.types import ClipRequest, Lora
+
+    p = stage.params
+    carry = None
+    if p.get("carry_tail") and stage.needs:
+        prev = ctx.inputs[stage.needs[0]]
+        lat = load_file(str(prev.file(LATENTS)))
+        carry = carry_from(lat["video"], lat.get("audio"), tail_frames=p["carry_tail"],
+                           frames=prev.meta["frames"], fps=p["fps"])
+    loras = [Lora(lo["path"], lo["scale"]) for lo in p["loras"]]
+    if p.get("camera_control"):
+        loras.append(Lora(f"camera-control:{p['camera_control']}", 1.0))
+    req = ClipRequest(
+        model=p["model"], prompt=p["prompt"], negative_prompt=p["negative_prompt"],
+        width=p["width"], height=p["height"], frames=p["frames"], fps=p["fps"], seed=p["seed"],
+        steps=p["steps"], guidance=p["guidance"], audio=p["audio"],
+        image=Path(p["image"]["path"]) if p.get("image") else None,
+        keyframes=[(k["frame"], Path(k["path"])) for k in p["keyframes"]],
+        loras=loras, carry=carry,
+    )
+    result = ctx.runtime(p["model"]).render_clip(req, on_step=ctx.on_step)
+    latents = {"video": result.video_latents.contiguous()}
+    if result.audio_latents is not None:
+        latents["audio"] = result.audio_latents.contiguous()
+    save_file(latents, str(out.path(LATENTS)))
+    save_media(out, result.frames, result.audio, result.sample_rate, p["fps"])
+
+
+def run_upscale(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
+    p = stage.params
+    source = ctx.inputs[stage.needs[0]]
+    rt = ctx.runtime(p["model"])
+    frames, audio, rate = load_media(source)
+    upscale = getattr(rt, "upscale", None)
+    if upscale is None:
+        from moldbatch.runtime.errors import RuntimeFeatureError
+
+        raise RuntimeFeatureError(f"{p['model']}: upscaling is not available in this runtime")
+    result = upscale(source.file(LATENTS), spatial=p["spatial"], temporal=p["temporal"],
+                     frames=frames, audio=audio, sample_rate=rate)
+    save_media(out, result.frames, result.audio, result.sample_rate, p["fps"])
+
+
+def run_stitch(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
+    from moldbatch.media.stitch import stitch_audio, stitch_frames
+
+    p = stage.params
+    clips = [load_media(ctx.inputs[n]) for n in stage.needs]
+    frames = stitch_frames([c[0] for c in clips], p["transition"], p["overlap"],
+                           p["fade_frames"], p["frames"])
+    audio, rate = None, None
+    if p["audio"]:
+        rate = clips[0][2]
+        audio = stitch_audio([c[1] for c in clips], p["transition"], p["overlap"],
+                             p["fade_frames"], p["fps"], rate, p["frames"])
+    save_media(out, frames, audio, rate, p["fps"])
+
+
+def run_export(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
+    from moldbatch.media.encode import write_video
+
+    p = stage.params
+    frames, audio, rate = load_media(ctx.inputs[stage.needs[0]])
+    name = f"shot.{p['format']}"
+    write_video(out.path(name), frames, p["fps"], audio=audio if p["audio"] else None,
+                sample_rate=rate, format=p["format"])
+    out.meta.update(file=name)
+
+
+def run_join(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
+    from moldbatch.media.encode import resample_audio, write_video
+    from moldbatch.media.stitch import join
+
+    p = stage.params
+    shots = [load_media(ctx.inputs[n]) for n in stage.needs]
+    rate = next((r for _, a, r in shots if a is not None and r), None)
+    parts = []
+    for frames, audio, r in shots:
+        if audio is not None and r != rate:
+            audio = resample_audio(audio, r, rate)
+        parts.append((frames, audio if p["audio"] else None))
+    frames, audio = join(parts, p["fps"], rate)
+    name = f"film.{p['format']}"
+    write_video(out.path(name), frames, p["fps"], audio=audio, sample_rate=rate,
+                format=p["format"])
+    out.meta.update(file=name)
+
+
+HANDLERS = {"clip": run_clip, "upscale": run_upscale, "stitch": run_stitch,
+            "export": run_export, "join": run_join}

@@ -1,0 +1,89 @@
+"""The state database (SQLite): runs, and each stage's status, timing and error per run."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    spec TEXT NOT NULL,
+    started REAL NOT NULL,
+    finished REAL,
+    status TEXT NOT NULL,          -- running | done | failed | interrupted
+    pid INTEGER
+);
+CREATE TABLE IF NOT EXISTS stages (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    stage TEXT NOT NULL,
+    key TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,          -- pending | running | rendered | cached | failed | skipped
+    started REAL,
+    seconds REAL,
+    error TEXT,
+    PRIMARY KEY (run_id, stage)
+);
+"""
+
+
+class StateDB:
+    def __init__(self, workdir: Path):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.path = workdir / "state.sqlite"
+        self.db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def start_run(self, spec: str, stages) -> int:
+        with self.db:
+            # a run that never finished was killed: say so instead of leaving it "running"
+            self.db.execute("UPDATE runs SET status='interrupted' WHERE status='running'")
+            self.db.execute("UPDATE stages SET status='interrupted' WHERE status='running'")
+            cur = self.db.execute(
+                "INSERT INTO runs (spec, started, status, pid) VALUES (?, ?, 'running', ?)",
+                (spec, time.time(), os.getpid()),
+            )
+            run_id = cur.lastrowid
+            self.db.executemany(
+                "INSERT INTO stages (run_id, stage, key, kind, status) "
+                "VALUES (?, ?, ?, ?, 'pending')",
+                [(run_id, s.id, s.key, s.kind) for s in stages],
+            )
+        return run_id
+
+    def set_stage(self, run_id: int, stage: str, status: str, *, seconds: float | None = None,
+                  error: str | None = None) -> None:
+        started = time.time() if status == "running" else None
+        self.db.execute(
+            "UPDATE stages SET status=?, started=COALESCE(?, started), seconds=?, error=? "
+            "WHERE run_id=? AND stage=?",
+            (status, started, seconds, error, run_id, stage),
+        )
+
+    def finish_run(self, run_id: int, status: str) -> None:
+        self.db.execute("UPDATE runs SET status=?, finished=? WHERE id=?",
+                        (status, time.time(), run_id))
+
+    def last_run(self, spec: str) -> dict | None:
+        row = self.db.execute(
+            "SELECT id, started, finished, status, pid FROM runs WHERE spec=? "
+            "ORDER BY id DESC LIMIT 1", (spec,)).fetchone()
+        if row is None:
+            return None
+        stages = self.db.execute(
+            "SELECT stage, kind, key, status, seconds, error FROM stages WHERE run_id=? "
+            "ORDER BY rowid", (row[0],)).fetchall()
+        return {
+            "run": row[0], "started": row[1], "finished": row[2], "status": row[3],
+            "pid": row[4],
+            "stages": [dict(zip(("id", "kind", "key", "status", "seconds", "error"), s))
+                       for s in stages],
+        }

@@ -1,0 +1,172 @@
+"""The content-addressed artifact store: one folder per stage key, complete or absent.
+
+An artifact is written into a temporary folder, each file fsynced, its manifest (with a
+sha256 per file) written last, and the folder renamed into place: a killed process leaves at
+most a temporary folder, never something a later run takes for a finished artifact. A file
+that no longer matches its manifest checksum makes the artifact count as missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+
+
+def default_workdir(spec_path: Path) -> Path:
+    return spec_path.resolve().parent / ".moldbatch"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_copy(src: Path, dst: Path) -> None:
+    """Copy `src` onto `dst` so that `dst` is either the old file or the whole new one."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    try:
+        shutil.copyfile(src, tmp)
+        with tmp.open("rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+        fsync_dir(dst.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@dataclass
+class Artifact:
+    key: str
+    dir: Path
+    manifest: dict
+
+    def file(self, name: str) -> Path:
+        return self.dir / name
+
+    @property
+    def meta(self) -> dict:
+        return self.manifest.get("meta", {})
+
+
+class ArtifactWriter:
+    """A temporary artifact folder; `commit` publishes it under its key."""
+
+    def __init__(self, store: ArtifactStore, key: str, stage_id: str):
+        self.store, self.key, self.stage_id = store, key, stage_id
+        self.dir = store.tmp / f"{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.dir.mkdir(parents=True)
+        self.meta: dict = {}
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    def commit(self) -> Artifact:
+        files = {}
+        for path in sorted(self.dir.iterdir()):
+            with path.open("rb+") as f:
+                os.fsync(f.fileno())
+            files[path.name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+        manifest = {"key": self.key, "stage": self.stage_id, "created": time.time(),
+                    "files": files, "meta": self.meta}
+        with (self.dir / MANIFEST).open("w") as f:
+            json.dump(manifest, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        fsync_dir(self.dir)
+        final = self.store.dir_of(self.key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():  # a broken artifact under this key: replace it whole
+            trash = self.store.tmp / f"trash-{uuid.uuid4().hex}"
+            os.rename(final, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        os.rename(self.dir, final)
+        fsync_dir(final.parent)
+        return Artifact(self.key, final, manifest)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ArtifactStore:
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.root = workdir / "artifacts"
+        self.tmp = workdir / "tmp"
+
+    def dir_of(self, key: str) -> Path:
+        return self.root / key[:2] / key
+
+    def get(self, key: str, verify: bool = True) -> Artifact | None:
+        """The artifact under `key` if it is complete (and, with `verify`, intact)."""
+        d = self.dir_of(key)
+        try:
+            manifest = json.loads((d / MANIFEST).read_text())
+        except (OSError, ValueError):
+            return None
+        if manifest.get("key") != key:
+            return None
+        for name, info in manifest.get("files", {}).items():
+            path = d / name
+            try:
+                if path.stat().st_size != info["bytes"]:
+                    return None
+            except OSError:
+                return None
+            if verify and sha256_file(path) != info["sha256"]:
+                return None
+        return Artifact(key, d, manifest)
+
+    def writer(self, key: str, stage_id: str) -> ArtifactWriter:
+        return ArtifactWriter(self, key, stage_id)
+
+    def keys(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return [p.name for sub in self.root.iterdir() if sub.is_dir() for p in sub.iterdir()]
+
+    def clean_tmp(self) -> None:
+        """Remove what killed runs left half-written (only called under the work-folder lock)."""
+        if self.tmp.is_dir():
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def collect_garbage(plans, workdir: Path | None, dry_run: bool = False) -> tuple[int, int]:
+    """Remove every artifact whose key no stage of `plans` has. Returns (count, bytes)."""
+    from moldbatch.execute.lock import WorkdirLock
+
+    workdir = workdir or default_workdir(plans[0].path)
+    store = ArtifactStore(workdir)
+    keep = {s.key for p in plans for s in p.stages}
+    removed = freed = 0
+    with WorkdirLock(workdir):
+        for key in store.keys():
+            if key in keep:
+                continue
+            d = store.dir_of(key)
+            freed += sum(f.stat().st_size for f in d.iterdir() if f.is_file())
+            removed += 1
+            if not dry_run:
+                shutil.rmtree(d, ignore_errors=True)
+        if not dry_run:
+            store.clean_tmp()
+    return removed, freed

@@ -1,0 +1,110 @@
+"""The model registry: one entry per model, and everything that is model-specific."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+FRAME_GRID = 8  # pixel frames are 8k+1: the video VAE compresses time 8x, frame 0 on its own
+SIZE_GRID = 32  # the video VAE compresses space 32x
+
+CAMERA_PRESETS = ("dolly-in", "dolly-left", "dolly-out", "dolly-right", "jib-down", "jib-up", "static")
+SPATIAL_SCALES = {"x2": 2.0, "x1.5": 1.5}
+TEMPORAL_SCALES = {"x2": 2}
+PIPELINES = ("distilled", "two-stage", "keyframe", "a2vid", "retake", "ic-lora")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    family: str  # "ltx-2" (19B) | "ltx-2.3" (22B) | "tiny"
+    description: str
+    base_pipeline: str  # "distilled" | "two-stage": what `pipeline: auto` runs for plain text/image
+    clip_cap: int = 97  # the most pixel frames one clip may have
+    default_steps: int = 8
+    spatial_upscales: tuple[str, ...] = ("x2",)
+    temporal_upscales: tuple[str, ...] = ("x2",)
+    camera_control: bool = False
+    pipelines: tuple[str, ...] = PIPELINES
+    repo: str | None = None  # Hugging Face repo of the transformer checkpoint
+    files: dict[str, str] = field(default_factory=dict)  # role -> file in `repo` (or "repo:file")
+
+    @property
+    def features(self) -> list[str]:
+        out = [f"pipelines: {', '.join(self.pipelines)}"]
+        out.append(f"spatial upscale: {', '.join(self.spatial_upscales) or '-'}")
+        out.append(f"temporal upscale: {', '.join(self.temporal_upscales) or '-'}")
+        out.append("camera presets" if self.camera_control else "no camera presets")
+        return out
+
+
+_LTX2_UPSCALERS = {
+    "spatial-x2": "Lightricks/LTX-2:ltx-2-spatial-upscaler-x2-1.0.safetensors",
+    "temporal-x2": "Lightricks/LTX-2:ltx-2-temporal-upscaler-x2-1.0.safetensors",
+}
+_LTX23_UPSCALERS = {
+    "spatial-x2": "Lightricks/LTX-2.3:ltx-2.3-spatial-upscaler-x2-1.0.safetensors",
+    "spatial-x1.5": "Lightricks/LTX-2.3:ltx-2.3-spatial-upscaler-x1.5-1.0.safetensors",
+    "temporal-x2": "Lightricks/LTX-2.3:ltx-2.3-temporal-upscaler-x2-1.0.safetensors",
+}
+TEXT_ENCODER_REPO = "google/gemma-3-12b-it-qat-q4_0-unquantized"
+
+MODELS: dict[str, ModelInfo] = {
+    m.name: m
+    for m in [
+        ModelInfo(
+            "ltx-2-19b-dev:fp8", "ltx-2", "LTX-2 19B, two-stage, highest quality", "two-stage",
+            default_steps=30, camera_control=True, repo="Lightricks/LTX-2",
+            files={
+                "transformer": "ltx-2-19b-dev-fp8.safetensors",
+                "distilled-lora": "ltx-2-19b-distilled-lora-384.safetensors",
+                **_LTX2_UPSCALERS,
+            },
+        ),
+        ModelInfo(
+            "ltx-2-19b-distilled:fp8", "ltx-2", "LTX-2 19B, distilled, fastest 19B", "distilled",
+            camera_control=True, repo="Lightricks/LTX-2",
+            files={"transformer": "ltx-2-19b-distilled-fp8.safetensors", **_LTX2_UPSCALERS},
+        ),
+        ModelInfo(
+            "ltx-2.3-22b-dev:fp8", "ltx-2.3", "LTX-2.3 22B, two-stage, highest quality",
+            "two-stage", default_steps=30, spatial_upscales=("x2", "x1.5"),
+            repo="Lightricks/LTX-2.3-fp8",
+            files={
+                "transformer": "ltx-2.3-22b-dev-fp8.safetensors",
+                "distilled-lora": "Lightricks/LTX-2.3:ltx-2.3-22b-distilled-lora-384.safetensors",
+                **_LTX23_UPSCALERS,
+            },
+        ),
+        ModelInfo(
+            "ltx-2.3-22b-distilled:fp8", "ltx-2.3", "LTX-2.3 22B, distilled, fastest 22B",
+            "distilled", spatial_upscales=("x2", "x1.5"), repo="Lightricks/LTX-2.3-fp8",
+            files={"transformer": "ltx-2.3-22b-distilled-fp8.safetensors", **_LTX23_UPSCALERS},
+        ),
+        ModelInfo(
+            "ltx-2-tiny:random", "tiny",
+            "the real LTX-2 architecture at toy size with random weights (tests, quick start)",
+            "distilled", default_steps=2, spatial_upscales=("x2",), temporal_upscales=(),
+            pipelines=("distilled", "keyframe"),
+        ),
+    ]
+}
+
+
+def on_frame_grid(frames: int) -> bool:
+    return frames >= 1 and (frames - 1) % FRAME_GRID == 0
+
+
+def grid_neighbours(frames: int, step: int = FRAME_GRID) -> tuple[int, int]:
+    """The nearest counts on the step*k+1 grid below and above `frames`."""
+    below = max(1, ((frames - 1) // step) * step + 1)
+    above = below if below >= frames else below + step
+    return below, above
+
+
+def grid_ceil(frames: int, step: int = FRAME_GRID) -> int:
+    """The smallest step*k+1 count that is at least `frames`."""
+    return grid_neighbours(max(frames, 1), step)[1]
+
+
+def latent_frames(frames: int) -> int:
+    return (frames - 1) // FRAME_GRID + 1

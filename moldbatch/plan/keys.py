@@ -1,0 +1,35 @@
+"""Content keys: a hash of everything that determines a stage's output, and nothing else."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+# Bump when a change to moldbatch changes what a stage produces for the same inputs, so that
+# old artifacts are not taken for new ones.
+KEY_VERSION = "moldbatch-stage-1"
+
+
+def content_key(kind: str, params: dict, needs: list[str]) -> str:
+    """sha256 over the stage kind, its canonical parameters and the keys of what it needs."""
+    doc = {"v": KEY_VERSION, "kind": kind, "params": params, "needs": needs}
+    blob = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class FileDigests:
+    """sha256 of input files, each read once per plan however many stages use it."""
+
+    def __init__(self) -> None:
+        self._cache: dict[Path, str] = {}
+
+    def __call__(self, path: Path) -> str:
+        path = path.resolve()
+        if path not in self._cache:
+            h = hashlib.sha256()
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            self._cache[path] = h.hexdigest()
+        return self._cache[path]

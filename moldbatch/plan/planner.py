@@ -1,0 +1,589 @@
+"""The planner: a spec file in, a validated stage plan out. No I/O beyond reading the spec and
+probing the files it names; the executor is the only place that writes."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from moldbatch.errors import Diagnostic
+from moldbatch.models import (
+    FRAME_GRID, MODELS, SIZE_GRID, SPATIAL_SCALES, ModelInfo, grid_ceil, grid_neighbours,
+    on_frame_grid,
+)
+from moldbatch.plan.chain import chain_clips, locate_frame
+from moldbatch.plan.keys import FileDigests, content_key
+from moldbatch.plan.model import ClipPlan, Plan, ShotPlan, Stage
+from moldbatch.spec.messages import did_you_mean, pydantic_diagnostics
+from moldbatch.spec.schema import (
+    BUILTIN_DEFAULTS, FILM_FIELDS, SETTING_FIELDS, SHOT_FIELDS, Film, LoraSpec, Shot,
+    ShotSettings,
+)
+from moldbatch.spec.source import PathKey, Source, SourceError, read_source
+
+FORMATS = ("mp4", "gif", "apng", "webp")
+SILENT_FORMATS = ("gif", "apng", "webp")
+IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
+
+
+def plan_file(path: str | Path, *, display: str | None = None, out_dir: Path | None = None,
+              strict: bool = False) -> Plan:
+    """Read, validate and compile one spec file. Never raises for a bad spec: the plan's
+    diagnostics say what is wrong."""
+    path = Path(path)
+    file = display or str(path)
+    try:
+        src = read_source(path, file)
+    except SourceError as e:
+        return Plan(file=file, path=path, name=path.stem, diagnostics=[e.diagnostic])
+    plan = Planner(src, out_dir=out_dir).run()
+    if strict:
+        plan.diagnostics = [
+            Diagnostic(d.file, d.line, d.column, d.path, d.message, "error")
+            for d in plan.diagnostics
+        ]
+    return plan
+
+
+def _known_fields(loc: PathKey) -> list[str]:
+    """The keys allowed at a place in the document (for 'did you mean')."""
+    if len(loc) == 0:
+        return list(FILM_FIELDS)
+    if loc[0] == "defaults" and len(loc) == 1:
+        return list(SETTING_FIELDS)
+    if loc[0] == "shots" and len(loc) == 2:
+        return list(SHOT_FIELDS)
+    tail = [p for p in loc if isinstance(p, str)][-1]
+    return {
+        "loras": list(LoraSpec.model_fields), "keyframes": ["frame", "image"],
+        "retake": ["start", "end"],
+    }.get(tail, [])
+
+
+@dataclass
+class Settings:
+    """A shot's effective settings, with where each one came from (for error positions)."""
+
+    values: dict
+    origin: dict = field(default_factory=dict)  # field -> path in the document
+    shot_path: PathKey = ()
+
+    def __getitem__(self, name):
+        return self.values.get(name)
+
+    def where(self, name: str, *sub) -> PathKey:
+        """Where a setting was written; the shot itself for a built-in default."""
+        if name not in self.origin:
+            return self.shot_path
+        return self.origin[name] + sub
+
+
+class Planner:
+    def __init__(self, src: Source, out_dir: Path | None = None):
+        self.src = src
+        self.root = src.path.parent
+        self.out_dir = out_dir
+        self.diags: list[Diagnostic] = []
+        self.digest = FileDigests()
+        self._probes: dict[Path, object] = {}
+        self._shot_settings: dict[str, Settings] = {}
+
+    # --- reporting --------------------------------------------------------------------
+    def error(self, path: PathKey, message: str, *, key: bool = False) -> None:
+        self.diags.append(self.src.diag(path, message, key=key))
+
+    def warn(self, path: PathKey, message: str) -> None:
+        self.diags.append(self.src.diag(path, message, "warning"))
+
+    # --- the pass ---------------------------------------------------------------------
+    def run(self) -> Plan:
+        src = self.src
+        data = src.data
+        name = src.path.stem
+        if not isinstance(data, dict):
+            self.error((), "a spec is a mapping with at least `version: 1` and `shots:` "
+                           "(see specs/README.md)")
+            return self._plan(name)
+        if isinstance(data.get("name"), str):
+            name = data["name"]
+        try:
+            film = Film.model_validate(data)
+        except ValidationError as e:
+            self.diags += pydantic_diagnostics(src, (), e, _known_fields)
+            film = None
+        defaults = self._settings_model(data.get("defaults"), ("defaults",), ShotSettings)
+        shots_raw = data.get("shots") if isinstance(data.get("shots"), list) else []
+        shots = [self._settings_model(s, ("shots", i), Shot) for i, s in enumerate(shots_raw)]
+        plans: list[ShotPlan] = []
+        seen: dict[str, int] = {}
+        if defaults is None:
+            defaults = ShotSettings()
+        for i, shot in enumerate(shots):
+            if shot is None:
+                continue
+            if shot.id in seen:
+                self.error(("shots", i, "id"), f"duplicate shot id '{shot.id}' (first used by "
+                           f"shots[{seen[shot.id]}]): shot ids must be unique")
+                continue
+            seen[shot.id] = i
+            plan = self._plan_shot(i, shot, defaults)
+            if plan is not None:
+                plans.append(plan)
+        output = None
+        if isinstance(data.get("output"), str):
+            output = self._check_film_output(data["output"], plans)
+        plan = self._plan(name, plans, output)
+        if plan.valid:
+            plan.stages = self._stages(plans, output)
+        return plan
+
+    def _plan(self, name, shots=(), output=None) -> Plan:
+        diags = sorted(self.diags, key=lambda d: (d.line, d.column, d.severity != "error"))
+        return Plan(self.src.file, self.src.path, name, list(shots), [], output, diags)
+
+    def _settings_model(self, raw, where: PathKey, model):
+        """Validate leniently: fields with errors (already reported by the whole-film pass) are
+        dropped so that the cross-field rules still check everything else."""
+        if raw is None:
+            return ShotSettings() if model is ShotSettings else None
+        if not isinstance(raw, dict):
+            return None
+        for _ in range(2):
+            try:
+                return model.model_validate(raw)
+            except ValidationError as e:
+                bad = {err["loc"][0] for err in e.errors() if err["loc"]}
+                if not bad or "id" in bad:
+                    return None
+                raw = {k: v for k, v in raw.items() if k not in bad}
+        return None
+
+    # --- one shot ---------------------------------------------------------------------
+    def _merge(self, i: int, shot: Shot, defaults: ShotSettings) -> Settings:
+        s = Settings({}, {}, ("shots", i))
+        for name in SETTING_FIELDS:
+            own, common = getattr(shot, name), getattr(defaults, name)
+            if own is not None:
+                s.values[name], s.origin[name] = own, ("shots", i, name)
+            elif common is not None:
+                s.values[name], s.origin[name] = common, ("defaults", name)
+            else:
+                s.values[name] = BUILTIN_DEFAULTS.get(name)
+        return s
+
+    def _plan_shot(self, i: int, shot: Shot, defaults: ShotSettings) -> ShotPlan | None:
+        s = self._merge(i, shot, defaults)
+        before = len([d for d in self.diags if d.severity == "error"])
+
+        model = MODELS.get(s["model"])
+        if model is None:
+            self.error(s.where("model"), f"unknown model '{s['model']}'"
+                       + did_you_mean(s["model"], MODELS)
+                       + f" (known: {', '.join(MODELS)}; see `moldbatch models`)")
+            return None
+        fps = float(s["fps"])
+        fmt = s["format"]
+        audio = s["audio"] if s["audio"] is not None else fmt == "mp4"
+        if audio and fmt in SILENT_FORMATS:
+            self.error(s.where("audio"), f"audio is only possible in mp4: {fmt} is a silent "
+                       f"format; set `audio: false` or `format: mp4`")
+
+        pipeline = self._pipeline(s, model)
+        width, height, rw, rh = self._sizes(s, model, pipeline)
+        temporal = s["temporal_upscale"]
+        if temporal and temporal not in model.temporal_upscales:
+            self.error(s.where("temporal_upscale"), f"temporal upscale {temporal} is not "
+                       f"available on {model.name}" + _available(model.temporal_upscales))
+            temporal = None
+        grid = FRAME_GRID * (2 if temporal else 1)  # each clip is rendered at half the frames
+
+        total, exact = self._length(s, fps, pipeline)
+        clip = self._clip_frames(s, model, grid)
+        transition = s["transition"]
+        overlap = {"smooth": s["motion_tail"], "fade": s["fade_frames"], "cut": 0}[transition]
+        if transition == "smooth" and not 0 <= overlap < clip:
+            self.error(s.where("motion_tail"), f"motion_tail must be below clip_frames "
+                       f"({clip}) so every clip adds fresh frames; try {min(4, clip - 1)}")
+            overlap = 0
+        if transition == "fade" and overlap >= clip:
+            self.error(s.where("fade_frames"), f"fade_frames must be below clip_frames "
+                       f"({clip}); try {min(8, clip - 1)}")
+            overlap = 0
+        if total is None:
+            return None
+        if total <= clip and exact and not (on_frame_grid(total) and (total - 1) % grid == 0):
+            lo, hi = grid_neighbours(total, grid)
+            self.error(s.where("frames"), f"{total} frames is off the {grid}k+1 frame grid: use "
+                       f"{lo} or {hi} (or give `duration` to have the shot trimmed exactly)")
+        spans = chain_clips(total, clip, overlap, s["last_clip"], grid)
+
+        prompts = self._prompts(s, len(spans))
+        keyframes = self._keyframes(s, total, pipeline)
+        image = self._image_path(s, "image")
+        self._check_media(s, pipeline, model)
+        if len([d for d in self.diags if d.severity == "error"]) > before or prompts is None:
+            return None
+
+        self._shot_settings[shot.id] = s
+        render_fps = fps / 2 if temporal else fps
+        clips = []
+        for span in spans:
+            rendered = (span.frames - 1) // 2 + 1 if temporal else span.frames
+            c = ClipPlan(span.index, rendered, span.start, span.keep_from, prompts[span.index],
+                         s["seed"] + span.index)
+            if span.index == 0 and image is not None:
+                c.image = str(image)
+            if s["audio_file"] and pipeline == "a2vid":
+                c.audio_window = [span.start / fps, span.end / fps]
+            clips.append(c)
+        for frame, path in keyframes:
+            idx, local = locate_frame(spans, frame)
+            if temporal:
+                local = local // 2
+            clips[idx].keyframes.append({"frame": local, "image": str(path)})
+        return ShotPlan(
+            id=shot.id, model=model.name, pipeline=pipeline, frames=total, width=width,
+            height=height, fps=fps, render_width=rw, render_height=rh, render_fps=render_fps,
+            format=fmt, audio=audio, transition=transition, overlap=overlap,
+            fade_frames=s["fade_frames"], clips=clips, spatial_upscale=s["spatial_upscale"],
+            temporal_upscale=temporal,
+            output_path=str((self.out_dir or self.root / "renders") / f"{shot.id}.{fmt}"),
+        )
+
+    def _pipeline(self, s: Settings, model: ModelInfo) -> str:
+        chosen, why = s["pipeline"], None
+        if chosen == "auto":
+            # the inputs a shot gives decide what it is; the first match wins
+            for name, test, pipeline in (
+                ("retake", s["retake"] is not None, "retake"),
+                ("audio_file", bool(s["audio_file"]), "a2vid"),
+                ("keyframes", len(s["keyframes"]) >= 2, "keyframe"),
+                ("video", bool(s["video"]), "ic-lora"),
+            ):
+                if test:
+                    chosen, why = pipeline, name
+                    break
+            else:
+                chosen = model.base_pipeline
+        if chosen not in model.pipelines:
+            where = s.where(why) if why else s.where("pipeline")
+            because = f" (`pipeline: auto` picked it for `{why}`)" if why else ""
+            self.error(where, f"pipeline '{chosen}' is not available on {model.name}{because}"
+                       + _available(model.pipelines))
+        return chosen
+
+    def _sizes(self, s: Settings, model: ModelInfo, pipeline: str):
+        width, height = s["width"], s["height"]
+        up = s["spatial_upscale"]
+        if up and up not in model.spatial_upscales:
+            hint = " (x1.5 exists for ltx-2.3 models only)" if up == "x1.5" else ""
+            self.error(s.where("spatial_upscale"), f"spatial upscale {up} is not available on "
+                       f"{model.name}{hint}" + _available(model.spatial_upscales))
+            up = None
+        scale = SPATIAL_SCALES[up] if up else 1.0
+        base = []
+        for name, value in (("width", width), ("height", height)):
+            rendered = value / scale
+            if rendered != int(rendered) or int(rendered) % SIZE_GRID:
+                lo, hi = _size_neighbours(value, scale)
+                how = f"render size {name} / {up}" if up else name
+                self.error(s.where(name), f"{name} {value} is off the size grid: the {how} must be a "
+                           f"multiple of {SIZE_GRID}; nearest valid {name}s: {lo} or {hi}")
+            base.append(int(rendered))
+        if pipeline == "two-stage" and all(b % SIZE_GRID == 0 for b in base) and any(
+            b % (2 * SIZE_GRID) for b in base
+        ):
+            self.warn(s.where("width"), f"the two-stage pipeline renders its first pass at half "
+                      f"the size; a render size of {base[0]}x{base[1]} is rounded there "
+                      f"(multiples of {2 * SIZE_GRID} avoid it)")
+        return width, height, base[0], base[1]
+
+    def _length(self, s: Settings, fps: float, pipeline: str):
+        if s["frames"] is not None and s["duration"] is not None:
+            self.error(s.where("duration"), "give `frames` or `duration`, not both")
+            return None, False
+        if s["duration"] is not None:
+            total = round(s["duration"] * fps)
+            if total < 1:
+                self.error(s.where("duration"), f"{s['duration']} s at {fps:g} fps is no frame")
+                return None, False
+            return total, False
+        if s["frames"] is not None:
+            return s["frames"], True
+        if pipeline == "retake" and s["video"]:
+            info = self._probe(s, "video")
+            if info is not None:
+                return max(1, round(info.duration * fps)), False
+        return None, False
+
+    def _clip_frames(self, s: Settings, model: ModelInfo, grid: int) -> int:
+        clip = s["clip_frames"]
+        if clip is None:
+            return model.clip_cap
+        if not on_frame_grid(clip) or (clip - 1) % grid:
+            lo, hi = grid_neighbours(clip, grid)
+            why = " (temporal upscale renders every clip at half the frames)" if grid > 8 else ""
+            self.error(s.where("clip_frames"), f"clip_frames {clip} is off the {grid}k+1 grid"
+                       f"{why}: use {lo} or {hi}")
+            return model.clip_cap
+        if clip > model.clip_cap:
+            self.warn(s.where("clip_frames"), f"clip_frames {clip} is above {model.name}'s cap "
+                      f"of {model.clip_cap}; clamped to {model.clip_cap}")
+            return model.clip_cap
+        return clip
+
+    def _prompts(self, s: Settings, count: int) -> list[str] | None:
+        prompts, prompt = s["prompts"], s["prompt"]
+        use_list = prompts is not None
+        if prompts is not None and prompt is not None:
+            # the more specific of the two wins: a shot's own `prompt` beats `defaults.prompts`
+            if s.where("prompt")[0] == s.where("prompts")[0]:
+                self.error(s.where("prompts"), "give `prompt` or `prompts`, not both")
+                return None
+            use_list = s.where("prompts")[0] == "shots"
+        if use_list:
+            if len(prompts) != count:
+                plural = "clip" if count == 1 else "clips"
+                self.error(s.where("prompts"), f"{len(prompts)} prompts for {count} planned "
+                           f"{plural}: give exactly {count} (one per clip), or one `prompt`")
+                return None
+            return list(prompts)
+        if prompt is None:
+            self.error(s.shot_path, "missing `prompt`: say what the shot shows (or give "
+                       "`prompts`, one per clip)")
+            return None
+        return [prompt] * count
+
+    def _keyframes(self, s: Settings, total: int, pipeline: str) -> list[tuple[int, Path]]:
+        out, seen = [], {}
+        for k, kf in enumerate(s["keyframes"]):
+            where = s.where("keyframes", k)
+            if kf.frame >= total:
+                self.error(where + ("frame",), f"keyframe frame {kf.frame} is past the shot's "
+                           f"end: frames run 0 to {total - 1}")
+            elif kf.frame in seen:
+                self.error(where + ("frame",), f"two keyframes on frame {kf.frame} (also "
+                           f"keyframes[{seen[kf.frame]}]): one image per frame")
+            seen.setdefault(kf.frame, k)
+            path = self._image_at(where + ("image",), kf.image)
+            if path is not None:
+                out.append((kf.frame, path))
+        if pipeline == "keyframe" and len(s["keyframes"]) < 2:
+            self.error(s.where("keyframes") if s["keyframes"] else s.where("pipeline"),
+                       "the keyframe pipeline needs at least two keyframes "
+                       "(e.g. frame 0 and the last frame)")
+        return out
+
+    def _image_path(self, s: Settings, name: str) -> Path | None:
+        if s[name] is None:
+            return None
+        return self._image_at(s.where(name), s[name])
+
+    def _image_at(self, where: PathKey, value: str) -> Path | None:
+        path = self._file(where, value)
+        if path is None:
+            return None
+        with path.open("rb") as f:
+            head = f.read(8)
+        if not any(head.startswith(m) for m in IMAGE_MAGIC):
+            self.error(where, f"'{value}' is not a PNG or JPEG image")
+            return None
+        return path
+
+    def _file(self, where: PathKey, value: str) -> Path | None:
+        path = (self.root / value).resolve() if not Path(value).is_absolute() else Path(value)
+        if not path.is_file():
+            hint = "" if Path(value).is_absolute() else " (paths are relative to the spec " \
+                "file's folder)"
+            self.error(where, f"file '{value}' not found{hint}")
+            return None
+        return path
+
+    def _check_media(self, s: Settings, pipeline: str, model: ModelInfo) -> None:
+        for k, lora in enumerate(s["loras"]):
+            path = self._file(s.where("loras", k, "path"), lora.path)
+            if path is not None and path.suffix != ".safetensors":
+                self.error(s.where("loras", k, "path"), "LoRA files must be .safetensors")
+        if s["camera_control"] and not model.camera_control:
+            self.error(s.where("camera_control"), f"camera presets exist for LTX-2 19B only; on "
+                       f"{model.name} pass the camera LoRA as an explicit .safetensors file in "
+                       "`loras`")
+        if s["audio_file"]:
+            self._file(s.where("audio_file"), s["audio_file"])
+        elif pipeline == "a2vid":
+            self.error(s.where("pipeline"), "the a2vid pipeline needs `audio_file`, the audio "
+                       "the video follows")
+        if s["video"]:
+            self._file(s.where("video"), s["video"])
+        if pipeline == "retake":
+            if not s["video"]:
+                self.error(s.where("retake") if s["retake"] else s.where("pipeline"),
+                           "retake needs `video`, the source clip to regenerate part of")
+            elif s["retake"] is None:
+                self.error(s.where("pipeline"), "retake needs `retake: {start, end}`, the "
+                           "seconds of the source clip to regenerate")
+            else:
+                self._check_retake(s)
+        elif s["retake"] is not None:
+            self.error(s.where("retake"), f"`retake` is only used by the retake pipeline; "
+                       f"this shot runs {pipeline} (remove `pipeline` or set it to retake)")
+        if pipeline == "ic-lora":
+            if not s["video"]:
+                self.error(s.where("pipeline"), "ic-lora needs `video`, the clip that guides it")
+            if not s["loras"]:
+                self.error(s.where("pipeline"), "ic-lora needs an IC-LoRA in `loras`")
+
+    def _check_retake(self, s: Settings) -> None:
+        window = s["retake"]
+        if window.end <= window.start:
+            self.error(s.where("retake", "end"), f"retake end {window.end:g} s must be after "
+                       f"its start {window.start:g} s")
+            return
+        info = self._probe(s, "video")
+        if info is not None and window.end > info.duration + 1e-6:
+            self.error(s.where("retake", "end"), f"retake end {window.end:g} s is past the end "
+                       f"of '{s['video']}' ({info.duration:.2f} s)")
+
+    def _probe(self, s: Settings, name: str):
+        path = (self.root / s[name]).resolve()
+        if path in self._probes:
+            return self._probes[path]
+        info = None
+        if path.is_file():
+            try:
+                from moldbatch.media.probe import probe
+            except ImportError:
+                self.warn(s.where(name), "cannot read media files without PyAV: install "
+                          "moldbatch[gpu] to check this source's length")
+            else:
+                try:
+                    info = probe(path)
+                except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file
+                    self.error(s.where(name), f"cannot read '{s[name]}' as video: {e}")
+        self._probes[path] = info
+        return info
+
+    def _check_film_output(self, output: str, shots: list[ShotPlan]) -> str | None:
+        path = Path(output)
+        fmt = path.suffix.lower().lstrip(".")
+        fmt = "apng" if fmt == "png" else fmt
+        if fmt not in FORMATS:
+            self.error(("output",), f"the film's output must end in .mp4, .gif, .apng or .webp, "
+                       f"got '{path.suffix or output}'")
+            return None
+        sizes = {(p.width, p.height, p.fps) for p in shots}
+        if len(sizes) > 1:
+            first = shots[0]
+            odd = next(p for p in shots if (p.width, p.height, p.fps) != (
+                first.width, first.height, first.fps))
+            self.error(("output",), f"shots joined into one film must share size and fps: "
+                       f"'{first.id}' is {first.width}x{first.height}@{first.fps:g} but "
+                       f"'{odd.id}' is {odd.width}x{odd.height}@{odd.fps:g}")
+            return None
+        return str((self.root / path).resolve() if not path.is_absolute() else path)
+
+    # --- stages -----------------------------------------------------------------------
+    def _stages(self, shots: list[ShotPlan], output: str | None) -> list[Stage]:
+        stages: list[Stage] = []
+        for shot in shots:
+            stages += self._shot_stages(shot)
+        if output is not None:
+            fmt = Path(output).suffix.lower().lstrip(".")
+            fmt = "apng" if fmt == "png" else fmt
+            audio = fmt == "mp4" and any(p.audio for p in shots)
+            needs = [f"{p.id}/stitch" for p in shots]
+            keys = {st.id: st.key for st in stages}
+            params = {"format": fmt, "audio": audio, "fps": shots[0].fps,
+                      "shots": [p.id for p in shots]}
+            stages.append(Stage("film/join", "join", None, needs,
+                                content_key("join", params, [keys[n] for n in needs]), params,
+                                {"path": output}))
+        return stages
+
+    def _shot_stages(self, shot: ShotPlan) -> list[Stage]:
+        s = self._shot_settings[shot.id]
+        loras = [{"path": str(p), "sha256": self.digest(p), "scale": lo.scale}
+                 for lo, p in ((lo, (self.root / lo.path).resolve()) for lo in s["loras"])]
+        out, prev = [], None
+        common = {
+            "model": shot.model, "pipeline": shot.pipeline, "width": shot.render_width,
+            "height": shot.render_height, "fps": shot.render_fps, "steps": s["steps"]
+            or MODELS[shot.model].default_steps, "guidance": s["guidance"],
+            "negative_prompt": s["negative_prompt"], "audio": shot.audio, "loras": loras,
+            "camera_control": s["camera_control"],
+        }
+        for media in ("audio_file", "video"):
+            if s[media]:
+                path = (self.root / s[media]).resolve()
+                common[media] = {"path": str(path), "sha256": self.digest(path)}
+        if s["retake"] is not None:
+            common["retake"] = {"start": s["retake"].start, "end": s["retake"].end}
+        carry = shot.transition == "smooth" and shot.overlap > 0
+        finals = []
+        for clip in shot.clips:
+            params = dict(common, prompt=clip.prompt, seed=clip.seed, frames=clip.frames,
+                          index=clip.index)
+            params["image"] = self._file_ref(clip.image)
+            params["keyframes"] = [
+                {"frame": k["frame"], **self._file_ref(k["image"])} for k in clip.keyframes
+            ]
+            if clip.audio_window is not None:
+                params["audio_window"] = clip.audio_window
+            needs = []
+            if carry and prev is not None:
+                params["carry_tail"] = shot.overlap
+                needs = [prev.id]
+            stage = Stage(f"{shot.id}/clip-{clip.index}", "clip", shot.id, needs,
+                          content_key("clip", params, [n.key for n in ([prev] if needs else [])]),
+                          params)
+            out.append(stage)
+            prev = stage
+            final = stage
+            if shot.spatial_upscale or shot.temporal_upscale:
+                up = {"model": shot.model, "spatial": shot.spatial_upscale,
+                      "temporal": shot.temporal_upscale, "width": shot.width,
+                      "height": shot.height, "fps": shot.fps, "audio": shot.audio}
+                final = Stage(f"{shot.id}/upscale-{clip.index}", "upscale", shot.id, [stage.id],
+                              content_key("upscale", up, [stage.key]), up)
+                out.append(final)
+            finals.append(final)
+        stitch = {"transition": shot.transition, "overlap": shot.overlap,
+                  "fade_frames": shot.fade_frames, "frames": shot.frames, "fps": shot.fps,
+                  "audio": shot.audio, "width": shot.width, "height": shot.height}
+        st = Stage(f"{shot.id}/stitch", "stitch", shot.id, [f.id for f in finals],
+                   content_key("stitch", stitch, [f.key for f in finals]), stitch)
+        out.append(st)
+        export = {"format": shot.format, "fps": shot.fps, "audio": shot.audio}
+        out.append(Stage(f"{shot.id}/export", "export", shot.id, [st.id],
+                         content_key("export", export, [st.key]), export,
+                         {"path": shot.output_path}))
+        return out
+
+    def _file_ref(self, path: str | None) -> dict | None:
+        if path is None:
+            return None
+        return {"path": path, "sha256": self.digest(Path(path))}
+
+
+def _available(values, what: str = "") -> str:
+    return f"; available: {', '.join(values)}" if values else "; none available"
+
+
+def _size_neighbours(value: int, scale: float) -> tuple[int, int]:
+    """The nearest output sizes whose render size (output / scale) is on the 32 grid."""
+    step = SIZE_GRID * scale
+    k = value / step
+    lo, hi = math.floor(k), math.ceil(k)
+    while (lo * step) != int(lo * step):
+        lo -= 1
+    while (hi * step) != int(hi * step):
+        hi += 1
+    if hi == lo:
+        hi += 1
+    return max(int(lo * step), int(step)), int(hi * step)
+
+
+__all__ = ["plan_file", "grid_ceil"]

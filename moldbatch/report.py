@@ -1,0 +1,112 @@
+"""What the CLI prints: the plan table, cache state, run status and the model list."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from moldbatch.execute.store import ArtifactStore, default_workdir
+from moldbatch.models import MODELS
+
+
+def _out() -> Console:
+    return Console(file=sys.stdout, highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
+def cache_status(plan, workdir: Path | None) -> dict[str, bool]:
+    """Which stages already have a complete artifact (size-checked; render verifies sums)."""
+    store = ArtifactStore(workdir or default_workdir(plan.path))
+    if not store.root.is_dir():
+        return {s.id: False for s in plan.stages}
+    return {s.id: store.get(s.key, verify=False) is not None for s in plan.stages}
+
+
+def print_plan(plan, cached: dict[str, bool]) -> None:
+    con = _out()
+    shots = Table(title=f"{plan.name}: {len(plan.shots)} shots", title_justify="left")
+    for col in ("shot", "model", "pipeline", "frames", "size", "fps", "format", "clips"):
+        shots.add_column(col)
+    for s in plan.shots:
+        clips = " + ".join(str(c.frames) for c in s.clips)
+        if len(s.clips) > 1:
+            clips += f" ({s.transition}, overlap {s.overlap})"
+        shots.add_row(s.id, s.model, s.pipeline, str(s.frames), f"{s.width}x{s.height}",
+                      f"{s.fps:g}", s.format + ("" if s.audio else " (silent)"), clips)
+    con.print(shots)
+    stages = Table(title="stages", title_justify="left")
+    for col in ("stage", "kind", "needs", "key", "state"):
+        stages.add_column(col)
+    todo = 0
+    for st in plan.stages:
+        hit = cached.get(st.id, False)
+        todo += not hit
+        stages.add_row(st.id, st.kind, ", ".join(st.needs) or "-", st.key[:12],
+                       "[green]cached[/]" if hit else "[yellow]will render[/]")
+    con.print(stages)
+    con.print(f"{todo} of {len(plan.stages)} stages will render"
+              + (f"; film -> {plan.output}" if plan.output else ""))
+
+
+def status_doc(plan, workdir: Path | None) -> dict:
+    from moldbatch.execute.state import StateDB
+
+    workdir = workdir or default_workdir(plan.path)
+    cached = cache_status(plan, workdir)
+    last = None
+    if (workdir / "state.sqlite").exists():
+        db = StateDB(workdir)
+        try:
+            last = db.last_run(str(plan.path.resolve()))
+        finally:
+            db.close()
+    return {
+        "spec": plan.file,
+        "workdir": str(workdir),
+        "cached": sum(cached.values()),
+        "stages": len(plan.stages),
+        "last_run": last,
+        "plan": [{"id": s.id, "cached": cached[s.id]} for s in plan.stages],
+    }
+
+
+def print_status(doc: dict) -> None:
+    con = _out()
+    con.print(f"{doc['spec']}: {doc['cached']} of {doc['stages']} stages cached "
+              f"(work folder {doc['workdir']})")
+    last = doc["last_run"]
+    if last is None:
+        con.print("no render yet")
+        return
+    counts: dict[str, int] = {}
+    for s in last["stages"]:
+        counts[s["status"]] = counts.get(s["status"], 0) + 1
+    con.print(f"last run #{last['run']}: {last['status']} — "
+              + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    for s in last["stages"]:
+        if s["status"] in ("failed", "interrupted", "running"):
+            con.print(f"  {s['id']}: {s['status']}" + (f": {s['error']}" if s["error"] else ""))
+
+
+def print_models(as_json: bool) -> None:
+    if as_json:
+        doc = [{"name": m.name, "family": m.family, "description": m.description,
+                "base_pipeline": m.base_pipeline, "clip_cap": m.clip_cap,
+                "default_steps": m.default_steps, "pipelines": list(m.pipelines),
+                "spatial_upscales": list(m.spatial_upscales),
+                "temporal_upscales": list(m.temporal_upscales),
+                "camera_control": m.camera_control} for m in MODELS.values()]
+        print(json.dumps(doc, indent=2))
+        return
+    table = Table(title="models")
+    for col in ("model", "pipeline", "clip cap", "steps", "spatial", "temporal", "camera",
+                "pipelines"):
+        table.add_column(col)
+    for m in MODELS.values():
+        table.add_row(m.name, m.base_pipeline, str(m.clip_cap), str(m.default_steps),
+                      ", ".join(m.spatial_upscales) or "-", ", ".join(m.temporal_upscales) or "-",
+                      "presets" if m.camera_control else "-", ", ".join(m.pipelines))
+    _out().print(table)

@@ -1,0 +1,88 @@
+"""LoRAs as PEFT adapters on the shared pipeline: loaded once, switched per clip.
+
+Each distinct file becomes one named adapter the first time a clip asks for it and stays loaded
+for the run; a clip activates exactly its own adapters with their scales (`set_adapters`), and
+a clip without LoRAs runs the base weights (`disable_lora`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from moldbatch.runtime.errors import RuntimeFeatureError, RuntimeLoadError
+from moldbatch.runtime.registry import ModelSpec
+from moldbatch.runtime.types import Lora
+
+CAMERA_PREFIX = "camera-control:"
+CAMERA_PRESETS = ("dolly-in", "dolly-left", "dolly-out", "dolly-right", "jib-down", "jib-up", "static")
+
+
+def camera_lora_location(spec: ModelSpec, preset: str) -> tuple[str, str]:
+    """(repo, file) of a camera-control LoRA preset; LTX-2 19B only."""
+    if spec.camera_lora_repo_prefix is None:
+        raise RuntimeFeatureError(
+            f"camera-control presets exist for LTX-2 19B only, not {spec.name}; pass an explicit .safetensors LoRA path"
+        )
+    if preset not in CAMERA_PRESETS:
+        raise RuntimeFeatureError(f"unknown camera preset {preset!r}; presets: {', '.join(CAMERA_PRESETS)}")
+    title = "-".join(part.capitalize() for part in preset.split("-"))
+    return f"{spec.camera_lora_repo_prefix}{title}", f"ltx-2-19b-lora-camera-control-{preset}.safetensors"
+
+
+class LoraSwitch:
+    """Keeps the pipeline's active adapters equal to what the current clip asks for."""
+
+    def __init__(self, pipe: Any, spec: ModelSpec):
+        self._pipe = pipe
+        self._spec = spec
+        self._adapters: dict[str, str] = {}  # resolved file -> adapter name
+        self._active: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def loaded(self) -> dict[str, str]:
+        return dict(self._adapters)
+
+    def apply(self, loras: list[Lora]) -> None:
+        wanted = tuple((self._adapter_for(lora.path), float(lora.scale)) for lora in loras)
+        if wanted == self._active:
+            return
+        if not wanted:
+            self._pipe.disable_lora()
+        else:
+            self._pipe.enable_lora()
+            self._pipe.set_adapters([name for name, _ in wanted], adapter_weights=[w for _, w in wanted])
+        self._active = wanted
+
+    def unload(self) -> None:
+        if self._adapters:
+            self._pipe.unload_lora_weights()
+        self._adapters.clear()
+        self._active = ()
+
+    def _adapter_for(self, path: str) -> str:
+        file = self._resolve(path)
+        name = self._adapters.get(file)
+        if name is None:
+            # A stable name from the path, so logs and adapter lists read the same in every process.
+            name = f"lora_{Path(file).stem[:40]}_{hashlib.sha1(file.encode()).hexdigest()[:8]}"
+            try:
+                self._pipe.load_lora_weights(file, adapter_name=name)
+            except ImportError as exc:  # diffusers raises this when peft is missing
+                raise RuntimeLoadError(f"LoRAs need the `peft` package: pip install peft ({exc})") from exc
+            self._adapters[file] = name
+        return name
+
+    def _resolve(self, path: str) -> str:
+        if path.startswith(CAMERA_PREFIX):
+            repo, filename = camera_lora_location(self._spec, path[len(CAMERA_PREFIX) :])
+            from moldbatch.runtime.hub import download
+
+            return download(repo, filename)
+        file = Path(path).expanduser()
+        if file.suffix != ".safetensors":
+            raise RuntimeFeatureError(f"LoRA {path!r} must be a .safetensors file")
+        if not file.is_file():
+            raise RuntimeLoadError(f"LoRA file not found: {path}")
+        return str(file.resolve())

@@ -1,0 +1,360 @@
+"""The LTX-2 runtime: one object per process holding the loaded models, rendering clip after clip."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from moldbatch.runtime import carry as carry_math
+from moldbatch.runtime.errors import RuntimeFeatureError, RuntimeLoadError
+from moldbatch.runtime.loading import load, load_latent_upsampler
+from moldbatch.runtime.lora import LoraSwitch
+from moldbatch.runtime.registry import DISTILLED_STEPS, ModelSpec, model_spec
+from moldbatch.runtime.types import Carry, ClipRequest, ClipResult
+
+log = logging.getLogger(__name__)
+
+FRAME_GRID = 8
+SIZE_GRID = 32
+
+
+def pixel_to_latent_index(frame: int) -> int:
+    """Latent frame holding pixel `frame`: 0 -> 0, 1..8 -> 1, 9..16 -> 2, ... i.e. ceil(frame / 8).
+
+    This is the `index` diffusers' LTX2ConditionPipeline takes. The keyframe is still positioned
+    at its exact pixel frame (see MoldConditionPipeline), so the rounding only decides which
+    latent group it is associated with, never where in time the model sees it.
+    """
+    if frame < 0:
+        raise ValueError(f"keyframe frame must be >= 0, got {frame}")
+    return (frame + FRAME_GRID - 1) // FRAME_GRID
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Runtime:
+    """Loaded LTX-2 models for one process; `render_clip` renders one clip at a time.
+
+    Build with `Runtime(model)` or `Runtime.load(model)`. Components are loaded once, in the
+    constructor, and shared by every clip (and by the latent upsample pipeline).
+    """
+
+    def __init__(self, model: str, device: str | None = None):
+        self.model = model
+        self.spec: ModelSpec = model_spec(model)
+        self.device = torch.device(device) if device else default_device()
+        # bf16 is what the real checkpoints run in on GPUs; CPUs are slow and exact in float32.
+        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        started = time.perf_counter()
+        loaded = load(self.spec, self.device, self.dtype)
+        self.pipe = loaded.pipe
+        self._latent_upsampler = loaded.latent_upsampler
+        self._upsample_pipe: Any | None = None
+        self._loras = LoraSwitch(self.pipe, self.spec)
+        self.load_seconds = time.perf_counter() - started
+        self.clips_rendered = 0
+        log.info("loaded %s on %s in %.1f s", model, self.device, self.load_seconds)
+
+    @classmethod
+    def load(cls, model: str, device: str | None = None) -> Runtime:
+        return cls(model, device)
+
+    # -- facts the executor needs
+
+    @property
+    def sample_rate(self) -> int:
+        """Sample rate of the decoded audio (the vocoder's output rate)."""
+        return int(self.pipe.vocoder.config.output_sampling_rate)
+
+    @property
+    def audio_latents_per_second(self) -> float:
+        """Audio latent frames per second of clip time (25 for every LTX-2 model)."""
+        pipe = self.pipe
+        return pipe.audio_sampling_rate / pipe.audio_hop_length / pipe.audio_vae_temporal_compression_ratio
+
+    def latent_shapes(self, frames: int, width: int, height: int, fps: float) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Shapes of (video_latents, audio_latents) `render_clip` returns for such a clip."""
+        pipe = self.pipe
+        video = (
+            1,
+            pipe.transformer.config.in_channels,
+            carry_math.video_latent_frames(frames),
+            height // pipe.vae_spatial_compression_ratio,
+            width // pipe.vae_spatial_compression_ratio,
+        )
+        audio = (
+            1,
+            pipe.audio_latent_channels,
+            carry_math.audio_latent_length(frames, fps, self.audio_latents_per_second),
+            pipe.audio_mel_bins // pipe.audio_vae_mel_compression_ratio,
+        )
+        return video, audio
+
+    def carry_from(
+        self,
+        previous: ClipResult | Any,
+        audio_latents: Any | None = None,
+        *,
+        tail_frames: int,
+        frames: int,
+        fps: float,
+    ) -> Carry | None:
+        """`carry.carry_from` with this model's audio latent rate."""
+        return carry_math.carry_from(
+            previous,
+            audio_latents,
+            tail_frames=tail_frames,
+            frames=frames,
+            fps=fps,
+            audio_latents_per_second=self.audio_latents_per_second,
+        )
+
+    # -- rendering
+
+    def render_clip(self, req: ClipRequest, on_step: Callable[[int, int], None] | None = None) -> ClipResult:
+        """Render one clip. Same request (and model, device) -> bitwise the same output.
+
+        `on_step(step, total)` is called after each denoising step, step counting 1..total.
+        """
+        self._check_request(req)
+        self._loras.apply(req.loras)
+        pipe = self.pipe
+
+        conditions, keyframe_frames = self._conditions(req)
+        latent_frames = carry_math.video_latent_frames(req.frames)
+        audio_frames = carry_math.audio_latent_length(req.frames, req.fps, self.audio_latents_per_second)
+        carry = req.carry if req.carry is not None and req.carry.tail_frames > 0 else None
+        if carry is not None:
+            carry_math.check_carry_fits(carry, latent_frames, audio_frames)
+            self._check_carry_shape(carry, req)
+
+        # Zeros of the wanted length make diffusers generate exactly `audio_frames` latents
+        # (pure noise: noise_scale is 1); see carry.audio_latent_length for why not its default.
+        audio_init = torch.zeros(
+            (1, pipe.audio_latent_channels, audio_frames, pipe.audio_mel_bins // pipe.audio_vae_mel_compression_ratio),
+            dtype=torch.float32,
+            device=self.device,
+        )
+        # A CPU generator draws the same noise whatever the device.
+        generator = torch.Generator(device="cpu").manual_seed(req.seed)
+        sampling = self._sampling_kwargs(req)
+        total = len(sampling["sigmas"]) if sampling.get("sigmas") is not None else req.steps
+
+        with pipe.conditioned(
+            carry_video=None if carry is None else carry.video,
+            carry_audio=None if carry is None else carry.audio,
+            keyframe_pixel_frames=keyframe_frames,
+        ):
+            video_latents, audio_latents = pipe(
+                conditions=conditions or None,
+                prompt=req.prompt,
+                negative_prompt=req.negative_prompt,
+                height=req.height,
+                width=req.width,
+                num_frames=req.frames,
+                frame_rate=req.fps,
+                num_inference_steps=req.steps,
+                noise_scale=1.0,
+                generator=generator,
+                audio_latents=audio_init,
+                output_type="latent",
+                return_dict=False,
+                callback_on_step_end=pipe.step_end_callback(on_step, total),
+                callback_on_step_end_tensor_inputs=["latents", "audio_latents"],
+                max_sequence_length=self.spec.max_sequence_length,
+                **sampling,
+            )
+
+        video_latents = video_latents.float().cpu()
+        audio_latents = audio_latents.float().cpu()
+        frames = self.decode_video(video_latents)
+        audio = self.decode_audio(audio_latents, req.frames, req.fps) if req.audio else None
+        self.clips_rendered += 1
+        return ClipResult(
+            video_latents=video_latents,
+            audio_latents=audio_latents if req.audio else None,
+            frames=frames,
+            audio=audio,
+            sample_rate=self.sample_rate if req.audio else None,
+        )
+
+    # -- decoding and upscaling
+
+    @torch.no_grad()
+    def decode_video(self, video_latents: torch.Tensor) -> np.ndarray:
+        """Raw (as returned) video latents [1, C, F', H', W'] -> uint8 frames [F, H, W, 3]."""
+        vae = self.pipe.vae
+        latents = video_latents.to(device=self.device, dtype=vae.dtype)
+        timestep = None
+        if vae.config.timestep_conditioning:
+            # Decode at timestep 0 with no added noise, diffusers' default decode settings.
+            timestep = torch.zeros(latents.shape[0], device=self.device, dtype=latents.dtype)
+        video = vae.decode(latents, timestep, return_dict=False)[0]  # [1, 3, F, H, W] in [-1, 1]
+        video = ((video[0].float().clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
+        return video.permute(1, 2, 3, 0).cpu().numpy()
+
+    @torch.no_grad()
+    def decode_audio(self, audio_latents: torch.Tensor, frames: int, fps: float) -> np.ndarray:
+        """Raw audio latents [1, C, L, M] -> float32 waveform [channels, samples], exactly frames/fps long."""
+        pipe = self.pipe
+        latents = audio_latents.to(device=self.device, dtype=pipe.audio_vae.dtype)
+        mel = pipe.audio_vae.decode(latents, return_dict=False)[0]
+        wave = pipe.vocoder(mel.to(pipe.vocoder.dtype))[0].float().cpu().numpy()
+        want = round(frames / fps * self.sample_rate)
+        if wave.shape[1] < want:
+            # Does not happen with runtime-made latents (they decode long enough); pad rather than fail.
+            log.warning("decoded audio is %d samples short; padding with silence", want - wave.shape[1])
+            wave = np.pad(wave, ((0, 0), (0, want - wave.shape[1])))
+        return np.ascontiguousarray(wave[:, :want], dtype=np.float32)
+
+    @torch.no_grad()
+    def upscale_spatial(self, video_latents: torch.Tensor, scale: float = 2.0) -> torch.Tensor:
+        """Raw video latents [1, C, F', H', W'] -> raw latents [1, C, F', H'*scale, W'*scale] (cpu, float32).
+
+        Only the latent upsampler runs here (LTX2LatentUpsamplePipeline); decode the result with
+        `decode_video`. A two-stage render would also re-denoise it at the high size.
+        """
+        if scale != 2.0:
+            raise RuntimeFeatureError(f"spatial x{scale:g} latent upscaling is not supported by this runtime (x2 only)")
+        if self._latent_upsampler is None:
+            self._latent_upsampler = load_latent_upsampler(self.spec, scale, self.device, self.dtype)
+        if self._upsample_pipe is None:
+            from diffusers.pipelines.ltx2 import LTX2LatentUpsamplePipeline
+
+            self._upsample_pipe = LTX2LatentUpsamplePipeline(vae=self.pipe.vae, latent_upsampler=self._latent_upsampler)
+            self._upsample_pipe.set_progress_bar_config(disable=True)
+        latents = video_latents.to(device=self.device, dtype=torch.float32)
+        (upscaled,) = self._upsample_pipe(
+            latents=latents,
+            latents_normalized=False,
+            height=latents.shape[3] * self.pipe.vae_spatial_compression_ratio,
+            width=latents.shape[4] * self.pipe.vae_spatial_compression_ratio,
+            num_frames=(latents.shape[2] - 1) * FRAME_GRID + 1,
+            output_type="latent",
+            return_dict=False,
+        )
+        return upscaled.float().cpu()
+
+    def close(self) -> None:
+        """Drop adapters and free device memory (the object is unusable afterwards)."""
+        self._loras.unload()
+        self.pipe = None  # type: ignore[assignment]
+        self._latent_upsampler = None
+        self._upsample_pipe = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # -- internals
+
+    def _check_request(self, req: ClipRequest) -> None:
+        if req.model != self.model:
+            raise RuntimeFeatureError(f"this runtime holds {self.model}, but the clip asks for {req.model}")
+        if req.frames < 1 or (req.frames - 1) % FRAME_GRID:
+            raise RuntimeFeatureError(f"frames must be 8k+1 (9, 17, ..., 97), got {req.frames}")
+        if req.width % SIZE_GRID or req.height % SIZE_GRID or req.width <= 0 or req.height <= 0:
+            raise RuntimeFeatureError(f"width and height must be positive multiples of 32, got {req.width}x{req.height}")
+        if req.steps < 1:
+            raise RuntimeFeatureError(f"steps must be at least 1, got {req.steps}")
+        for frame, _ in req.keyframes:
+            if not 0 <= frame < req.frames:
+                raise RuntimeFeatureError(f"keyframe at frame {frame} is outside the clip's {req.frames} frames")
+
+    def _check_carry_shape(self, carry: Carry, req: ClipRequest) -> None:
+        video_shape, audio_shape = self.latent_shapes(req.frames, req.width, req.height, req.fps)
+        got = tuple(carry.video.shape)
+        if got[:2] != video_shape[:2] or got[3:] != video_shape[3:]:
+            raise RuntimeFeatureError(
+                f"carried video latents {got} do not fit a {req.width}x{req.height} clip "
+                f"(expected [1, {video_shape[1]}, k, {video_shape[3]}, {video_shape[4]}]): chained clips must share a size"
+            )
+        if carry.audio is not None:
+            got_a = tuple(carry.audio.shape)
+            if got_a[:2] != audio_shape[:2] or got_a[3:] != audio_shape[3:]:
+                raise RuntimeFeatureError(f"carried audio latents {got_a} do not fit this model's {audio_shape}")
+
+    def _conditions(self, req: ClipRequest) -> tuple[list[Any], list[int]]:
+        """LTX2VideoCondition list for the image and keyframes, and the exact pixel frame of each appended one."""
+        from diffusers.pipelines.ltx2 import LTX2VideoCondition
+
+        has_carry = req.carry is not None and req.carry.tail_frames > 0
+        items: list[tuple[int, Path]] = []
+        if req.image is not None:
+            items.append((0, Path(req.image)))
+        items.extend((int(f), Path(p)) for f, p in sorted(req.keyframes, key=lambda kv: kv[0]))
+        conditions: list[Any] = []
+        appended_frames: list[int] = []
+        for frame, path in items:
+            index = pixel_to_latent_index(frame)
+            if has_carry and index < carry_math.carried_video_latent_frames(req.carry.tail_frames):  # type: ignore[union-attr]
+                # The carried latents own the first latent frames of a continuation clip.
+                log.warning("ignoring the image for frame %d: it falls inside the carried tail of the chain", frame)
+                continue
+            conditions.append(LTX2VideoCondition(frames=_load_image(path), index=index, strength=1.0))
+            if index > 0:
+                appended_frames.append(frame)
+        return conditions, appended_frames
+
+    def _sampling_kwargs(self, req: ClipRequest) -> dict[str, Any]:
+        """Guidance and schedule settings for this model family."""
+        spec = self.spec
+        if spec.family == "tiny":
+            # CFG only: STG and modality isolation would each add a transformer pass per step.
+            return dict(
+                guidance_scale=req.guidance,
+                audio_guidance_scale=req.guidance,
+                stg_scale=0.0,
+                audio_stg_scale=0.0,
+                modality_scale=1.0,
+                audio_modality_scale=1.0,
+                guidance_rescale=0.0,
+                audio_guidance_rescale=0.0,
+                spatio_temporal_guidance_blocks=None,
+                use_cross_timestep=spec.use_cross_timestep,
+                sigmas=None,
+            )
+        if spec.distilled:
+            # Distilled checkpoints were trained to run without guidance on a fixed 8-step schedule.
+            from diffusers.pipelines.ltx2.utils import DISTILLED_SIGMA_VALUES
+
+            return dict(
+                guidance_scale=1.0,
+                audio_guidance_scale=1.0,
+                stg_scale=0.0,
+                audio_stg_scale=0.0,
+                modality_scale=1.0,
+                audio_modality_scale=1.0,
+                guidance_rescale=0.0,
+                audio_guidance_rescale=0.0,
+                spatio_temporal_guidance_blocks=None,
+                use_cross_timestep=spec.use_cross_timestep,
+                sigmas=list(DISTILLED_SIGMA_VALUES) if req.steps == DISTILLED_STEPS else None,
+            )
+        # Dev models: the request's CFG for video, diffusers' recommended audio CFG, STG and
+        # modality-isolation guidance with rescaling.
+        return dict(
+            guidance_scale=req.guidance,
+            spatio_temporal_guidance_blocks=list(spec.stg_blocks),
+            use_cross_timestep=spec.use_cross_timestep,
+            sigmas=None,
+        )
+
+
+def _load_image(path: Path) -> Any:
+    """An RGB PIL image; the pipeline resizes it to cover the render size and center-crops."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise RuntimeLoadError(f"conditioning image not found: {path}") from None
+    except OSError as exc:
+        raise RuntimeLoadError(f"cannot read conditioning image {path}: {exc}") from exc

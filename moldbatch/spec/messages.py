@@ -1,0 +1,97 @@
+"""Turning pydantic's validation errors into messages that say what would be right."""
+
+from __future__ import annotations
+
+import difflib
+
+from moldbatch.models import CAMERA_PRESETS
+from moldbatch.spec.source import Source, format_path
+
+
+def nearest(word: str, choices, n: int = 1) -> list[str]:
+    return difflib.get_close_matches(str(word), [str(c) for c in choices], n=n, cutoff=0.5)
+
+
+def did_you_mean(word: str, choices) -> str:
+    close = nearest(word, choices)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _show(value) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "nothing"
+    if isinstance(value, (dict, list)):
+        return "a mapping" if isinstance(value, dict) else "a list"
+    return str(value)
+
+
+def pydantic_diagnostics(src: Source, base: tuple, exc, known_fields) -> list:
+    """One Diagnostic per pydantic error, located in `src` under the path prefix `base`."""
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = base + tuple(err["loc"])
+        kind, value, ctx = err["type"], err.get("input"), err.get("ctx") or {}
+        field = str(loc[-1]) if loc else ""
+        at_key = False
+        if kind == "extra_forbidden":
+            parent_fields = known_fields(loc[:-1])
+            msg = f"unknown key '{field}'" + did_you_mean(field, parent_fields)
+            if not nearest(field, parent_fields) and parent_fields:
+                msg += f"; known keys: {', '.join(parent_fields)}"
+            at_key = True
+        elif kind == "missing":
+            msg = f"missing required key '{field}'"
+            loc = loc[:-1]
+        elif kind == "literal_error":
+            msg = _literal(field, value, ctx)
+        elif kind == "string_pattern_mismatch" and field == "id":
+            safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in str(value).lower())
+            msg = (
+                f"shot id {_show(value)} is not safe as a file name: use lower-case letters, "
+                f"digits, '-' and '_', starting with a letter or digit (e.g. '{safe.strip('-_') or 'shot-1'}')"
+            )
+        elif kind in ("int_type", "int_parsing", "int_from_float"):
+            msg = f"must be a whole number, got {_show(value)}"
+        elif kind in ("float_type", "float_parsing"):
+            msg = f"must be a number, got {_show(value)}"
+        elif kind in ("string_type",):
+            msg = f"must be text, got {_show(value)} (quote it)"
+        elif kind in ("bool_type", "bool_parsing"):
+            msg = f"must be true or false, got {_show(value)}"
+        elif kind in ("model_type", "dict_type", "model_attributes_type"):
+            msg = f"must be a mapping of keys to values, got {_show(value)}"
+        elif kind == "list_type":
+            msg = f"must be a list, got {_show(value)}"
+        elif kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+            op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=",
+                  "less_than": "<"}[kind]
+            bound = next(iter(ctx.values()))
+            msg = f"must be {op} {bound}, got {_show(value)}"
+        elif kind == "too_short":
+            msg = "must not be empty" if field != "shots" else "a film needs at least one shot"
+        elif kind in ("finite_number",):
+            msg = f"must be a finite number, got {_show(value)}"
+        else:
+            msg = err["msg"][:1].lower() + err["msg"][1:]
+        out.append(src.diag(loc, msg, key=at_key))
+    return out
+
+
+def _literal(field: str, value, ctx) -> str:
+    if field == "camera_control":
+        return f"unknown camera preset {_show(value)}" + did_you_mean(value, CAMERA_PRESETS) + (
+            f" (presets: {', '.join(CAMERA_PRESETS)})"
+        )
+    if field == "version":
+        return f"unsupported spec version {_show(value)}: this moldbatch reads version 1"
+    expected = ctx.get("expected", "").replace("'", "").replace(" or ", ", ")
+    return f"must be one of {expected}, got {_show(value)}" + did_you_mean(
+        value, [x.strip() for x in expected.split(",")]
+    )
+
+
+__all__ = ["pydantic_diagnostics", "nearest", "did_you_mean", "format_path"]

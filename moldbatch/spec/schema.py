@@ -1,0 +1,141 @@
+"""The spec language as pydantic models: field types, ranges and choices, each stated once.
+
+Rules that span fields or need the model registry (the frame grid, sizes, which model has
+which feature) live in the planner; these models only say what each field may hold.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+from moldbatch.models import CAMERA_PRESETS
+
+Format = Literal["mp4", "gif", "apng", "webp"]
+Transition = Literal["smooth", "cut", "fade"]
+Pipeline = Literal["auto", "distilled", "two-stage", "keyframe", "a2vid", "retake", "ic-lora"]
+CameraPreset = Literal[CAMERA_PRESETS]  # type: ignore[valid-type]
+SHOT_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+
+Seconds = Annotated[float, Field(ge=0, strict=True)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class LoraSpec(_Strict):
+    path: StrictStr = Field(description="a .safetensors LoRA file, relative to the spec file")
+    scale: float = Field(1.0, ge=0, le=2, description="adapter weight, 0 to 2")
+
+
+class Keyframe(_Strict):
+    frame: StrictInt = Field(ge=0, description="shot frame the image lands on, 0 <= frame < frames")
+    image: StrictStr = Field(description="a PNG or JPEG file, relative to the spec file")
+
+
+class RetakeWindow(_Strict):
+    start: Seconds = Field(description="seconds into `video` where the retake starts")
+    end: Seconds = Field(description="seconds into `video` where the retake ends, > start")
+
+
+class ShotSettings(_Strict):
+    """Every field a shot may set; `defaults` holds the same fields for all shots."""
+
+    model: StrictStr | None = Field(None, description="model name; see `moldbatch models`")
+    prompt: StrictStr | None = Field(None, description="what the shot shows and sounds like")
+    prompts: list[StrictStr] | None = Field(
+        None, min_length=1, description="one prompt per planned clip, instead of `prompt`"
+    )
+    negative_prompt: StrictStr | None = None
+    frames: StrictInt | None = Field(
+        None, ge=1, description="shot length in frames; 8k+1 when it fits one clip"
+    )
+    duration: float | None = Field(
+        None, gt=0, description="shot length in seconds (instead of frames); trimmed exactly"
+    )
+    width: StrictInt | None = Field(None, ge=32, description="output width, after upscales")
+    height: StrictInt | None = Field(None, ge=32, description="output height, after upscales")
+    fps: float | None = Field(None, ge=1, le=120, description="output frames per second")
+    seed: StrictInt | None = Field(None, ge=0, description="base seed; clip i uses seed + i")
+    format: Format | None = Field(None, description="mp4, or the silent gif / apng / webp")
+    audio: StrictBool | None = Field(None, description="render sound; mp4 only, default on")
+    clip_frames: StrictInt | None = Field(
+        None, ge=1, description="frames per clip of a chain: 8k+1, at most the model's cap"
+    )
+    motion_tail: StrictInt | None = Field(
+        None, ge=0, description="frames carried from one clip into the next (smooth)"
+    )
+    transition: Transition | None = Field(None, description="how the clips of a chain meet")
+    fade_frames: StrictInt | None = Field(
+        None, ge=1, description="cross-fade length for transition: fade"
+    )
+    last_clip: Literal["tight", "full"] | None = Field(
+        None, description="tight: the last clip renders only what is needed; full: a whole clip"
+    )
+    steps: StrictInt | None = Field(None, ge=1, le=100, description="denoising steps")
+    guidance: float | None = Field(None, ge=0, le=30, description="classifier-free guidance")
+    loras: list[LoraSpec] | None = None
+    camera_control: CameraPreset | None = Field(  # type: ignore[valid-type]
+        None, description="a camera LoRA preset (LTX-2 19B only)"
+    )
+    image: StrictStr | None = Field(None, description="first-frame image (PNG/JPEG)")
+    keyframes: list[Keyframe] | None = None
+    audio_file: StrictStr | None = Field(None, description="audio the video follows (a2vid)")
+    video: StrictStr | None = Field(None, description="source clip for retake and IC-LoRA")
+    retake: RetakeWindow | None = None
+    pipeline: Pipeline | None = Field(None, description="auto picks from the inputs")
+    spatial_upscale: Literal["x2", "x1.5"] | None = None
+    temporal_upscale: Literal["x2"] | None = None
+
+
+class Shot(ShotSettings):
+    id: StrictStr = Field(
+        pattern=SHOT_ID_PATTERN, description="unique; lower-case letters, digits, - and _"
+    )
+
+
+class Film(_Strict):
+    """One film: defaults for every shot, the shots in order, and where the joined film goes."""
+
+    version: Literal[1] = Field(description="spec language version")
+    name: StrictStr | None = Field(None, description="film name; defaults to the file's stem")
+    defaults: ShotSettings | None = None
+    output: StrictStr | None = Field(
+        None, description="all shots joined in order into one file (optional)"
+    )
+    shots: list[Shot] = Field(min_length=1)
+
+
+SETTING_FIELDS = tuple(ShotSettings.model_fields)
+SHOT_FIELDS = tuple(Shot.model_fields)
+FILM_FIELDS = tuple(Film.model_fields)
+
+# Built-in values for what neither the shot nor `defaults` sets. Model-dependent ones
+# (steps) come from the registry.
+BUILTIN_DEFAULTS = {
+    "model": "ltx-2-19b-distilled:fp8",
+    "width": 1216,
+    "height": 704,
+    "fps": 24,
+    "seed": 42,
+    "format": "mp4",
+    "motion_tail": 4,
+    "transition": "smooth",
+    "fade_frames": 8,
+    "last_clip": "tight",
+    "guidance": 3.0,
+    "negative_prompt": "",
+    "pipeline": "auto",
+    "loras": [],
+    "keyframes": [],
+}
+
+
+def json_schema() -> dict:
+    schema = Film.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://moldbatch.dev/schemas/moldbatch.schema.json"
+    schema["title"] = "moldbatch film spec"
+    return schema

@@ -1,0 +1,273 @@
+"""Reading a spec file into plain data plus the line and column of every value in it.
+
+YAML positions come from PyYAML's node marks. `tomllib` keeps no positions, so TOML values are
+located by a small scanner over the text (tables, array tables, keys, and the elements of
+inline and multi-line arrays); where it cannot see deeper it falls back to the nearest parent.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from moldbatch.errors import Diagnostic
+
+PathKey = tuple  # ("shots", 2, "frames")
+
+
+@dataclass
+class Source:
+    file: str  # as shown in diagnostics
+    path: Path
+    data: object
+    positions: dict[PathKey, tuple[int, int]] = field(default_factory=dict)
+    key_positions: dict[PathKey, tuple[int, int]] = field(default_factory=dict)
+
+    def locate(self, path: PathKey, *, key: bool = False) -> tuple[int, int]:
+        """Line and column (1-based) of the value at `path`, or of its nearest known parent."""
+        table = self.key_positions if key else self.positions
+        p = tuple(path)
+        while p:
+            if p in table:
+                return table[p]
+            if key and p in self.positions:
+                return self.positions[p]
+            p = p[:-1]
+        return (1, 1)
+
+    def diag(self, path: PathKey, message: str, severity: str = "error", *, key=False):
+        line, col = self.locate(path, key=key)
+        return Diagnostic(self.file, line, col, format_path(path), message, severity)
+
+
+def format_path(path: PathKey) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+class SourceError(Exception):
+    def __init__(self, diagnostic: Diagnostic):
+        self.diagnostic = diagnostic
+        super().__init__(str(diagnostic))
+
+
+def read_source(path: Path, file: str | None = None) -> Source:
+    file = file or str(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise SourceError(Diagnostic(file, 1, 1, "", "no such file")) from None
+    except IsADirectoryError:
+        raise SourceError(Diagnostic(file, 1, 1, "", "is a folder, not a spec file")) from None
+    except UnicodeDecodeError as e:
+        raise SourceError(Diagnostic(file, 1, 1, "", f"not UTF-8 text ({e.reason})")) from None
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        return _read_toml(text, path, file)
+    if suffix in (".yaml", ".yml"):
+        return _read_yaml(text, path, file)
+    raise SourceError(
+        Diagnostic(file, 1, 1, "", f"unknown spec format '{suffix}': use .yaml, .yml or .toml")
+    )
+
+
+# --- YAML -------------------------------------------------------------------------------
+
+
+def _read_yaml(text: str, path: Path, file: str) -> Source:
+    src = Source(file, path, None)
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                src.data = None
+                return src
+            src.data = _walk_yaml(node, (), src, loader)
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = e.problem or e.context or "invalid YAML"
+        raise SourceError(Diagnostic(file, line, col, "", f"invalid YAML: {problem}")) from None
+    except yaml.YAMLError as e:
+        raise SourceError(Diagnostic(file, 1, 1, "", f"invalid YAML: {e}")) from None
+    except RecursionError:
+        raise SourceError(Diagnostic(file, 1, 1, "", "invalid YAML: nested too deeply")) from None
+    return src
+
+
+def _walk_yaml(node, path: PathKey, src: Source, loader):
+    src.positions[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        out = {}
+        loader.flatten_mapping(node)  # resolves YAML merge keys (<<)
+        for knode, vnode in node.value:
+            key = loader.construct_object(knode, deep=True)
+            if not isinstance(key, (str, int, float, bool)) or key is None:
+                line, col = knode.start_mark.line + 1, knode.start_mark.column + 1
+                raise SourceError(
+                    Diagnostic(src.file, line, col, _fmt(path), "keys must be plain names")
+                )
+            key = str(key) if not isinstance(key, str) else key
+            if key in out:
+                line, col = knode.start_mark.line + 1, knode.start_mark.column + 1
+                raise SourceError(
+                    Diagnostic(src.file, line, col, _fmt(path + (key,)),
+                               f"duplicate key '{key}': each key may appear once")
+                )
+            src.key_positions[path + (key,)] = (
+                knode.start_mark.line + 1, knode.start_mark.column + 1
+            )
+            out[key] = _walk_yaml(vnode, path + (key,), src, loader)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_walk_yaml(v, path + (i,), src, loader) for i, v in enumerate(node.value)]
+    return loader.construct_object(node, deep=True)
+
+
+def _fmt(path: PathKey) -> str:
+    return format_path(path)
+
+
+# --- TOML -------------------------------------------------------------------------------
+
+_TOML_ERR = re.compile(r"\(at line (\d+), column (\d+)\)")
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r'^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|\'[^\']*\')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|\'[^\']*\'))*)\s*=\s*')
+_INLINE_KEY = re.compile(r'([A-Za-z0-9_-]+|"[^"]*")\s*=\s*')
+
+
+def _read_toml(text: str, path: Path, file: str) -> Source:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        msg = str(e)
+        m = _TOML_ERR.search(msg)
+        line, col = (int(m.group(1)), int(m.group(2))) if m else (1, 1)
+        msg = _TOML_ERR.sub("", msg).strip()
+        raise SourceError(Diagnostic(file, line, col, "", f"invalid TOML: {msg}")) from None
+    src = Source(file, path, data)
+    _scan_toml(text, src)
+    return src
+
+
+def _split_dotted(key: str) -> list[str]:
+    parts = re.findall(r'"[^"]*"|\'[^\']*\'|[^.\s]+', key)
+    return [p[1:-1] if p[:1] in "\"'" else p for p in parts]
+
+
+def _scan_toml(text: str, src: Source) -> None:
+    _TomlScanner(src).scan(text)
+
+
+@dataclass
+class _Open:
+    """An inline array or table that is still open at the end of a line."""
+
+    path: PathKey
+    kind: str  # "[" or "{"
+    index: int = 0
+    expecting: bool = True  # an array waiting for its next element
+
+
+class _TomlScanner:
+    def __init__(self, src: Source):
+        self.src = src
+        self.table: PathKey = ()
+        self.counts: dict[PathKey, int] = {}
+        self.stack: list[_Open] = []
+        self.multiline: str | None = None
+
+    def scan(self, text: str) -> None:
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if self.multiline:
+                if self.multiline in line:
+                    self.multiline = None
+                continue
+            if self.stack:
+                self.inline(line, 0, lineno)
+            else:
+                self.statement(line, lineno)
+
+    def statement(self, line: str, lineno: int) -> None:
+        src = self.src
+        m = _HEADER.match(line)
+        if m and not _KEY.match(line):
+            name = tuple(_split_dotted(m.group(2)))
+            if m.group(1) == "[[":
+                idx = self.counts.get(name, 0)
+                self.counts[name] = idx + 1
+                self.table = name + (idx,)
+            else:
+                self.table = name
+            pos = (lineno, line.index("[") + 1)
+            for i in range(1, len(self.table) + 1):
+                src.positions.setdefault(self.table[:i], pos)
+            src.key_positions.setdefault(self.table, pos)
+            return
+        m = _KEY.match(line)
+        if not m:
+            return
+        path = self.table + tuple(_split_dotted(m.group(1)))
+        src.key_positions[path] = (lineno, len(line) - len(line.lstrip()) + 1)
+        src.positions[path] = (lineno, m.end() + 1)
+        rest = line[m.end():]
+        for quote in ('"""', "'''"):
+            if rest.startswith(quote) and rest.count(quote) == 1:
+                self.multiline = quote
+        if rest[:1] in "[{":
+            self.stack.append(_Open(path, rest[0]))
+            self.inline(line, m.end() + 1, lineno)
+
+    def inline(self, line: str, i: int, lineno: int) -> None:
+        src, n = self.src, len(line)
+        while i < n and self.stack:
+            ch, top = line[i], self.stack[-1]
+            if ch.isspace():
+                i += 1
+                continue
+            if ch == "#":
+                return
+            if top.kind == "[" and top.expecting and ch not in "],":
+                elem = top.path + (top.index,)
+                src.positions.setdefault(elem, (lineno, i + 1))
+                top.expecting = False
+                if ch in "[{":
+                    self.stack.append(_Open(elem, ch))
+                    i += 1
+                    continue
+            if top.kind == "{":
+                m = _INLINE_KEY.match(line, i)
+                if m:
+                    path = top.path + (m.group(1).strip('"'),)
+                    src.key_positions[path] = (lineno, i + 1)
+                    src.positions[path] = (lineno, m.end() + 1)
+                    i = m.end()
+                    if i < n and line[i] in "[{":
+                        self.stack.append(_Open(path, line[i]))
+                        i += 1
+                    continue
+            if ch in "\"'":
+                j = line.find(ch, i + 1)
+                while j > 0 and ch == '"' and line[j - 1] == "\\":
+                    j = line.find(ch, j + 1)
+                i = j + 1 if j > 0 else n
+                continue
+            if ch == ",":
+                if top.kind == "[":
+                    top.index += 1
+                    top.expecting = True
+            elif ch in "]}":
+                self.stack.pop()
+            i += 1
