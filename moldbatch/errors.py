@@ -17,6 +17,10 @@ class Diagnostic:
     message: str
     severity: str = "error"  # "error" | "warning"
 
+    def __post_init__(self) -> None:
+        # one finding, one line: messages from parsers may span several
+        object.__setattr__(self, "message", " ".join(self.message.split()))
+
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}:{self.column}"
         kind = "" if self.severity == "error" else "warning: "

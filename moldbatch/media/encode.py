@@ -279,6 +279,16 @@ def _encode_simple(
     out.mux(stream.encode(None))
 
 
+def _mp4_timescale(rate: Fraction) -> int:
+    """The timescale the mp4 muxer gives a video track with time base 1/rate (its
+    denominator, doubled until >= 10000). Using it as the movie timescale too makes the
+    edit list, and so the stated duration, exact instead of rounded to the default 1 ms."""
+    scale = rate.numerator
+    while scale < 10000:
+        scale *= 2
+    return scale
+
+
 # --------------------------------------------------------------------------- atomic write
 
 
@@ -339,7 +349,7 @@ def write_video(
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     out = None
     try:
-        options = {"movflags": "+faststart"} if fmt == "mp4" else {}
+        options = {"movflags": "+faststart", "movie_timescale": str(_mp4_timescale(rate))} if fmt == "mp4" else {}
         out = av.open(str(tmp), "w", format=_MUXERS[fmt], options=options)
         if fmt == "mp4":
             _encode_mp4(out, frames, h, w, rate, crf, preset, audio, audio_rate, audio_bitrate)

@@ -35,14 +35,24 @@ class MediaInfo:
     audio_duration: float | None = None  # seconds, as the container states it (edit list applied)
 
 
-def _snap_rate(measured: Fraction) -> Fraction:
-    """gif (10 ms), webp (1 ms) and apng (as demuxed, 10 us) store frame delays coarsely, so
-    frames/duration is slightly off: snap it to n or n*1000/1001 when within 0.1 %."""
-    if measured <= 0:
-        return measured
-    candidates = [Fraction(round(measured)), Fraction(round(measured * Fraction(1001, 1000)) * 1000, 1001)]
-    best = min(candidates, key=lambda c: abs(c - measured))
-    return best if best > 0 and abs(best - measured) <= measured / 1000 else measured
+# Timing resolution of the containers without exact frame timing, in seconds: gif delays are
+# centiseconds, webp milliseconds, and FFmpeg demuxes apng delays at 1/100000 s per frame.
+_TICK = {"gif": Fraction(1, 100), "webp": Fraction(1, 1000)}
+_APNG_TICK_PER_FRAME = Fraction(1, 100000)
+
+
+def _snap_rate(frames: int, duration: Fraction, tolerance: Fraction) -> Fraction:
+    """frames/duration, snapped to a whole rate or n*1000/1001 when that rate explains the
+    stored duration to within the container's timing resolution `tolerance`."""
+    if frames <= 0 or duration <= 0:
+        return Fraction(0)
+    measured = frames / duration
+    candidates = {Fraction(round(measured)), Fraction(round(measured * Fraction(1001, 1000)) * 1000, 1001)}
+    best = min((c for c in candidates if c > 0), key=lambda c: abs(frames / c - duration), default=None)
+    # 1.5 ticks: cumulative timestamp rounding (half a tick) plus the last frame's delay.
+    if best is not None and abs(frames / best - duration) <= tolerance * Fraction(3, 2):
+        return best
+    return measured
 
 
 def _container_name(demuxer: str) -> str:
@@ -102,7 +112,7 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
             format="webp",
             duration=float(seconds),
             frames=len(durations),
-            fps=float(_snap_rate(len(durations) / seconds)) if seconds else 0.0,
+            fps=float(_snap_rate(len(durations), seconds, _TICK["webp"])),
             width=width,
             height=height,
             has_audio=False,
@@ -137,8 +147,9 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
             duration = frames / Fraction(video.average_rate)
         duration = duration or Fraction(0)
         fps = frames / duration if duration else Fraction(video.average_rate or 0)
-        if not indexed:
-            fps = _snap_rate(fps)
+        if not indexed and duration:
+            name = _container_name(container.format.name)
+            fps = _snap_rate(frames, duration, _TICK.get(name, frames * _APNG_TICK_PER_FRAME))
         audio_duration = None
         if audio is not None and audio.duration:
             audio_duration = float(Fraction(audio.duration) * audio.time_base)
@@ -186,7 +197,9 @@ def read_video(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray | N
         return _read_webp(path), None, None
 
     import av
+    from av.video.reformatter import Interpolation
 
+    decode_flags = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
     with av.open(str(path)) as container:
         if not container.streams.video:
             raise ValueError(f"{path} has no video stream")
@@ -202,7 +215,9 @@ def read_video(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray | N
         for packet in container.demux(streams):
             for frame in packet.decode():
                 if packet.stream is video:
-                    images.append(frame.to_ndarray(format="rgb24"))
+                    # Full-resolution chroma interpolation halves the yuv420p round-trip error
+                    # against swscale's default (which is built for speed, not fidelity).
+                    images.append(frame.to_ndarray(format="rgb24", interpolation=decode_flags))
                 else:
                     if resampler is None:
                         # Normalise whatever the decoder gives (s16, fltp, ...) to planar float.

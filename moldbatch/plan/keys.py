@@ -12,8 +12,11 @@ KEY_VERSION = "moldbatch-stage-1"
 
 
 def content_key(kind: str, params: dict, needs: list[str]) -> str:
-    """sha256 over the stage kind, its canonical parameters and the keys of what it needs."""
-    doc = {"v": KEY_VERSION, "kind": kind, "params": params, "needs": needs}
+    """sha256 over the stage kind, its canonical parameters and the keys of what it needs.
+
+    A file reference ({"path", "sha256"}) counts by its bytes only, so moving or renaming
+    the film's folder changes no key."""
+    doc = {"v": KEY_VERSION, "kind": kind, "params": _keyed(params), "needs": needs}
     blob = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -33,3 +36,11 @@ class FileDigests:
                     h.update(block)
             self._cache[path] = h.hexdigest()
         return self._cache[path]
+
+
+def _keyed(value):
+    if isinstance(value, dict):
+        return {k: _keyed(v) for k, v in value.items() if not (k == "path" and "sha256" in value)}
+    if isinstance(value, list):
+        return [_keyed(v) for v in value]
+    return value

@@ -1,0 +1,98 @@
+"""Content keys: the same film gives the same keys in YAML and TOML and wherever it lives; an
+edit changes the keys of what it touches and of what follows, and nothing else."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from conftest import write
+
+from moldbatch.plan.planner import plan_file
+
+CHAIN = """\
+version: 1
+defaults: {{model: ltx-2-tiny:random, width: 64, height: 64}}
+output: film.mp4
+shots:
+  - id: intro
+    prompt: a quiet harbour at dawn
+    frames: 17
+  - id: walk
+    frames: 100
+    clip_frames: 25
+    image: assets/start.png
+    prompts: [{prompts}]
+"""
+PROMPTS = ["one", "two", "three", "four", "five"]
+
+
+def keys(path: Path) -> dict[str, str]:
+    plan = plan_file(path)
+    assert plan.valid, [str(d) for d in plan.diagnostics]
+    return {s.id: s.key for s in plan.stages}
+
+
+def chain(folder: Path, prompts=PROMPTS, name="film.yaml", extra="") -> Path:
+    return write(folder, name, CHAIN.format(prompts=", ".join(prompts)) + extra)
+
+
+def test_yaml_and_toml_forms_give_the_same_keys():
+    corpus = Path(__file__).resolve().parents[2] / "specs" / "conformance" / "valid"
+    assert keys(corpus / "chain-400.yaml") == keys(corpus / "chain-400.toml")
+
+
+def test_keys_do_not_depend_on_where_the_spec_lives(film_dir: Path, tmp_path_factory):
+    a = keys(chain(film_dir))
+    other = tmp_path_factory.mktemp("elsewhere")
+    shutil.copytree(film_dir / "assets", other / "assets")
+    assert keys(chain(other, name="renamed.yml")) == a
+
+
+def test_editing_clip_3_prompt_changes_clip_3_and_what_follows_only(film_dir: Path):
+    before = keys(chain(film_dir))
+    edited = PROMPTS.copy()
+    edited[3] = "four at night"
+    after = keys(chain(film_dir, edited))
+    changed = {sid for sid in before if before[sid] != after[sid]}
+    assert changed == {"walk/clip-3", "walk/clip-4", "walk/stitch", "walk/export", "film/join"}
+
+
+def test_changing_an_input_image_changes_every_clip_it_flows_into(film_dir: Path):
+    spec = chain(film_dir)
+    before = keys(spec)
+    (film_dir / "assets" / "start.png").write_bytes(
+        (film_dir / "assets" / "end.png").read_bytes())
+    after = keys(spec)
+    changed = {sid for sid in before if before[sid] != after[sid]}
+    # the first-frame image conditions clip 0, which carries into every later clip
+    assert {"walk/clip-0", "walk/clip-4", "walk/export"} <= changed
+    assert "intro/clip-0" not in changed and "intro/export" not in changed
+
+
+def test_format_change_touches_only_the_export(film_dir: Path):
+    before = keys(chain(film_dir, extra="    format: gif\n    audio: false\n"))
+    after = keys(chain(film_dir, extra="    format: webp\n    audio: false\n"))
+    changed = {sid for sid in before if before[sid] != after[sid]}
+    assert changed == {"walk/export"}
+
+
+def test_turning_audio_off_rerenders_the_clips_without_sound(film_dir: Path):
+    before = keys(chain(film_dir))
+    after = keys(chain(film_dir, extra="    audio: false\n"))
+    changed = {sid for sid in before if before[sid] != after[sid]}
+    assert "walk/clip-0" in changed and "intro/clip-0" not in changed
+
+
+def test_output_paths_are_not_part_of_any_key(film_dir: Path):
+    spec = chain(film_dir)
+    a = keys(spec)
+    spec.write_text(spec.read_text().replace("output: film.mp4", "output: out/final.mp4"))
+    assert keys(spec) == a
+    plan = plan_file(spec, out_dir=film_dir / "elsewhere")
+    assert {s.id: s.key for s in plan.stages} == a
+
+
+def test_every_stage_key_is_distinct(film_dir: Path):
+    k = keys(chain(film_dir))
+    assert len(set(k.values())) == len(k)
