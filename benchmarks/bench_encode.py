@@ -10,6 +10,7 @@ import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,9 @@ from moldbatch.media.probe import probe
 from moldbatch.media.timing import samples_for_frames
 
 
-def synthetic(frames: int, height: int, width: int, fps: float, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
+def synthetic(
+    frames: int, height: int, width: int, fps: float, sample_rate: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Moving gradients plus mild noise (so x264 has real work, unlike flat colour), and a
     stereo tone pair of exactly the video's duration."""
     rng = np.random.default_rng(0)
@@ -39,7 +42,14 @@ def synthetic(frames: int, height: int, width: int, fps: float, sample_rate: int
 
 
 def ffmpeg_encode(
-    exe: str, out: Path, video: np.ndarray, audio: np.ndarray, fps: float, sample_rate: int, crf: int, preset: str
+    exe: str,
+    out: Path,
+    video: np.ndarray,
+    audio: np.ndarray,
+    fps: float,
+    sample_rate: int,
+    crf: int,
+    preset: str,
 ) -> None:
     """Same job through the CLI: rgb24 on stdin, f32le (interleaved) audio from a file."""
     _, h, w, _ = video.shape
@@ -63,13 +73,16 @@ def ffmpeg_encode(
         os.unlink(raw_audio)
 
 
-def best_of(repeat: int, fn) -> float:
-    times = []
+def best_of_alternating(repeat: int, *jobs: Callable[[], object]) -> list[float]:
+    """Best wall time of each job, running them in turn each round so background load hits
+    both alike."""
+    best = [float("inf")] * len(jobs)
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+        for k, job in enumerate(jobs):
+            t0 = time.perf_counter()
+            job()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best
 
 
 def main() -> None:
@@ -94,15 +107,20 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         ours, theirs = Path(tmp) / "pyav.mp4", Path(tmp) / "cli.mp4"
-        t_ours = best_of(
+        t_ours, t_cli = best_of_alternating(
             args.repeat,
             lambda: write_video(
-                ours, video, args.fps, audio=audio, sample_rate=args.sample_rate, crf=args.crf, preset=args.preset
+                ours,
+                video,
+                args.fps,
+                audio=audio,
+                sample_rate=args.sample_rate,
+                crf=args.crf,
+                preset=args.preset,
             ),
-        )
-        t_cli = best_of(
-            args.repeat,
-            lambda: ffmpeg_encode(exe, theirs, video, audio, args.fps, args.sample_rate, args.crf, args.preset),
+            lambda: ffmpeg_encode(
+                exe, theirs, video, audio, args.fps, args.sample_rate, args.crf, args.preset
+            ),
         )
         for name, p, t in (("write_video (PyAV)", ours, t_ours), ("ffmpeg CLI", theirs, t_cli)):
             info = probe(p)

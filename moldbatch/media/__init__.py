@@ -22,7 +22,19 @@ _EXPORTS = {
     "samples_for_frames": "timing",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "MediaInfo",
+    "fit_audio",
+    "fps_fraction",
+    "join",
+    "probe",
+    "read_video",
+    "resample_audio",
+    "samples_for_frames",
+    "stitch_audio",
+    "stitch_frames",
+    "write_video",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -48,7 +48,9 @@ def _frame_count_and_size(frames: FramesLike) -> tuple[int, int, int]:
     """(count, height, width) from an array [F, H, W, 3] or the first of a list of [H, W, 3]."""
     if isinstance(frames, np.ndarray):
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise ValueError(f"frames must be uint8 [F, H, W, 3], got {frames.dtype} {frames.shape}")
+            raise ValueError(
+                f"frames must be uint8 [F, H, W, 3], got {frames.dtype} {frames.shape}"
+            )
         count, h, w = frames.shape[:3]
     else:
         count = len(frames)
@@ -120,11 +122,15 @@ def _aac_rate(sample_rate: int) -> int:
     return next((r for r in rates if r > sample_rate), rates[-1])
 
 
-def _prepare_audio(audio: Any, sample_rate: int | None, frames: int, rate: Fraction) -> tuple[np.ndarray, int]:
+def _prepare_audio(
+    audio: Any, sample_rate: int | None, frames: int, rate: Fraction
+) -> tuple[np.ndarray, int]:
     """Validate audio, resample it to a rate AAC accepts, and fit it to the video's exact
     duration: the mp4's audio and video durations must match (trailing silence or trim)."""
     if not isinstance(audio, np.ndarray) or audio.ndim != 2 or audio.shape[0] < 1:
-        raise ValueError(f"audio must be float [channels, samples], got {getattr(audio, 'shape', type(audio))}")
+        raise ValueError(
+            f"audio must be float [channels, samples], got {getattr(audio, 'shape', type(audio))}"
+        )
     if audio.shape[0] not in _LAYOUTS:
         raise ValueError(f"unsupported audio channel count {audio.shape[0]}")
     if not sample_rate or sample_rate <= 0:
@@ -159,7 +165,13 @@ def _encode_mp4(
     audio_bitrate: int,
 ) -> None:
     import av
-    from av.video.reformatter import ColorPrimaries, ColorRange, Colorspace, ColorTrc, VideoReformatter
+    from av.video.reformatter import (
+        ColorPrimaries,
+        ColorRange,
+        Colorspace,
+        ColorTrc,
+        VideoReformatter,
+    )
 
     pad_h, pad_w = h % 2, w % 2  # yuv420p subsamples chroma 2x2: both sides must be even
     video = out.add_stream("libx264", rate=rate)
@@ -216,7 +228,9 @@ def _encode_mp4(
         out.mux(astream.encode(None))
 
 
-def _encode_gif(out: av.container.OutputContainer, frames: FramesLike, h: int, w: int, rate: Fraction) -> None:
+def _encode_gif(
+    out: av.container.OutputContainer, frames: FramesLike, h: int, w: int, rate: Fraction
+) -> None:
     import av
     import av.filter
 
@@ -349,7 +363,11 @@ def write_video(
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     out = None
     try:
-        options = {"movflags": "+faststart", "movie_timescale": str(_mp4_timescale(rate))} if fmt == "mp4" else {}
+        options = (
+            {"movflags": "+faststart", "movie_timescale": str(_mp4_timescale(rate))}
+            if fmt == "mp4"
+            else {}
+        )
         out = av.open(str(tmp), "w", format=_MUXERS[fmt], options=options)
         if fmt == "mp4":
             _encode_mp4(out, frames, h, w, rate, crf, preset, audio, audio_rate, audio_bitrate)
@@ -358,7 +376,9 @@ def write_video(
         elif fmt == "apng":
             _encode_simple(out, frames, h, w, rate, "apng", "rgb24", {})
         else:
-            opts = {"lossless": "1"} if crf == 0 else {"lossless": "0", "quality": str(_WEBP_QUALITY)}
+            opts = (
+                {"lossless": "1"} if crf == 0 else {"lossless": "0", "quality": str(_WEBP_QUALITY)}
+            )
             # bgra lets libwebp do its own (sharper) RGB->YUV conversion, and allows lossless.
             _encode_simple(out, frames, h, w, rate, "libwebp_anim", "bgra", opts)
         out.close()  # writes the trailer (and the faststart rewrite) before we fsync

@@ -47,8 +47,13 @@ def _snap_rate(frames: int, duration: Fraction, tolerance: Fraction) -> Fraction
     if frames <= 0 or duration <= 0:
         return Fraction(0)
     measured = frames / duration
-    candidates = {Fraction(round(measured)), Fraction(round(measured * Fraction(1001, 1000)) * 1000, 1001)}
-    best = min((c for c in candidates if c > 0), key=lambda c: abs(frames / c - duration), default=None)
+    candidates = {
+        Fraction(round(measured)),
+        Fraction(round(measured * Fraction(1001, 1000)) * 1000, 1001),
+    }
+    best = min(
+        (c for c in candidates if c > 0), key=lambda c: abs(frames / c - duration), default=None
+    )
     # 1.5 ticks: cumulative timestamp rounding (half a tick) plus the last frame's delay.
     if best is not None and abs(frames / best - duration) <= tolerance * Fraction(3, 2):
         return best
@@ -129,7 +134,6 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
         video = container.streams.video[0]
         audio = container.streams.audio[0] if container.streams.audio else None
         frames = video.frames or 0
-        indexed = bool(frames)  # mp4 keeps exact per-frame timing; the others are coarse
         duration = Fraction(video.duration) * video.time_base if video.duration else None
         if not frames or duration is None:
             # gif/apng carry no frame index: count packets, no decoding needed.
@@ -147,14 +151,14 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
             duration = frames / Fraction(video.average_rate)
         duration = duration or Fraction(0)
         fps = frames / duration if duration else Fraction(video.average_rate or 0)
-        if not indexed and duration:
-            name = _container_name(container.format.name)
+        name = _container_name(container.format.name)
+        if name != "mp4" and duration:  # mp4 timing is exact; gif/apng delays are coarse
             fps = _snap_rate(frames, duration, _TICK.get(name, frames * _APNG_TICK_PER_FRAME))
         audio_duration = None
         if audio is not None and audio.duration:
             audio_duration = float(Fraction(audio.duration) * audio.time_base)
         return MediaInfo(
-            format=_container_name(container.format.name),
+            format=name,
             duration=float(duration),
             frames=frames,
             fps=float(fps),
@@ -199,7 +203,9 @@ def read_video(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray | N
     import av
     from av.video.reformatter import Interpolation
 
-    decode_flags = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
+    decode_flags = (
+        Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
+    )
     with av.open(str(path)) as container:
         if not container.streams.video:
             raise ValueError(f"{path} has no video stream")
@@ -221,7 +227,9 @@ def read_video(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray | N
                 else:
                     if resampler is None:
                         # Normalise whatever the decoder gives (s16, fltp, ...) to planar float.
-                        resampler = av.AudioResampler(format="fltp", layout=frame.layout, rate=frame.sample_rate)
+                        resampler = av.AudioResampler(
+                            format="fltp", layout=frame.layout, rate=frame.sample_rate
+                        )
                     chunks.extend(f.to_ndarray() for f in resampler.resample(frame))
         if resampler is not None:
             chunks.extend(f.to_ndarray() for f in resampler.resample(None))

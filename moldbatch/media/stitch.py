@@ -179,7 +179,9 @@ def stitch_frames(
     segs = _segments([c.shape[0] for c in clips], transition, tail, fade_frames, "frames")
     length = _stitched_length(segs)
     if length < total:
-        raise ValueError(f"stitched {transition} chain has {length} frames, fewer than total={total}")
+        raise ValueError(
+            f"stitched {transition} chain has {length} frames, fewer than total={total}"
+        )
     return _stitch(clips, segs, total, axis=0)
 
 
@@ -291,16 +293,27 @@ def join(
     total = 0
     channels = 0
     for i, (frames, audio) in enumerate(shots):
-        if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-            raise ValueError(f"shot {i} frames must be uint8 [F, H, W, 3], got {getattr(frames, 'shape', type(frames))}")
+        if (
+            not isinstance(frames, np.ndarray)
+            or frames.dtype != np.uint8
+            or frames.ndim != 4
+            or frames.shape[-1] != 3
+        ):
+            raise ValueError(
+                f"shot {i} frames must be uint8 [F, H, W, 3], got {getattr(frames, 'shape', type(frames))}"
+            )
         if h is None:
             h, w = frames.shape[1], frames.shape[2]
         elif frames.shape[1:3] != (h, w):
-            raise ValueError(f"shot {i} is {frames.shape[2]}x{frames.shape[1]}, shot 0 is {w}x{h}; all shots must share one size")
+            raise ValueError(
+                f"shot {i} is {frames.shape[2]}x{frames.shape[1]}, shot 0 is {w}x{h}; all shots must share one size"
+            )
         total += frames.shape[0]
         if audio is not None:
             if not isinstance(audio, np.ndarray) or audio.ndim != 2 or audio.shape[0] < 1:
-                raise ValueError(f"shot {i} audio must be [channels, samples], got {getattr(audio, 'shape', type(audio))}")
+                raise ValueError(
+                    f"shot {i} audio must be [channels, samples], got {getattr(audio, 'shape', type(audio))}"
+                )
             c = audio.shape[0]
             if channels and c != channels and 1 not in (c, channels):
                 raise ValueError(f"shot {i} audio has {c} channels, another shot has {channels}")

@@ -9,7 +9,7 @@ from fractions import Fraction
 _NTSC_BASES = (24, 30, 48, 60, 120, 240)
 
 
-def fps_fraction(fps: float | int | Fraction) -> Fraction:
+def fps_fraction(fps: float | Fraction) -> Fraction:
     """Return `fps` as an exact Fraction: 24 -> 24/1, 23.976 -> 24000/1001, 29.97 -> 30000/1001.
 
     Container time bases need an exact rational rate; a float like 23.976 taken literally
@@ -26,7 +26,11 @@ def fps_fraction(fps: float | int | Fraction) -> Fraction:
             rate = Fraction(round(value))
         else:
             rate = next(
-                (Fraction(b * 1000, 1001) for b in _NTSC_BASES if abs(value - b * 1000 / 1001) < 2e-3),
+                (
+                    Fraction(b * 1000, 1001)
+                    for b in _NTSC_BASES
+                    if abs(value - b * 1000 / 1001) < 2e-3
+                ),
                 Fraction(value).limit_denominator(1001),
             )
     if rate <= 0:

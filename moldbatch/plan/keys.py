@@ -28,7 +28,6 @@ class FileDigests:
         self._cache: dict[Path, str] = {}
 
     def __call__(self, path: Path) -> str:
-        path = path.resolve()
         if path not in self._cache:
             h = hashlib.sha256()
             with path.open("rb") as f:

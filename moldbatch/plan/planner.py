@@ -90,6 +90,9 @@ class Planner:
         self.digest = FileDigests()
         self._probes: dict[Path, object] = {}
         self._shot_settings: dict[str, Settings] = {}
+        self._paths: dict[str, Path] = {}  # each distinct path resolved and checked once
+        self._is_file: dict[Path, bool] = {}
+        self._heads: dict[Path, bytes] = {}
 
     # --- reporting --------------------------------------------------------------------
     def error(self, path: PathKey, message: str, *, key: bool = False) -> None:
@@ -386,16 +389,24 @@ class Planner:
         path = self._file(where, value)
         if path is None:
             return None
-        with path.open("rb") as f:
-            head = f.read(8)
-        if not any(head.startswith(m) for m in IMAGE_MAGIC):
+        if path not in self._heads:
+            with path.open("rb") as f:
+                self._heads[path] = f.read(8)
+        if not any(self._heads[path].startswith(m) for m in IMAGE_MAGIC):
             self.error(where, f"'{value}' is not a PNG or JPEG image")
             return None
         return path
 
+    def _resolve(self, value: str) -> Path:
+        if value not in self._paths:
+            self._paths[value] = (self.root / value).resolve()
+        return self._paths[value]
+
     def _file(self, where: PathKey, value: str) -> Path | None:
-        path = (self.root / value).resolve() if not Path(value).is_absolute() else Path(value)
-        if not path.is_file():
+        path = self._resolve(value)
+        if path not in self._is_file:
+            self._is_file[path] = path.is_file()
+        if not self._is_file[path]:
             hint = "" if Path(value).is_absolute() else " (paths are relative to the spec " \
                 "file's folder)"
             self.error(where, f"file '{value}' not found{hint}")
@@ -448,7 +459,7 @@ class Planner:
                        f"of '{s['video']}' ({info.duration:.2f} s)")
 
     def _probe(self, s: Settings, name: str):
-        path = (self.root / s[name]).resolve()
+        path = self._resolve(s[name])
         if path in self._probes:
             return self._probes[path]
         info = None
@@ -506,7 +517,7 @@ class Planner:
     def _shot_stages(self, shot: ShotPlan) -> list[Stage]:
         s = self._shot_settings[shot.id]
         loras = [{"path": str(p), "sha256": self.digest(p), "scale": lo.scale}
-                 for lo, p in ((lo, (self.root / lo.path).resolve()) for lo in s["loras"])]
+                 for lo, p in ((lo, self._resolve(lo.path)) for lo in s["loras"])]
         out, prev = [], None
         common = {
             "model": shot.model, "pipeline": shot.pipeline, "width": shot.render_width,
@@ -517,7 +528,7 @@ class Planner:
         }
         for media in ("audio_file", "video"):
             if s[media]:
-                path = (self.root / s[media]).resolve()
+                path = self._resolve(s[media])
                 common[media] = {"path": str(path), "sha256": self.digest(path)}
         if s["retake"] is not None:
             common["retake"] = {"start": s["retake"].start, "end": s["retake"].end}

@@ -43,7 +43,9 @@ def carried_video_latent_frames(tail_frames: int) -> int:
     return (tail_frames - 1) // VIDEO_TIME_COMPRESSION + 1
 
 
-def audio_latent_length(frames: int, fps: float, rate: float = LTX2_AUDIO_LATENTS_PER_SECOND) -> int:
+def audio_latent_length(
+    frames: int, fps: float, rate: float = LTX2_AUDIO_LATENTS_PER_SECOND
+) -> int:
     """Audio latents the runtime generates for a clip: the fewest whose decoded audio covers it.
 
     L latents decode to 4L - 3 mel frames, i.e. (4L - 3) / (4 * rate) seconds, so L is
@@ -55,7 +57,9 @@ def audio_latent_length(frames: int, fps: float, rate: float = LTX2_AUDIO_LATENT
     return max(1, math.ceil(duration * rate + 0.75 - 1e-9))
 
 
-def audio_carry_start(frames: int, fps: float, tail_frames: int, rate: float = LTX2_AUDIO_LATENTS_PER_SECOND) -> int:
+def audio_carry_start(
+    frames: int, fps: float, tail_frames: int, rate: float = LTX2_AUDIO_LATENTS_PER_SECOND
+) -> int:
     """Index of the first audio latent carried from a clip of `frames` frames.
 
     Latent s begins (for s >= 1) at mel frame 4s - 3, about s / rate seconds in; the carry
@@ -87,7 +91,9 @@ def carry_from(
     else:
         video, audio = previous, audio_latents
     if tail_frames >= frames:
-        raise ValueError(f"tail_frames ({tail_frames}) must be less than the clip's frames ({frames})")
+        raise ValueError(
+            f"tail_frames ({tail_frames}) must be less than the clip's frames ({frames})"
+        )
     if video.ndim != 5 or video.shape[2] != video_latent_frames(frames):
         raise ValueError(
             f"video latents of shape {tuple(video.shape)} do not belong to a {frames}-frame clip "
@@ -116,8 +122,11 @@ def check_carry_fits(carry: Carry, latent_frames: int, audio_frames: int | None)
             f"the carry holds {carry.video.shape[2]} latent frames but the clip has only {latent_frames}; "
             "tail_frames must be shorter than the clip"
         )
-    if carry.audio is not None and audio_frames is not None and carry.audio.shape[2] >= audio_frames:
+    if (
+        carry.audio is not None
+        and audio_frames is not None
+        and carry.audio.shape[2] >= audio_frames
+    ):
         raise ValueError(
             f"the carried audio holds {carry.audio.shape[2]} latents but the clip has only {audio_frames}"
         )
-

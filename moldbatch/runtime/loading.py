@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from moldbatch.runtime.errors import RuntimeFeatureError
-from moldbatch.runtime.hub import download, hub_errors
+from moldbatch.runtime.hub import download, hub_errors, preflight
 from moldbatch.runtime.pipeline import MoldConditionPipeline
 from moldbatch.runtime.registry import TEXT_ENCODER_REPO, ModelSpec
 
@@ -60,10 +60,13 @@ def _load_real(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> Loa
     from transformers import AutoTokenizer, Gemma3ForConditionalGeneration
 
     assert spec.diffusers_repo and spec.transformer_repo and spec.transformer_file
+    preflight([TEXT_ENCODER_REPO, spec.transformer_repo, spec.diffusers_repo])
 
     with hub_errors(TEXT_ENCODER_REPO, "the Gemma 3 text encoder"):
         tokenizer = AutoTokenizer.from_pretrained(TEXT_ENCODER_REPO)
-        text_encoder = Gemma3ForConditionalGeneration.from_pretrained(TEXT_ENCODER_REPO, dtype=dtype)
+        text_encoder = Gemma3ForConditionalGeneration.from_pretrained(
+            TEXT_ENCODER_REPO, dtype=dtype
+        )
 
     checkpoint = download(spec.transformer_repo, spec.transformer_file)
     with hub_errors(spec.diffusers_repo, "the transformer configuration"):
@@ -94,7 +97,9 @@ def _load_real(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> Loa
     return Loaded(pipe=pipe, latent_upsampler=None)
 
 
-def load_latent_upsampler(spec: ModelSpec, scale: float, device: torch.device, dtype: torch.dtype) -> Any:
+def load_latent_upsampler(
+    spec: ModelSpec, scale: float, device: torch.device, dtype: torch.dtype
+) -> Any:
     """The family's spatial latent upsampler for `scale` (x2 only for now)."""
     if scale != 2.0:
         raise RuntimeFeatureError(

@@ -16,7 +16,15 @@ from moldbatch.runtime.registry import ModelSpec
 from moldbatch.runtime.types import Lora
 
 CAMERA_PREFIX = "camera-control:"
-CAMERA_PRESETS = ("dolly-in", "dolly-left", "dolly-out", "dolly-right", "jib-down", "jib-up", "static")
+CAMERA_PRESETS = (
+    "dolly-in",
+    "dolly-left",
+    "dolly-out",
+    "dolly-right",
+    "jib-down",
+    "jib-up",
+    "static",
+)
 
 
 def camera_lora_location(spec: ModelSpec, preset: str) -> tuple[str, str]:
@@ -26,9 +34,14 @@ def camera_lora_location(spec: ModelSpec, preset: str) -> tuple[str, str]:
             f"camera-control presets exist for LTX-2 19B only, not {spec.name}; pass an explicit .safetensors LoRA path"
         )
     if preset not in CAMERA_PRESETS:
-        raise RuntimeFeatureError(f"unknown camera preset {preset!r}; presets: {', '.join(CAMERA_PRESETS)}")
+        raise RuntimeFeatureError(
+            f"unknown camera preset {preset!r}; presets: {', '.join(CAMERA_PRESETS)}"
+        )
     title = "-".join(part.capitalize() for part in preset.split("-"))
-    return f"{spec.camera_lora_repo_prefix}{title}", f"ltx-2-19b-lora-camera-control-{preset}.safetensors"
+    return (
+        f"{spec.camera_lora_repo_prefix}{title}",
+        f"ltx-2-19b-lora-camera-control-{preset}.safetensors",
+    )
 
 
 class LoraSwitch:
@@ -52,7 +65,9 @@ class LoraSwitch:
             self._pipe.disable_lora()
         else:
             self._pipe.enable_lora()
-            self._pipe.set_adapters([name for name, _ in wanted], adapter_weights=[w for _, w in wanted])
+            self._pipe.set_adapters(
+                [name for name, _ in wanted], adapter_weights=[w for _, w in wanted]
+            )
         self._active = wanted
 
     def unload(self) -> None:
@@ -70,7 +85,9 @@ class LoraSwitch:
             try:
                 self._pipe.load_lora_weights(file, adapter_name=name)
             except ImportError as exc:  # diffusers raises this when peft is missing
-                raise RuntimeLoadError(f"LoRAs need the `peft` package: pip install peft ({exc})") from exc
+                raise RuntimeLoadError(
+                    f"LoRAs need the `peft` package: pip install peft ({exc})"
+                ) from exc
             self._adapters[file] = name
         return name
 

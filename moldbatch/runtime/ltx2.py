@@ -78,9 +78,15 @@ class Runtime:
     def audio_latents_per_second(self) -> float:
         """Audio latent frames per second of clip time (25 for every LTX-2 model)."""
         pipe = self.pipe
-        return pipe.audio_sampling_rate / pipe.audio_hop_length / pipe.audio_vae_temporal_compression_ratio
+        return (
+            pipe.audio_sampling_rate
+            / pipe.audio_hop_length
+            / pipe.audio_vae_temporal_compression_ratio
+        )
 
-    def latent_shapes(self, frames: int, width: int, height: int, fps: float) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    def latent_shapes(
+        self, frames: int, width: int, height: int, fps: float
+    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Shapes of (video_latents, audio_latents) `render_clip` returns for such a clip."""
         pipe = self.pipe
         video = (
@@ -119,7 +125,9 @@ class Runtime:
 
     # -- rendering
 
-    def render_clip(self, req: ClipRequest, on_step: Callable[[int, int], None] | None = None) -> ClipResult:
+    def render_clip(
+        self, req: ClipRequest, on_step: Callable[[int, int], None] | None = None
+    ) -> ClipResult:
         """Render one clip. Same request (and model, device) -> bitwise the same output.
 
         `on_step(step, total)` is called after each denoising step, step counting 1..total.
@@ -130,7 +138,9 @@ class Runtime:
 
         conditions, keyframe_frames = self._conditions(req)
         latent_frames = carry_math.video_latent_frames(req.frames)
-        audio_frames = carry_math.audio_latent_length(req.frames, req.fps, self.audio_latents_per_second)
+        audio_frames = carry_math.audio_latent_length(
+            req.frames, req.fps, self.audio_latents_per_second
+        )
         carry = req.carry if req.carry is not None and req.carry.tail_frames > 0 else None
         if carry is not None:
             carry_math.check_carry_fits(carry, latent_frames, audio_frames)
@@ -139,7 +149,12 @@ class Runtime:
         # Zeros of the wanted length make diffusers generate exactly `audio_frames` latents
         # (pure noise: noise_scale is 1); see carry.audio_latent_length for why not its default.
         audio_init = torch.zeros(
-            (1, pipe.audio_latent_channels, audio_frames, pipe.audio_mel_bins // pipe.audio_vae_mel_compression_ratio),
+            (
+                1,
+                pipe.audio_latent_channels,
+                audio_frames,
+                pipe.audio_mel_bins // pipe.audio_vae_mel_compression_ratio,
+            ),
             dtype=torch.float32,
             device=self.device,
         )
@@ -211,7 +226,9 @@ class Runtime:
         want = round(frames / fps * self.sample_rate)
         if wave.shape[1] < want:
             # Does not happen with runtime-made latents (they decode long enough); pad rather than fail.
-            log.warning("decoded audio is %d samples short; padding with silence", want - wave.shape[1])
+            log.warning(
+                "decoded audio is %d samples short; padding with silence", want - wave.shape[1]
+            )
             wave = np.pad(wave, ((0, 0), (0, want - wave.shape[1])))
         return np.ascontiguousarray(wave[:, :want], dtype=np.float32)
 
@@ -223,13 +240,19 @@ class Runtime:
         `decode_video`. A two-stage render would also re-denoise it at the high size.
         """
         if scale != 2.0:
-            raise RuntimeFeatureError(f"spatial x{scale:g} latent upscaling is not supported by this runtime (x2 only)")
+            raise RuntimeFeatureError(
+                f"spatial x{scale:g} latent upscaling is not supported by this runtime (x2 only)"
+            )
         if self._latent_upsampler is None:
-            self._latent_upsampler = load_latent_upsampler(self.spec, scale, self.device, self.dtype)
+            self._latent_upsampler = load_latent_upsampler(
+                self.spec, scale, self.device, self.dtype
+            )
         if self._upsample_pipe is None:
             from diffusers.pipelines.ltx2 import LTX2LatentUpsamplePipeline
 
-            self._upsample_pipe = LTX2LatentUpsamplePipeline(vae=self.pipe.vae, latent_upsampler=self._latent_upsampler)
+            self._upsample_pipe = LTX2LatentUpsamplePipeline(
+                vae=self.pipe.vae, latent_upsampler=self._latent_upsampler
+            )
             self._upsample_pipe.set_progress_bar_config(disable=True)
         latents = video_latents.to(device=self.device, dtype=torch.float32)
         (upscaled,) = self._upsample_pipe(
@@ -256,16 +279,22 @@ class Runtime:
 
     def _check_request(self, req: ClipRequest) -> None:
         if req.model != self.model:
-            raise RuntimeFeatureError(f"this runtime holds {self.model}, but the clip asks for {req.model}")
+            raise RuntimeFeatureError(
+                f"this runtime holds {self.model}, but the clip asks for {req.model}"
+            )
         if req.frames < 1 or (req.frames - 1) % FRAME_GRID:
             raise RuntimeFeatureError(f"frames must be 8k+1 (9, 17, ..., 97), got {req.frames}")
         if req.width % SIZE_GRID or req.height % SIZE_GRID or req.width <= 0 or req.height <= 0:
-            raise RuntimeFeatureError(f"width and height must be positive multiples of 32, got {req.width}x{req.height}")
+            raise RuntimeFeatureError(
+                f"width and height must be positive multiples of 32, got {req.width}x{req.height}"
+            )
         if req.steps < 1:
             raise RuntimeFeatureError(f"steps must be at least 1, got {req.steps}")
         for frame, _ in req.keyframes:
             if not 0 <= frame < req.frames:
-                raise RuntimeFeatureError(f"keyframe at frame {frame} is outside the clip's {req.frames} frames")
+                raise RuntimeFeatureError(
+                    f"keyframe at frame {frame} is outside the clip's {req.frames} frames"
+                )
 
     def _check_carry_shape(self, carry: Carry, req: ClipRequest) -> None:
         video_shape, audio_shape = self.latent_shapes(req.frames, req.width, req.height, req.fps)
@@ -278,7 +307,9 @@ class Runtime:
         if carry.audio is not None:
             got_a = tuple(carry.audio.shape)
             if got_a[:2] != audio_shape[:2] or got_a[3:] != audio_shape[3:]:
-                raise RuntimeFeatureError(f"carried audio latents {got_a} do not fit this model's {audio_shape}")
+                raise RuntimeFeatureError(
+                    f"carried audio latents {got_a} do not fit this model's {audio_shape}"
+                )
 
     def _conditions(self, req: ClipRequest) -> tuple[list[Any], list[int]]:
         """LTX2VideoCondition list for the image and keyframes, and the exact pixel frame of each appended one."""
@@ -295,9 +326,14 @@ class Runtime:
             index = pixel_to_latent_index(frame)
             if has_carry and index < carry_math.carried_video_latent_frames(req.carry.tail_frames):  # type: ignore[union-attr]
                 # The carried latents own the first latent frames of a continuation clip.
-                log.warning("ignoring the image for frame %d: it falls inside the carried tail of the chain", frame)
+                log.warning(
+                    "ignoring the image for frame %d: it falls inside the carried tail of the chain",
+                    frame,
+                )
                 continue
-            conditions.append(LTX2VideoCondition(frames=_load_image(path), index=index, strength=1.0))
+            conditions.append(
+                LTX2VideoCondition(frames=_load_image(path), index=index, strength=1.0)
+            )
             if index > 0:
                 appended_frames.append(frame)
         return conditions, appended_frames
@@ -305,46 +341,43 @@ class Runtime:
     def _sampling_kwargs(self, req: ClipRequest) -> dict[str, Any]:
         """Guidance and schedule settings for this model family."""
         spec = self.spec
+        # Plain CFG only: STG and modality isolation each add a transformer pass per step.
+        cfg_only: dict[str, Any] = {
+            "stg_scale": 0.0,
+            "audio_stg_scale": 0.0,
+            "modality_scale": 1.0,
+            "audio_modality_scale": 1.0,
+            "guidance_rescale": 0.0,
+            "audio_guidance_rescale": 0.0,
+            "spatio_temporal_guidance_blocks": None,
+            "use_cross_timestep": spec.use_cross_timestep,
+        }
         if spec.family == "tiny":
-            # CFG only: STG and modality isolation would each add a transformer pass per step.
-            return dict(
-                guidance_scale=req.guidance,
-                audio_guidance_scale=req.guidance,
-                stg_scale=0.0,
-                audio_stg_scale=0.0,
-                modality_scale=1.0,
-                audio_modality_scale=1.0,
-                guidance_rescale=0.0,
-                audio_guidance_rescale=0.0,
-                spatio_temporal_guidance_blocks=None,
-                use_cross_timestep=spec.use_cross_timestep,
-                sigmas=None,
-            )
+            return {
+                **cfg_only,
+                "guidance_scale": req.guidance,
+                "audio_guidance_scale": req.guidance,
+                "sigmas": None,
+            }
         if spec.distilled:
             # Distilled checkpoints were trained to run without guidance on a fixed 8-step schedule.
             from diffusers.pipelines.ltx2.utils import DISTILLED_SIGMA_VALUES
 
-            return dict(
-                guidance_scale=1.0,
-                audio_guidance_scale=1.0,
-                stg_scale=0.0,
-                audio_stg_scale=0.0,
-                modality_scale=1.0,
-                audio_modality_scale=1.0,
-                guidance_rescale=0.0,
-                audio_guidance_rescale=0.0,
-                spatio_temporal_guidance_blocks=None,
-                use_cross_timestep=spec.use_cross_timestep,
-                sigmas=list(DISTILLED_SIGMA_VALUES) if req.steps == DISTILLED_STEPS else None,
-            )
-        # Dev models: the request's CFG for video, diffusers' recommended audio CFG, STG and
-        # modality-isolation guidance with rescaling.
-        return dict(
-            guidance_scale=req.guidance,
-            spatio_temporal_guidance_blocks=list(spec.stg_blocks),
-            use_cross_timestep=spec.use_cross_timestep,
-            sigmas=None,
-        )
+            fixed = req.steps == DISTILLED_STEPS
+            return {
+                **cfg_only,
+                "guidance_scale": 1.0,
+                "audio_guidance_scale": 1.0,
+                "sigmas": list(DISTILLED_SIGMA_VALUES) if fixed else None,
+            }
+        # Dev models: the request's CFG for video; diffusers' recommended audio CFG (7), STG,
+        # modality-isolation guidance (3) and rescaling (0.7) stay at the pipeline defaults.
+        return {
+            "guidance_scale": req.guidance,
+            "spatio_temporal_guidance_blocks": list(spec.stg_blocks),
+            "use_cross_timestep": spec.use_cross_timestep,
+            "sigmas": None,
+        }
 
 
 def _load_image(path: Path) -> Any:

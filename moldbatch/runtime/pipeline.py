@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from diffusers.pipelines.ltx2 import LTX2ConditionPipeline
@@ -38,7 +38,10 @@ class MoldConditionPipeline(LTX2ConditionPipeline):
     """LTX2ConditionPipeline with latent carries and exact keyframe positions (see module doc)."""
 
     # The step-end callback needs the audio latents to hold the carried tokens clean.
-    _callback_tensor_inputs = [*LTX2ConditionPipeline._callback_tensor_inputs, "audio_latents"]
+    _callback_tensor_inputs: ClassVar[list[str]] = [
+        *LTX2ConditionPipeline._callback_tensor_inputs,
+        "audio_latents",
+    ]
 
     _mold_carry: _CarryState | None = None
     _mold_keyframe_frames: list[int] | None = None
@@ -55,11 +58,15 @@ class MoldConditionPipeline(LTX2ConditionPipeline):
         `keyframe_pixel_frames` lists, in the order of the non-first-frame conditions passed to
         the call, the pixel frame each one stands for.
         """
-        self._mold_carry = _CarryState(carry_video, carry_audio) if carry_video is not None else None
+        self._mold_carry = (
+            _CarryState(carry_video, carry_audio) if carry_video is not None else None
+        )
         self._mold_keyframe_frames = list(keyframe_pixel_frames or [])
         hook = None
         if self._mold_carry is not None and carry_audio is not None:
-            hook = self.transformer.register_forward_pre_hook(self._audio_timestep_hook, with_kwargs=True)
+            hook = self.transformer.register_forward_pre_hook(
+                self._audio_timestep_hook, with_kwargs=True
+            )
         try:
             yield
         finally:
@@ -68,7 +75,9 @@ class MoldConditionPipeline(LTX2ConditionPipeline):
             self._mold_carry = None
             self._mold_keyframe_frames = None
 
-    def step_end_callback(self, on_step: Callable[[int, int], None] | None, total: int) -> Callable[..., dict]:
+    def step_end_callback(
+        self, on_step: Callable[[int, int], None] | None, total: int
+    ) -> Callable[..., dict]:
         """A `callback_on_step_end` that re-pins the carried audio and reports progress."""
 
         def callback(pipe: MoldConditionPipeline, i: int, t: Any, tensors: dict[str, Any]) -> dict:
@@ -113,7 +122,9 @@ class MoldConditionPipeline(LTX2ConditionPipeline):
         carried = self._normalize_latents(
             carried, self.vae.latents_mean, self.vae.latents_std, self.vae.config.scaling_factor
         )
-        tokens = self._pack_latents(carried, self.transformer_spatial_patch_size, self.transformer_temporal_patch_size)
+        tokens = self._pack_latents(
+            carried, self.transformer_spatial_patch_size, self.transformer_temporal_patch_size
+        )
         n = tokens.shape[1]
         latents[:, :n] = tokens
         conditioning_mask[:, :n] = 1.0
@@ -129,16 +140,26 @@ class MoldConditionPipeline(LTX2ConditionPipeline):
             return latents
         carried = state.audio.to(device=latents.device, dtype=latents.dtype)
         tokens = self._pack_audio_latents(carried)
-        tokens = self._normalize_audio_latents(tokens, self.audio_vae.latents_mean, self.audio_vae.latents_std)
+        tokens = self._normalize_audio_latents(
+            tokens, self.audio_vae.latents_mean, self.audio_vae.latents_std
+        )
         latents[:, : tokens.shape[1]] = tokens
         state.audio_tokens = tokens
         return latents
 
-    def _audio_timestep_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    def _audio_timestep_hook(
+        self, module: torch.nn.Module, args: tuple, kwargs: dict
+    ) -> tuple[tuple, dict]:
         state = self._mold_carry
         timestep = kwargs.get("audio_timestep")
         audio = kwargs.get("audio_hidden_states")
-        if state is None or state.audio_tokens is None or timestep is None or audio is None or timestep.ndim != 1:
+        if (
+            state is None
+            or state.audio_tokens is None
+            or timestep is None
+            or audio is None
+            or timestep.ndim != 1
+        ):
             return args, kwargs
         per_token = timestep[:, None].expand(audio.shape[0], audio.shape[1]).clone()
         per_token[:, : state.audio_tokens.shape[1]] = 0

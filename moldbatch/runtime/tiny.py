@@ -20,16 +20,25 @@ import torch
 TINY_SEED = 20260101
 
 # Geometry shared between the components; the comments say which other value each must match.
-_TEXT_HIDDEN = 32  # Gemma hidden size == connectors' caption_channels == transformer caption_channels
-_TEXT_LAYERS = 2  # connectors' text_proj_in_factor == layers + 1 (embeddings are a hidden state too)
+_TEXT_HIDDEN = (
+    32  # Gemma hidden size == connectors' caption_channels == transformer caption_channels
+)
+_TEXT_LAYERS = (
+    2  # connectors' text_proj_in_factor == layers + 1 (embeddings are a hidden state too)
+)
 _VIDEO_LATENT_CHANNELS = 8  # video VAE latent channels == transformer in/out channels
 _AUDIO_LATENT_CHANNELS = 4
 _AUDIO_MEL_BINS = 16  # latent mel bins = 16 / 4 = 4; packed audio token = 4 channels * 4 bins = 16
 _AUDIO_SAMPLE_RATE = 16000  # mel frame rate = sample_rate / hop = 100 Hz, as in LTX-2
 _AUDIO_HOP = 160
-_VOCODER_RATE = 24000  # vocoder upsampling (8*6*5 = 240) / 24 kHz == hop / 16 kHz == 10 ms per mel frame
+_VOCODER_RATE = (
+    24000  # vocoder upsampling (8*6*5 = 240) / 24 kHz == hop / 16 kHz == 10 ms per mel frame
+)
 _VOCODER_UPSAMPLE = (8, 6, 5)
 _TOKENIZER_MAX_LENGTH = 32  # must be a multiple of the connectors' learnable registers (16)
+
+# How many times this process has built the tiny components (a Runtime should do it once).
+build_count = 0
 
 
 @dataclass
@@ -111,6 +120,8 @@ def _build_text_encoder(vocab_size: int) -> Any:
 
 def build_components(seed: int = TINY_SEED) -> TinyComponents:
     """Build every tiny component from `seed` (float32, CPU, eval mode)."""
+    global build_count
+    build_count += 1
     from diffusers import (
         AutoencoderKLLTX2Audio,
         AutoencoderKLLTX2Video,
@@ -171,7 +182,8 @@ def build_components(seed: int = TINY_SEED) -> TinyComponents:
         )
 
         audio_vae = AutoencoderKLLTX2Audio(
-            base_channels=_AUDIO_LATENT_CHANNELS * (_AUDIO_MEL_BINS // 4),  # == packed token width (stats size)
+            base_channels=_AUDIO_LATENT_CHANNELS
+            * (_AUDIO_MEL_BINS // 4),  # == packed token width (stats size)
             output_channels=2,
             ch_mult=(1, 2, 4),
             num_res_blocks=1,
@@ -212,7 +224,15 @@ def build_components(seed: int = TINY_SEED) -> TinyComponents:
             shift_terminal=0.1,
         )
 
-    for module in (text_encoder, connectors, transformer, vae, audio_vae, vocoder, latent_upsampler):
+    for module in (
+        text_encoder,
+        connectors,
+        transformer,
+        vae,
+        audio_vae,
+        vocoder,
+        latent_upsampler,
+    ):
         module.eval().requires_grad_(False)
 
     return TinyComponents(

@@ -17,6 +17,8 @@ import yaml
 from moldbatch.errors import Diagnostic
 
 PathKey = tuple  # ("shots", 2, "frames")
+# libyaml's parser when PyYAML was built with it (several times faster); same nodes and marks
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass
@@ -86,7 +88,7 @@ def read_source(path: Path, file: str | None = None) -> Source:
 def _read_yaml(text: str, path: Path, file: str) -> Source:
     src = Source(file, path, None)
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _LOADER(text)
         try:
             node = loader.get_single_node()
             if node is None:

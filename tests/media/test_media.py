@@ -16,9 +16,8 @@ from moldbatch.media.timing import fps_fraction, samples_for_frames
 
 av = pytest.importorskip("av")
 
-from moldbatch.media import encode  # noqa: E402  (needs av at call time only, but tests do)
-from moldbatch.media.encode import write_video  # noqa: E402
-from moldbatch.media.probe import probe, read_video  # noqa: E402
+from moldbatch.media.encode import write_video
+from moldbatch.media.probe import probe, read_video
 
 SR = 24000
 
@@ -39,7 +38,9 @@ def smooth_frames(n: int, h: int = 64, w: int = 96) -> np.ndarray:
 
 def tone(channels: int, samples: int, rate: int = SR) -> np.ndarray:
     t = np.arange(samples) / rate
-    return np.stack([0.3 * np.sin(2 * np.pi * (220 + 110 * c) * t) for c in range(channels)]).astype(np.float32)
+    return np.stack(
+        [0.3 * np.sin(2 * np.pi * (220 + 110 * c) * t) for c in range(channels)]
+    ).astype(np.float32)
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -125,22 +126,21 @@ def test_stitch_errors():
 
 
 @pytest.mark.parametrize(
-    ("transition", "expected_samples"),
-    [("cut", 3 * 4000), ("smooth", 3 * 4000 - 2 * 1000), ("fade", 3 * 4000 - 2 * 500)],
+    ("transition", "fps", "tail", "fade", "expected"),
+    [
+        ("cut", 24, 0, 0, 3 * 4000),  # a frame is 1000 samples at 24 fps / 24 kHz
+        ("smooth", 24, 1, 0, 3 * 4000 - 2 * 1000),  # later clips drop 1 frame = 1000 samples
+        ("fade", 48, 0, 1, 3 * 4000 - 2 * 500),  # 1 frame at 48 fps = 500-sample overlaps
+    ],
 )
-def test_stitch_audio_lengths(transition, expected_samples):
-    # 24 fps, 24000 Hz: a frame is 1000 samples; clips are 4 frames; tail 1 frame, fade 0.5 frame
-    fps, frames = 24, 4
+def test_stitch_audio_lengths(transition, fps, tail, fade, expected):
     clips = [tone(2, 4000) for _ in range(3)]
-    tail, fade = (1, 0) if transition == "smooth" else (0, 0)
-    if transition == "fade":
-        fps, frames = 48, 8  # fade of 1 frame at 48 fps = 500 samples
-        fade = 1
-        tail = 0
-    total = expected_samples * fps // SR
+    total = expected * fps // SR  # the whole stitched length, in frames
     out = stitch_audio(clips, transition, tail, fade, fps, SR, total)
-    assert out.shape == (2, samples_for_frames(total, fps, SR)) == (2, expected_samples)
+    assert out.shape == (2, samples_for_frames(total, fps, SR)) == (2, expected)
     assert out.dtype == np.float32
+    shorter = stitch_audio(clips, transition, tail, fade, fps, SR, total - 3)
+    np.testing.assert_array_equal(shorter, out[:, : shorter.shape[1]])  # trimmed from the end
 
 
 def test_stitch_audio_fade_midpoint_and_trim():
@@ -234,7 +234,9 @@ def test_mp4_near_lossless_roundtrip(tmp_path):
 def test_mp4_audio_content_is_aligned(tmp_path):
     frames = smooth_frames(24)
     sound = tone(2, 24000)
-    _, audio, _ = read_video(write_video(tmp_path / "a.mp4", frames, 24, audio=sound, sample_rate=SR))
+    _, audio, _ = read_video(
+        write_video(tmp_path / "a.mp4", frames, 24, audio=sound, sample_rate=SR)
+    )
     # Priming removed and no shift: the decoded tone matches the input closely.
     err = np.sqrt(np.mean((audio[:, :23000] - sound[:, :23000]) ** 2))
     assert err < 0.02
@@ -249,7 +251,9 @@ def test_mp4_odd_size_is_padded_to_even(tmp_path):
 def test_mp4_resamples_rates_aac_refuses_and_fits_length(tmp_path):
     frames = smooth_frames(12)
     # 10 kHz is not an AAC rate: coded at 11025. Audio 0.2 s too long: trimmed to the video.
-    info = probe(write_video(tmp_path / "r.mp4", frames, 24, audio=tone(1, 7000, 10000), sample_rate=10000))
+    info = probe(
+        write_video(tmp_path / "r.mp4", frames, 24, audio=tone(1, 7000, 10000), sample_rate=10000)
+    )
     assert info.sample_rate == 11025 and info.audio_channels == 1
     assert abs(info.audio_duration - info.duration) <= 1024 / 11025
 
@@ -268,7 +272,9 @@ def test_mp4_rejects_bad_audio(tmp_path):
 # --------------------------------------------------------------------------- silent formats
 
 
-@pytest.mark.parametrize(("name", "fmt"), [("a.gif", "gif"), ("a.png", "apng"), ("a.apng", "apng"), ("a.webp", "webp")])
+@pytest.mark.parametrize(
+    ("name", "fmt"), [("a.gif", "gif"), ("a.png", "apng"), ("a.apng", "apng"), ("a.webp", "webp")]
+)
 def test_silent_formats(tmp_path, name, fmt):
     frames = smooth_frames(10, h=40, w=56)
     with pytest.raises(ValueError, match="silent"):

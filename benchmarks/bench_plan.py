@@ -1,0 +1,82 @@
+"""Plan a generated 5,000-shot film and compare with a plain YAML parse of the same file.
+
+    python benchmarks/bench_plan.py [--shots 5000]
+
+Prints the seconds of each and the ratio (planning / parsing). Planning includes reading the
+file with positions, validation, chain arithmetic, digesting input files and content keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from moldbatch.plan.planner import plan_file
+
+ASSETS = Path(__file__).resolve().parents[1] / "specs" / "conformance" / "assets"
+
+
+def film_text(shots: int) -> str:
+    lines = ["version: 1", "name: bench", "defaults:", "  model: ltx-2-19b-distilled:fp8",
+             "  width: 1216", "  height: 704", "shots:"]
+    for i in range(shots):
+        lines.append(f"  - id: shot-{i}")
+        kind = i % 4
+        if kind != 2:
+            lines.append(f"    prompt: shot {i}, a drone over cliffs")
+        if kind == 0:
+            lines.append("    frames: 97")
+        elif kind == 1:
+            lines += ["    frames: 400", "    image: assets/start.png",
+                      "    keyframes: [{frame: 0, image: assets/start.png}, "
+                      "{frame: 399, image: assets/end.png}]"]
+        elif kind == 2:
+            lines += ["    duration: 9.5", "    transition: fade",
+                      "    prompts: [a, b, c]"]
+        else:
+            lines += ["    frames: 161", "    spatial_upscale: x2", "    width: 1280",
+                      "    height: 768"]
+    return "\n".join(lines) + "\n"
+
+
+def best_of(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shots", type=int, default=5000)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        folder = Path(d)
+        shutil.copytree(ASSETS, folder / "assets")
+        spec = folder / "film.yaml"
+        spec.write_text(film_text(args.shots))
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        parse = best_of(lambda: yaml.load(spec.read_text(), Loader=loader), args.repeat)
+        parse_py = best_of(lambda: yaml.safe_load(spec.read_text()), args.repeat)
+        plan = plan_file(spec)
+        assert plan.valid, plan.diagnostics[:3]
+        planning = best_of(lambda: plan_file(spec), args.repeat)
+        print(f"shots: {args.shots}, stages: {len(plan.stages)}, "
+              f"spec: {spec.stat().st_size / 1e6:.2f} MB")
+        print(f"yaml parse (C loader):      {parse:7.3f} s")
+        print(f"yaml parse (pure Python):   {parse_py:7.3f} s")
+        print(f"moldbatch plan:             {planning:7.3f} s")
+        print(f"ratio plan / C parse:       {planning / parse:7.1f}x")
+        print(f"ratio plan / Python parse:  {planning / parse_py:7.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""`moldbatch render` end to end on the real tiny LTX-2 pipeline, PyAV and SQLite.
+
+No part of the runtime is mocked: clips come from diffusers' LTX-2 pipeline with tiny random
+components, media from PyAV, state from a real SQLite file.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import write
+
+from moldbatch.errors import StageFailed, WorkdirLocked
+from moldbatch.execute.executor import render_plan
+from moldbatch.execute.lock import WorkdirLock
+from moldbatch.media.probe import probe, read_video
+from moldbatch.plan.planner import plan_file
+
+HEAD = """\
+version: 1
+defaults:
+  model: ltx-2-tiny:random
+  width: 64
+  height: 64
+  fps: 24
+  steps: 2
+"""
+CHAIN = HEAD + """\
+shots:
+  - id: walk
+    frames: 40
+    clip_frames: 17
+    motion_tail: 4
+    prompts: [a forest path, a lake shore, fireflies over water]
+"""
+
+
+@pytest.fixture(scope="module")
+def runtimes():
+    """One runtime per model for the whole module, as one render process would hold."""
+    return {}
+
+
+def render(spec: Path, runtimes, **kw):
+    plan = plan_file(spec)
+    assert plan.valid, [str(d) for d in plan.diagnostics]
+    return render_plan(plan, progress=False, runtimes=runtimes, **kw)
+
+
+def statuses(summary) -> dict[str, str]:
+    return {s.id: s.status for s in summary.stages}
+
+
+def test_mp4_has_video_and_audio_of_the_planned_length(tmp_path, runtimes):
+    spec = write(tmp_path, "film.yaml", HEAD + """\
+output: renders/film.mp4
+shots:
+  - {id: one, prompt: rain on a neon window, frames: 17}
+  - {id: two, prompt: thunder over the bay, duration: 1.0, seed: 3}
+""")
+    summary = render(spec, runtimes)
+    assert summary.ok
+    for name, frames in (("one", 17), ("two", 24), ("film", 41)):
+        info = probe(tmp_path / "renders" / f"{name}.mp4")
+        assert (info.frames, info.width, info.height, info.fps) == (frames, 64, 64, 24)
+        assert info.has_audio and info.audio_codec == "aac"
+        assert info.duration == pytest.approx(frames / 24, abs=1e-3)
+        # AAC works in frames of 1024 samples: the track may not end on the exact sample
+        assert info.audio_duration == pytest.approx(frames / 24, abs=0.05)
+
+
+@pytest.mark.parametrize("fmt", ["gif", "apng", "webp"])
+def test_silent_formats_have_no_audio(tmp_path, runtimes, fmt):
+    spec = write(tmp_path, "film.yaml", HEAD + f"""\
+shots:
+  - {{id: loop, prompt: a spinning top, frames: 9, format: {fmt}}}
+""")
+    assert render(spec, runtimes).ok
+    info = probe(tmp_path / "renders" / f"loop.{fmt}")
+    assert not info.has_audio
+    assert (info.frames, info.width, info.height) == (9, 64, 64)
+
+
+def test_chained_shot_is_stitched_as_planned(tmp_path, runtimes):
+    spec = write(tmp_path, "film.yaml", CHAIN)
+    plan = plan_file(spec)
+    clips = plan.shots[0].clips
+    assert [c.frames for c in clips] == [17, 17, 17]
+    summary = render(spec, runtimes)
+    assert summary.ok
+    frames, audio, rate = read_video(tmp_path / "renders" / "walk.mp4")
+    assert frames.shape == (40, 64, 64, 3)
+    assert audio is not None and audio.shape[1] == pytest.approx(40 / 24 * rate, abs=1024)
+    # the seams: stitched frames 17..29 come from clip 1 after its first 4 (carried) frames,
+    # and frame 30 is clip 2's fifth frame
+    from moldbatch.execute.stages import load_media
+    from moldbatch.execute.store import ArtifactStore
+
+    store = ArtifactStore(tmp_path / ".moldbatch")
+    stitched = load_media(store.get(plan.stage("walk/stitch").key))[0]
+    c1 = load_media(store.get(plan.stage("walk/clip-1").key))[0]
+    c2 = load_media(store.get(plan.stage("walk/clip-2").key))[0]
+    np.testing.assert_array_equal(stitched[17:30], c1[4:17])
+    np.testing.assert_array_equal(stitched[30:40], c2[4:14])
+
+
+def test_rerunning_a_finished_film_renders_nothing(tmp_path, runtimes):
+    spec = write(tmp_path, "film.yaml", CHAIN)
+    render(spec, runtimes)
+    again = render(spec, runtimes)
+    assert set(statuses(again).values()) == {"cached"}
+    assert again.seconds < 2
+
+
+def test_editing_one_clip_prompt_rerenders_only_what_follows(tmp_path, runtimes):
+    spec = write(tmp_path, "film.yaml", CHAIN)
+    render(spec, runtimes)
+    spec.write_text(CHAIN.replace("fireflies over water", "fireflies at midnight"))
+    summary = render(spec, runtimes)
+    assert statuses(summary) == {
+        "walk/clip-0": "cached", "walk/clip-1": "cached", "walk/clip-2": "rendered",
+        "walk/stitch": "rendered", "walk/export": "rendered",
+    }
+
+
+def test_corrupted_artifact_is_detected_and_rerendered(tmp_path, runtimes):
+    spec = write(tmp_path, "film.yaml", CHAIN)
+    render(spec, runtimes)
+    plan = plan_file(spec)
+    from moldbatch.execute.store import ArtifactStore
+
+    store = ArtifactStore(tmp_path / ".moldbatch")
+    # flip bytes in the stitch's media: same size, wrong checksum
+    media = store.dir_of(plan.stage("walk/stitch").key) / "media.safetensors"
+    data = bytearray(media.read_bytes())
+    data[-10:] = bytes(255 - b for b in data[-10:])
+    media.write_bytes(bytes(data))
+    # and drop the export so that the stitch is needed again
+    export = store.dir_of(plan.stage("walk/export").key) / "shot.mp4"
+    export.write_bytes(export.read_bytes()[:100])
+    summary = render(spec, runtimes)
+    st = statuses(summary)
+    assert st["walk/stitch"] == "rendered" and st["walk/export"] == "rendered"
+    assert st["walk/clip-0"] == "cached"
+
+
+def test_second_render_of_a_locked_work_folder_is_refused(tmp_path, runtimes):
+    spec = write(tmp_path, "film.yaml", CHAIN)
+    with WorkdirLock(tmp_path / ".moldbatch"):
+        with pytest.raises(WorkdirLocked, match="in use by another moldbatch process"):
+            render(spec, runtimes)
+    # and through the CLI: exit 3 with one clear line
+    with WorkdirLock(tmp_path / ".moldbatch"):
+        res = subprocess.run([sys.executable, "-m", "moldbatch", "render", str(spec)],
+                             capture_output=True, text=True)
+    assert res.returncode == 3
+    assert "in use by another moldbatch process" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_a_failing_stage_stops_the_run_and_writes_no_output(tmp_path, runtimes):
+    # a keyframe image that is a valid PNG header but not a decodable image fails at render
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    spec = write(tmp_path, "film.yaml", HEAD + """\
+output: renders/film.mp4
+shots:
+  - {id: good, prompt: a calm sea, frames: 9}
+  - id: broken
+    prompt: a storm
+    frames: 9
+    image: bad.png
+""")
+    with pytest.raises(StageFailed, match="broken/clip-0 failed"):
+        render(spec, runtimes)
+    assert not (tmp_path / "renders" / "broken.mp4").exists()
+    assert not (tmp_path / "renders" / "film.mp4").exists()
+    # --keep-going renders the other shots; the film, which needs the broken one, is not made
+    summary = render(spec, runtimes, keep_going=True)
+    assert not summary.ok
+    st = statuses(summary)
+    assert st["good/export"] in ("rendered", "cached") and st["broken/clip-0"] == "failed"
+    assert st["film/join"] == "skipped"
+    assert (tmp_path / "renders" / "good.mp4").exists()
+    assert not (tmp_path / "renders" / "film.mp4").exists()
+    db = sqlite3.connect(tmp_path / ".moldbatch" / "state.sqlite")
+    (error,) = db.execute("SELECT error FROM stages WHERE stage='broken/clip-0' "
+                          "ORDER BY run_id DESC LIMIT 1").fetchone()
+    assert error
+
+
+def test_resume_after_kill_9_mid_chain_matches_an_uninterrupted_render(tmp_path):
+    spec_text = HEAD.replace("steps: 2", "steps: 6") + """\
+shots:
+  - id: long
+    frames: 76
+    clip_frames: 17
+    prompt: a long walk along a windy cliff
+"""
+    clean = tmp_path / "clean"
+    killed = tmp_path / "killed"
+    for d in (clean, killed):
+        d.mkdir()
+        write(d, "film.yaml", spec_text)
+    cmd = [sys.executable, "-m", "moldbatch", "render", "film.yaml", "--json"]
+    # the reference: one uninterrupted render in its own process
+    subprocess.run(cmd, cwd=clean, check=True, capture_output=True)
+
+    plan = plan_file(killed / "film.yaml")
+    clip_keys = [s.key for s in plan.stages if s.kind == "clip"]
+    assert len(clip_keys) == 6
+    proc = subprocess.Popen(cmd, cwd=killed, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    artifacts = killed / ".moldbatch" / "artifacts"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        done = [k for k in clip_keys if (artifacts / k[:2] / k / "manifest.json").exists()]
+        if len(done) >= 2:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the render finished before it could be killed"
+    done_before = {k for k in clip_keys if (artifacts / k[:2] / k / "manifest.json").exists()}
+    assert 2 <= len(done_before) < 6
+    assert not (killed / "renders" / "long.mp4").exists()
+
+    res = subprocess.run(cmd, cwd=killed, check=True, capture_output=True, text=True)
+    import json
+
+    summary = json.loads(res.stdout)
+    rendered = {s["id"] for s in summary["stages"] if s["status"] == "rendered"}
+    by_key = {s.key: s.id for s in plan.stages}
+    assert rendered == {s.id for s in plan.stages} - {by_key[k] for k in done_before}
+
+    a_frames, a_audio, _ = read_video(clean / "renders" / "long.mp4")
+    b_frames, b_audio, _ = read_video(killed / "renders" / "long.mp4")
+    np.testing.assert_array_equal(a_frames, b_frames)
+    np.testing.assert_array_equal(a_audio, b_audio)
+    # the stored decoded frames and samples are identical too, not only the encodes
+    assert (clean / "renders" / "long.mp4").read_bytes() == \
+        (killed / "renders" / "long.mp4").read_bytes()

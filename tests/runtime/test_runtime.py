@@ -1,0 +1,301 @@
+"""The runtime on the real diffusers LTX-2 pipeline with tiny random weights (no mocks)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+np = pytest.importorskip("numpy")
+
+from moldbatch.runtime import (
+    ClipRequest,
+    Lora,
+    Runtime,
+    RuntimeFeatureError,
+    RuntimeLoadError,
+    carry_from,
+    tiny,
+)
+from moldbatch.runtime import carry as carry_math
+from moldbatch.runtime.ltx2 import pixel_to_latent_index
+
+MODEL = "ltx-2-tiny:random"
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def rt() -> Runtime:
+    return Runtime.load(MODEL)
+
+
+@pytest.fixture(scope="session")
+def base() -> ClipRequest:
+    return ClipRequest(
+        model=MODEL,
+        prompt="a red fox runs through deep snow",
+        width=64,
+        height=64,
+        frames=17,
+        fps=24.0,
+        seed=7,
+        steps=2,
+        guidance=3.0,
+    )
+
+
+@pytest.fixture(scope="session")
+def first(rt: Runtime, base: ClipRequest):
+    return rt.render_clip(base)
+
+
+@pytest.fixture(scope="session")
+def image_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from PIL import Image
+
+    # Not the render size or aspect: the pipeline must cover-resize and center-crop it.
+    pixels = np.zeros((48, 80, 3), np.uint8)
+    pixels[:, :40] = (255, 40, 0)
+    pixels[::6] = 255
+    path = tmp_path_factory.mktemp("img") / "cond.png"
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def _digest(result) -> str:
+    return hashlib.sha256(result.frames.tobytes() + result.audio.tobytes()).hexdigest()
+
+
+# -- output shapes and timing
+
+
+def test_frames_audio_and_latents_have_the_promised_shapes(
+    rt: Runtime, base: ClipRequest, first
+) -> None:
+    assert first.frames.shape == (17, 64, 64, 3) and first.frames.dtype == np.uint8
+    assert first.audio.dtype == np.float32 and first.audio.ndim == 2 and first.audio.shape[0] == 2
+    assert first.sample_rate == rt.sample_rate == 24000
+    assert abs(first.audio.shape[1] / first.sample_rate - base.frames / base.fps) < 0.002
+    video_shape, audio_shape = rt.latent_shapes(base.frames, base.width, base.height, base.fps)
+    assert tuple(first.video_latents.shape) == video_shape == (1, 8, 3, 2, 2)
+    assert tuple(first.audio_latents.shape) == audio_shape
+    assert first.video_latents.device.type == "cpu" and first.audio_latents.device.type == "cpu"
+    assert np.isfinite(first.audio).all() and first.frames.std() > 0
+
+
+def test_other_sizes_and_silent_clips(rt: Runtime, base: ClipRequest) -> None:
+    silent = rt.render_clip(dataclasses.replace(base, frames=9, width=96, height=64, audio=False))
+    assert silent.frames.shape == (9, 64, 96, 3)
+    assert silent.audio is None and silent.audio_latents is None and silent.sample_rate is None
+    assert tuple(silent.video_latents.shape) == (1, 8, 2, 2, 3)
+
+
+def test_on_step_reports_every_denoising_step(rt: Runtime, base: ClipRequest) -> None:
+    steps: list[tuple[int, int]] = []
+    rt.render_clip(
+        dataclasses.replace(base, frames=9, steps=3), on_step=lambda i, n: steps.append((i, n))
+    )
+    assert steps == [(1, 3), (2, 3), (3, 3)]
+
+
+# -- determinism and loading once
+
+
+def test_same_request_gives_bitwise_identical_output(rt: Runtime, base: ClipRequest, first) -> None:
+    again = rt.render_clip(base)
+    assert np.array_equal(again.frames, first.frames)
+    assert np.array_equal(again.audio, first.audio)
+    assert torch.equal(again.video_latents, first.video_latents)
+    other_seed = rt.render_clip(dataclasses.replace(base, seed=8))
+    assert not np.array_equal(other_seed.frames, first.frames)
+
+
+def test_another_process_renders_the_same_bits(base: ClipRequest, first) -> None:
+    script = textwrap.dedent(
+        f"""
+        import hashlib
+        from moldbatch.runtime import ClipRequest, Runtime
+        r = Runtime.load({MODEL!r}).render_clip(ClipRequest(**{dataclasses.asdict(base)!r}))
+        print(hashlib.sha256(r.frames.tobytes() + r.audio.tobytes()).hexdigest())
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == _digest(first)
+
+
+def test_components_are_loaded_once_and_shared(rt: Runtime, base: ClipRequest, first) -> None:
+    builds, transformer, vae = tiny.build_count, rt.pipe.transformer, rt.pipe.vae
+    rt.render_clip(dataclasses.replace(base, frames=9))
+    rt.upscale_spatial(first.video_latents)
+    assert tiny.build_count == builds == 1
+    assert rt.pipe.transformer is transformer and rt.pipe.vae is vae
+    assert rt._upsample_pipe.vae is vae
+
+
+def test_importing_the_runtime_package_does_not_import_torch() -> None:
+    code = "import sys, moldbatch.runtime as r; r.carry_from; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run(
+        [sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(REPO)}
+    )
+
+
+# -- chain carry-over
+
+
+def test_carry_pins_the_first_latents_to_the_previous_tail(
+    rt: Runtime, base: ClipRequest, first
+) -> None:
+    carry = carry_from(first, tail_frames=9, frames=base.frames, fps=base.fps)
+    assert carry.video.shape[2] == carry_math.carried_video_latent_frames(9) == 2
+    start = carry_math.audio_carry_start(base.frames, base.fps, 9)
+    assert torch.equal(carry.video, first.video_latents[:, :, -2:])
+    assert torch.equal(carry.audio, first.audio_latents[:, :, start:])
+
+    nxt = dataclasses.replace(base, prompt="the fox stops and looks back", carry=carry)
+    second = rt.render_clip(nxt)
+    k, n_audio = carry.video.shape[2], carry.audio.shape[2]
+    torch.testing.assert_close(second.video_latents[:, :, :k], carry.video, rtol=0, atol=1e-5)
+    torch.testing.assert_close(second.audio_latents[:, :, :n_audio], carry.audio, rtol=0, atol=1e-5)
+
+    # Without the carry the same request starts elsewhere: the match above is the carry's doing,
+    # and the rest of the clip is still generated.
+    free = rt.render_clip(dataclasses.replace(nxt, carry=None))
+    assert (free.video_latents[:, :, :k] - carry.video).abs().max() > 0.1
+    assert (free.audio_latents[:, :, :n_audio] - carry.audio).abs().max() > 0.1
+    assert not torch.equal(second.video_latents[:, :, k:], free.video_latents[:, :, k:])
+    assert second.frames.shape == first.frames.shape and second.audio.shape == first.audio.shape
+
+
+def test_carried_audio_decodes_to_the_previous_clips_sound(rt: Runtime, base: ClipRequest) -> None:
+    # The carry holds what the previous clip played from `tail_frames / fps` seconds before its
+    # end. The audio VAE decoder is causal, so once it has seen enough carried latents the new
+    # clip's mel frames equal the previous clip's at the matching time (4 mel frames per latent).
+    long = dataclasses.replace(base, frames=33)
+    previous = rt.render_clip(long)
+    carry = carry_from(previous, tail_frames=25, frames=33, fps=long.fps)
+    start = carry_math.audio_carry_start(33, long.fps, 25)
+    continued = rt.render_clip(dataclasses.replace(long, seed=99, carry=carry))
+    unrelated = rt.render_clip(dataclasses.replace(long, seed=99))
+
+    def mel(result):
+        return rt.pipe.audio_vae.decode(result.audio_latents, return_dict=False)[0]
+
+    end = 4 * carry.audio.shape[2] - 3  # mel frames decoded from the carried latents
+    window = slice(end - 20, end)
+    previous_window = slice(end - 20 + 4 * start, end + 4 * start)
+    expected = mel(previous)[:, :, previous_window]
+    assert (mel(continued)[:, :, window] - expected).abs().max() < 1e-2
+    assert (mel(unrelated)[:, :, window] - expected).abs().mean() > 0.05
+
+
+def test_carry_math_on_the_real_time_grids() -> None:
+    # 97 frames at 24 fps is 4.0417 s: 102 audio latents decode to 4.05 s, 101 would be 4.01 s.
+    assert carry_math.audio_latent_length(97, 24.0) == 102
+    assert carry_math.audio_latent_length(25, 25.0) == 26  # exactly 1 s
+    assert (4 * carry_math.audio_latent_length(97, 24.0) - 3) / 100 >= 97 / 24
+    assert [carry_math.carried_video_latent_frames(t) for t in (1, 4, 8, 9, 17, 24)] == [
+        1,
+        1,
+        1,
+        2,
+        3,
+        3,
+    ]
+    # The carry for T=17 starts 17 frames (0.708 s) before the end: latent round(80 / 24 * 25) = 83.
+    assert carry_math.audio_carry_start(97, 24.0, 17) == 83
+    video = torch.zeros(1, 8, 13, 2, 2)
+    audio = torch.arange(102.0).view(1, 1, 102, 1)
+    carry = carry_from(video, audio, tail_frames=17, frames=97, fps=24.0)
+    assert carry.video.shape == (1, 8, 3, 2, 2) and carry.audio[0, 0, :, 0].tolist() == list(
+        range(83, 102)
+    )
+    assert carry_from(video, audio, tail_frames=0, frames=97, fps=24.0) is None
+    with pytest.raises(ValueError):
+        carry_from(video, audio, tail_frames=17, frames=89, fps=24.0)  # latents of another length
+
+
+def test_a_carry_must_match_the_clip_size(rt: Runtime, base: ClipRequest, first) -> None:
+    carry = carry_from(first, tail_frames=9, frames=base.frames, fps=base.fps)
+    with pytest.raises(RuntimeFeatureError, match="share a size"):
+        rt.render_clip(dataclasses.replace(base, width=96, carry=carry))
+
+
+# -- image, keyframe and LoRA conditioning
+
+
+def test_image_conditioning_changes_the_clip(
+    rt: Runtime, base: ClipRequest, first, image_path: Path
+) -> None:
+    conditioned = rt.render_clip(dataclasses.replace(base, image=image_path))
+    assert conditioned.frames.shape == first.frames.shape
+    assert np.abs(conditioned.frames.astype(int) - first.frames.astype(int)).mean() > 1.0
+    assert np.array_equal(
+        conditioned.frames, rt.render_clip(dataclasses.replace(base, image=image_path)).frames
+    )
+
+
+def test_keyframes_change_the_clip(rt: Runtime, base: ClipRequest, first, image_path: Path) -> None:
+    keyed = rt.render_clip(dataclasses.replace(base, keyframes=[(16, image_path), (5, image_path)]))
+    assert keyed.frames.shape == first.frames.shape
+    assert not np.array_equal(keyed.frames, first.frames)
+    assert [pixel_to_latent_index(f) for f in (0, 1, 8, 9, 16, 96)] == [0, 1, 1, 2, 2, 12]
+
+
+def test_lora_applies_per_clip_and_switches_off(
+    rt: Runtime, base: ClipRequest, tmp_path: Path
+) -> None:
+    pytest.importorskip("peft")
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(0)
+    state = {}
+    for name, module in rt.pipe.transformer.named_modules():
+        if name.endswith("attn1.to_q"):
+            state[f"transformer.{name}.lora_A.weight"] = torch.randn(
+                4, module.in_features, generator=gen
+            )
+            state[f"transformer.{name}.lora_B.weight"] = torch.randn(
+                module.out_features, 4, generator=gen
+            )
+    save_file(state, tmp_path / "style.safetensors")
+    short = dataclasses.replace(base, frames=9)
+    plain = rt.render_clip(short)
+    styled = rt.render_clip(
+        dataclasses.replace(short, loras=[Lora(str(tmp_path / "style.safetensors"), 1.0)])
+    )
+    after = rt.render_clip(short)
+    assert not np.array_equal(plain.frames, styled.frames)
+    assert np.array_equal(plain.frames, after.frames)
+
+
+# -- upscaling and errors
+
+
+def test_spatial_x2_upscale_then_decode(rt: Runtime, first) -> None:
+    up = rt.upscale_spatial(first.video_latents, 2.0)
+    assert tuple(up.shape) == (1, 8, 3, 4, 4)
+    assert rt.decode_video(up).shape == (17, 128, 128, 3)
+    with pytest.raises(RuntimeFeatureError):
+        rt.upscale_spatial(first.video_latents, 1.5)
+
+
+def test_bad_requests_and_models_raise_clear_errors(rt: Runtime, base: ClipRequest) -> None:
+    with pytest.raises(RuntimeFeatureError, match="8k\\+1"):
+        rt.render_clip(dataclasses.replace(base, frames=16))
+    with pytest.raises(RuntimeFeatureError, match="multiples of 32"):
+        rt.render_clip(dataclasses.replace(base, width=70))
+    with pytest.raises(RuntimeFeatureError, match="holds"):
+        rt.render_clip(dataclasses.replace(base, model="ltx-2-19b-distilled:fp8"))
+    with pytest.raises(RuntimeLoadError, match="unknown model"):
+        Runtime.load("ltx-3:nope")
