@@ -113,7 +113,8 @@ def run_stitch(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
     if p["audio"]:
         rate = clips[0][2]
         audio = stitch_audio([c[1] for c in clips], p["transition"], p["overlap"],
-                             p["fade_frames"], p["fps"], rate, p["frames"])
+                             p["fade_frames"], p["fps"], rate, p["frames"],
+                             clip_frames=[c[0].shape[0] for c in clips])
     save_media(out, frames, audio, rate, p["fps"])
 
 

@@ -266,6 +266,42 @@ class Runtime:
         )
         return upscaled.float().cpu()
 
+    def upscale(
+        self,
+        latents: str | Path | torch.Tensor,
+        *,
+        spatial: str | float | None = None,
+        temporal: str | float | None = None,
+        frames: np.ndarray | None = None,
+        audio: np.ndarray | None = None,
+        sample_rate: int | None = None,
+    ) -> ClipResult:
+        """Upscale a rendered clip: its video latents (tensor or a safetensors file with a
+        "video" entry) go through `upscale_spatial` and are decoded; audio passes through.
+
+        `spatial`/`temporal` are "x2"-style names or factors. Temporal upscaling and spatial
+        x1.5 raise RuntimeFeatureError. `frames` (the clip's decoded frames) is accepted for
+        interface symmetry and unused: the upscale works in latent space.
+        """
+        if _factor(temporal) not in (None, 1.0):
+            raise RuntimeFeatureError(
+                f"temporal upscaling ({temporal}) is not available in this runtime; "
+                "render the clip at the full frame rate instead"
+            )
+        if isinstance(latents, (str, Path)):
+            from safetensors.torch import load_file
+
+            latents = load_file(str(latents))["video"]
+        scale = _factor(spatial)
+        video = latents if scale in (None, 1.0) else self.upscale_spatial(latents, scale)
+        return ClipResult(
+            video_latents=video,
+            audio_latents=None,
+            frames=self.decode_video(video),
+            audio=audio,
+            sample_rate=sample_rate if audio is not None else None,
+        )
+
     def close(self) -> None:
         """Drop adapters and free device memory (the object is unusable afterwards)."""
         self._loras.unload()
@@ -391,3 +427,17 @@ def _load_image(path: Path) -> Any:
         raise RuntimeLoadError(f"conditioning image not found: {path}") from None
     except OSError as exc:
         raise RuntimeLoadError(f"cannot read conditioning image {path}: {exc}") from exc
+
+
+def _factor(value: str | float | None) -> float | None:
+    """2.0 from "x2", 1.5 from "x1.5" or 1.5; None stays None."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            return float(value.lower().removeprefix("x"))
+        except ValueError:
+            raise RuntimeFeatureError(
+                f"unknown upscale factor {value!r} (expected e.g. 'x2')"
+            ) from None
+    return float(value)

@@ -138,9 +138,11 @@ def test_components_are_loaded_once_and_shared(rt: Runtime, base: ClipRequest, f
     builds, transformer, vae = tiny.build_count, rt.pipe.transformer, rt.pipe.vae
     rt.render_clip(dataclasses.replace(base, frames=9))
     rt.upscale_spatial(first.video_latents)
-    assert tiny.build_count == builds == 1
+    assert tiny.build_count == builds  # rendering and upscaling build nothing new
     assert rt.pipe.transformer is transformer and rt.pipe.vae is vae
     assert rt._upsample_pipe.vae is vae
+    Runtime.load(MODEL)
+    assert tiny.build_count == builds + 1  # one build per Runtime, none per clip
 
 
 def test_importing_the_runtime_package_does_not_import_torch() -> None:
@@ -288,6 +290,23 @@ def test_spatial_x2_upscale_then_decode(rt: Runtime, first) -> None:
     assert rt.decode_video(up).shape == (17, 128, 128, 3)
     with pytest.raises(RuntimeFeatureError):
         rt.upscale_spatial(first.video_latents, 1.5)
+
+
+def test_upscale_stage_entry_point_reads_saved_latents(rt: Runtime, first, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"video": first.video_latents.contiguous()}, tmp_path / "latents.safetensors")
+    result = rt.upscale(
+        tmp_path / "latents.safetensors",
+        spatial="x2",
+        temporal=None,
+        frames=first.frames,
+        audio=first.audio,
+        sample_rate=first.sample_rate,
+    )
+    assert result.frames.shape == (17, 128, 128, 3) and result.audio is first.audio
+    with pytest.raises(RuntimeFeatureError, match="temporal"):
+        rt.upscale(first.video_latents, spatial=None, temporal="x2")
 
 
 def test_bad_requests_and_models_raise_clear_errors(rt: Runtime, base: ClipRequest) -> None:
