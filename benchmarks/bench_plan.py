@@ -22,8 +22,15 @@ ASSETS = Path(__file__).resolve().parents[1] / "specs" / "conformance" / "assets
 
 
 def film_text(shots: int) -> str:
-    lines = ["version: 1", "name: bench", "defaults:", "  model: ltx-2-19b-distilled:fp8",
-             "  width: 1216", "  height: 704", "shots:"]
+    lines = [
+        "version: 1",
+        "name: bench",
+        "defaults:",
+        "  model: ltx-2-19b-distilled:fp8",
+        "  width: 1216",
+        "  height: 704",
+        "shots:",
+    ]
     for i in range(shots):
         lines.append(f"  - id: shot-{i}")
         kind = i % 4
@@ -32,15 +39,21 @@ def film_text(shots: int) -> str:
         if kind == 0:
             lines.append("    frames: 97")
         elif kind == 1:
-            lines += ["    frames: 400", "    image: assets/start.png",
-                      "    keyframes: [{frame: 0, image: assets/start.png}, "
-                      "{frame: 399, image: assets/end.png}]"]
+            lines += [
+                "    frames: 400",
+                "    image: assets/start.png",
+                "    keyframes: [{frame: 0, image: assets/start.png}, "
+                "{frame: 399, image: assets/end.png}]",
+            ]
         elif kind == 2:
-            lines += ["    duration: 9.5", "    transition: fade",
-                      "    prompts: [a, b, c]"]
+            lines += ["    duration: 9.5", "    transition: fade", "    prompts: [a, b, c]"]
         else:
-            lines += ["    frames: 161", "    spatial_upscale: x2", "    width: 1280",
-                      "    height: 768"]
+            lines += [
+                "    frames: 161",
+                "    spatial_upscale: x2",
+                "    width: 1280",
+                "    height: 768",
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -69,8 +82,10 @@ def main() -> None:
         plan = plan_file(spec)
         assert plan.valid, plan.diagnostics[:3]
         planning = best_of(lambda: plan_file(spec), args.repeat)
-        print(f"shots: {args.shots}, stages: {len(plan.stages)}, "
-              f"spec: {spec.stat().st_size / 1e6:.2f} MB")
+        print(
+            f"shots: {args.shots}, stages: {len(plan.stages)}, "
+            f"spec: {spec.stat().st_size / 1e6:.2f} MB"
+        )
         print(f"yaml parse (C loader):      {parse:7.3f} s")
         print(f"yaml parse (pure Python):   {parse_py:7.3f} s")
         print(f"moldbatch plan:             {planning:7.3f} s")

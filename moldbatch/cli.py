@@ -50,11 +50,16 @@ def validate(files: tuple[str, ...], strict: bool) -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
-              help="Work folder whose cache to compare against (default: .moldbatch/ beside "
-                   "the spec).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Where shot files go (default: renders/ beside the spec).")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Work folder whose cache to compare against (default: .moldbatch/ beside the spec).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where shot files go (default: renders/ beside the spec).",
+)
 def plan(file: str, as_json: bool, strict: bool, workdir: Path | None, out: Path | None) -> None:
     """Dry run: show the shots, clips and stages, and which stages are cached."""
     from moldbatch.report import cache_status, print_plan
@@ -75,17 +80,29 @@ def plan(file: str, as_json: bool, strict: bool, workdir: Path | None, out: Path
 
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
-              help="Work folder for artifacts and state (default: .moldbatch/ beside the spec).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Where shot files go (default: renders/ beside the spec).")
-@click.option("--keep-going", "-k", is_flag=True, help="After a failed stage, render the "
-              "other shots.")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Work folder for artifacts and state (default: .moldbatch/ beside the spec).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where shot files go (default: renders/ beside the spec).",
+)
+@click.option(
+    "--keep-going", "-k", is_flag=True, help="After a failed stage, render the other shots."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
-@click.option("--device", default=None, help="Torch device (default: cuda if present, "
-              "else cpu).")
-def render(file: str, workdir: Path | None, out: Path | None, keep_going: bool,
-           as_json: bool, device: str | None) -> None:
+@click.option("--device", default=None, help="Torch device (default: cuda if present, else cpu).")
+def render(
+    file: str,
+    workdir: Path | None,
+    out: Path | None,
+    keep_going: bool,
+    as_json: bool,
+    device: str | None,
+) -> None:
     """Render a film: every stage not already cached, then the shot files and the film."""
     p = _plan(file, False, out)
     _print_diagnostics(p)
@@ -96,8 +113,9 @@ def render(file: str, workdir: Path | None, out: Path | None, keep_going: bool,
     from moldbatch.execute.executor import render_plan
 
     try:
-        summary = render_plan(p, workdir=workdir, keep_going=keep_going, device=device,
-                              progress=not as_json)
+        summary = render_plan(
+            p, workdir=workdir, keep_going=keep_going, device=device, progress=not as_json
+        )
     except MoldbatchError as e:
         click.echo(f"moldbatch: {e}", err=True)
         sys.exit(e.exit_code)

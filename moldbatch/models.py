@@ -7,7 +7,15 @@ from dataclasses import dataclass, field
 FRAME_GRID = 8  # pixel frames are 8k+1: the video VAE compresses time 8x, frame 0 on its own
 SIZE_GRID = 32  # the video VAE compresses space 32x
 
-CAMERA_PRESETS = ("dolly-in", "dolly-left", "dolly-out", "dolly-right", "jib-down", "jib-up", "static")
+CAMERA_PRESETS = (
+    "dolly-in",
+    "dolly-left",
+    "dolly-out",
+    "dolly-right",
+    "jib-down",
+    "jib-up",
+    "static",
+)
 SPATIAL_SCALES = {"x2": 2.0, "x1.5": 1.5}
 TEMPORAL_SCALES = {"x2": 2}
 PIPELINES = ("distilled", "two-stage", "keyframe", "a2vid", "retake", "ic-lora")
@@ -27,6 +35,21 @@ class ModelInfo:
     pipelines: tuple[str, ...] = PIPELINES
     repo: str | None = None  # Hugging Face repo of the transformer checkpoint
     files: dict[str, str] = field(default_factory=dict)  # role -> file in `repo` (or "repo:file")
+    # --- what the runtime needs to load and drive it ---
+    distilled: bool = False  # trained on a fixed 8-step schedule, run without guidance
+    diffusers_repo: str | None = None  # the other components, in diffusers layout
+    stg_blocks: tuple[int, ...] = ()  # spatio-temporal guidance blocks (dev models)
+    use_cross_timestep: bool = True  # False is the LTX-2.0 behaviour, True LTX-2.3's
+    max_sequence_length: int = 1024
+    camera_lora_repo_prefix: str | None = None
+
+    @property
+    def transformer_repo(self) -> str | None:
+        return self.repo
+
+    @property
+    def transformer_file(self) -> str | None:
+        return self.files.get("transformer")
 
     @property
     def features(self) -> list[str]:
@@ -47,13 +70,26 @@ _LTX23_UPSCALERS = {
     "temporal-x2": "Lightricks/LTX-2.3:ltx-2.3-temporal-upscaler-x2-1.0.safetensors",
 }
 TEXT_ENCODER_REPO = "google/gemma-3-12b-it-qat-q4_0-unquantized"
+_CAMERA_REPO = "Lightricks/LTX-2-19b-LoRA-Camera-Control-"
+TINY_MODEL = "ltx-2-tiny:random"
+# Distilled LTX-2 checkpoints were trained on this fixed 8-step schedule.
+DISTILLED_STEPS = 8
 
 MODELS: dict[str, ModelInfo] = {
     m.name: m
     for m in [
         ModelInfo(
-            "ltx-2-19b-dev:fp8", "ltx-2", "LTX-2 19B, two-stage, highest quality", "two-stage",
-            default_steps=30, camera_control=True, repo="Lightricks/LTX-2",
+            "ltx-2-19b-dev:fp8",
+            "ltx-2",
+            "LTX-2 19B, two-stage, highest quality",
+            "two-stage",
+            default_steps=30,
+            camera_control=True,
+            repo="Lightricks/LTX-2",
+            diffusers_repo="Lightricks/LTX-2",
+            stg_blocks=(29,),
+            use_cross_timestep=False,
+            camera_lora_repo_prefix=_CAMERA_REPO,
             files={
                 "transformer": "ltx-2-19b-dev-fp8.safetensors",
                 "distilled-lora": "ltx-2-19b-distilled-lora-384.safetensors",
@@ -61,14 +97,28 @@ MODELS: dict[str, ModelInfo] = {
             },
         ),
         ModelInfo(
-            "ltx-2-19b-distilled:fp8", "ltx-2", "LTX-2 19B, distilled, fastest 19B", "distilled",
-            camera_control=True, repo="Lightricks/LTX-2",
+            "ltx-2-19b-distilled:fp8",
+            "ltx-2",
+            "LTX-2 19B, distilled, fastest 19B",
+            "distilled",
+            camera_control=True,
+            repo="Lightricks/LTX-2",
+            distilled=True,
+            diffusers_repo="Lightricks/LTX-2",
+            use_cross_timestep=False,
+            camera_lora_repo_prefix=_CAMERA_REPO,
             files={"transformer": "ltx-2-19b-distilled-fp8.safetensors", **_LTX2_UPSCALERS},
         ),
         ModelInfo(
-            "ltx-2.3-22b-dev:fp8", "ltx-2.3", "LTX-2.3 22B, two-stage, highest quality",
-            "two-stage", default_steps=30, spatial_upscales=("x2", "x1.5"),
+            "ltx-2.3-22b-dev:fp8",
+            "ltx-2.3",
+            "LTX-2.3 22B, two-stage, highest quality",
+            "two-stage",
+            default_steps=30,
+            spatial_upscales=("x2", "x1.5"),
             repo="Lightricks/LTX-2.3-fp8",
+            diffusers_repo="diffusers/LTX-2.3-Diffusers",
+            stg_blocks=(28,),
             files={
                 "transformer": "ltx-2.3-22b-dev-fp8.safetensors",
                 "distilled-lora": "Lightricks/LTX-2.3:ltx-2.3-22b-distilled-lora-384.safetensors",
@@ -76,15 +126,26 @@ MODELS: dict[str, ModelInfo] = {
             },
         ),
         ModelInfo(
-            "ltx-2.3-22b-distilled:fp8", "ltx-2.3", "LTX-2.3 22B, distilled, fastest 22B",
-            "distilled", spatial_upscales=("x2", "x1.5"), repo="Lightricks/LTX-2.3-fp8",
+            "ltx-2.3-22b-distilled:fp8",
+            "ltx-2.3",
+            "LTX-2.3 22B, distilled, fastest 22B",
+            "distilled",
+            spatial_upscales=("x2", "x1.5"),
+            repo="Lightricks/LTX-2.3-fp8",
+            distilled=True,
+            diffusers_repo="diffusers/LTX-2.3-Distilled-Diffusers",
             files={"transformer": "ltx-2.3-22b-distilled-fp8.safetensors", **_LTX23_UPSCALERS},
         ),
         ModelInfo(
-            "ltx-2-tiny:random", "tiny",
+            TINY_MODEL,
+            "tiny",
             "the real LTX-2 architecture at toy size with random weights (tests, quick start)",
-            "distilled", default_steps=2, spatial_upscales=("x2",), temporal_upscales=(),
+            "distilled",
+            default_steps=2,
+            spatial_upscales=("x2",),
+            temporal_upscales=(),
             pipelines=("distilled", "keyframe"),
+            max_sequence_length=32,
         ),
     ]
 }

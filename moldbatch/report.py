@@ -34,8 +34,16 @@ def print_plan(plan, cached: dict[str, bool]) -> None:
         clips = " + ".join(str(c.frames) for c in s.clips)
         if len(s.clips) > 1:
             clips += f" ({s.transition}, overlap {s.overlap})"
-        shots.add_row(s.id, s.model, s.pipeline, str(s.frames), f"{s.width}x{s.height}",
-                      f"{s.fps:g}", s.format + ("" if s.audio else " (silent)"), clips)
+        shots.add_row(
+            s.id,
+            s.model,
+            s.pipeline,
+            str(s.frames),
+            f"{s.width}x{s.height}",
+            f"{s.fps:g}",
+            s.format + ("" if s.audio else " (silent)"),
+            clips,
+        )
     con.print(shots)
     stages = Table(title="stages", title_justify="left")
     for col in ("stage", "kind", "needs", "key", "state"):
@@ -44,11 +52,18 @@ def print_plan(plan, cached: dict[str, bool]) -> None:
     for st in plan.stages:
         hit = cached.get(st.id, False)
         todo += not hit
-        stages.add_row(st.id, st.kind, ", ".join(st.needs) or "-", st.key[:12],
-                       "[green]cached[/]" if hit else "[yellow]will render[/]")
+        stages.add_row(
+            st.id,
+            st.kind,
+            ", ".join(st.needs) or "-",
+            st.key[:12],
+            "[green]cached[/]" if hit else "[yellow]will render[/]",
+        )
     con.print(stages)
-    con.print(f"{todo} of {len(plan.stages)} stages will render"
-              + (f"; film -> {plan.output}" if plan.output else ""))
+    con.print(
+        f"{todo} of {len(plan.stages)} stages will render"
+        + (f"; film -> {plan.output}" if plan.output else "")
+    )
 
 
 def status_doc(plan, workdir: Path | None) -> dict:
@@ -75,8 +90,10 @@ def status_doc(plan, workdir: Path | None) -> dict:
 
 def print_status(doc: dict) -> None:
     con = _out()
-    con.print(f"{doc['spec']}: {doc['cached']} of {doc['stages']} stages cached "
-              f"(work folder {doc['workdir']})")
+    con.print(
+        f"{doc['spec']}: {doc['cached']} of {doc['stages']} stages cached "
+        f"(work folder {doc['workdir']})"
+    )
     last = doc["last_run"]
     if last is None:
         con.print("no render yet")
@@ -84,8 +101,10 @@ def print_status(doc: dict) -> None:
     counts: dict[str, int] = {}
     for s in last["stages"]:
         counts[s["status"]] = counts.get(s["status"], 0) + 1
-    con.print(f"last run #{last['run']}: {last['status']} — "
-              + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    con.print(
+        f"last run #{last['run']}: {last['status']} — "
+        + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    )
     for s in last["stages"]:
         if s["status"] in ("failed", "interrupted", "running"):
             con.print(f"  {s['id']}: {s['status']}" + (f": {s['error']}" if s["error"] else ""))
@@ -93,20 +112,44 @@ def print_status(doc: dict) -> None:
 
 def print_models(as_json: bool) -> None:
     if as_json:
-        doc = [{"name": m.name, "family": m.family, "description": m.description,
-                "base_pipeline": m.base_pipeline, "clip_cap": m.clip_cap,
-                "default_steps": m.default_steps, "pipelines": list(m.pipelines),
+        doc = [
+            {
+                "name": m.name,
+                "family": m.family,
+                "description": m.description,
+                "base_pipeline": m.base_pipeline,
+                "clip_cap": m.clip_cap,
+                "default_steps": m.default_steps,
+                "pipelines": list(m.pipelines),
                 "spatial_upscales": list(m.spatial_upscales),
                 "temporal_upscales": list(m.temporal_upscales),
-                "camera_control": m.camera_control} for m in MODELS.values()]
+                "camera_control": m.camera_control,
+            }
+            for m in MODELS.values()
+        ]
         print(json.dumps(doc, indent=2))
         return
     table = Table(title="models")
-    for col in ("model", "pipeline", "clip cap", "steps", "spatial", "temporal", "camera",
-                "pipelines"):
+    for col in (
+        "model",
+        "pipeline",
+        "clip cap",
+        "steps",
+        "spatial",
+        "temporal",
+        "camera",
+        "pipelines",
+    ):
         table.add_column(col)
     for m in MODELS.values():
-        table.add_row(m.name, m.base_pipeline, str(m.clip_cap), str(m.default_steps),
-                      ", ".join(m.spatial_upscales) or "-", ", ".join(m.temporal_upscales) or "-",
-                      "presets" if m.camera_control else "-", ", ".join(m.pipelines))
+        table.add_row(
+            m.name,
+            m.base_pipeline,
+            str(m.clip_cap),
+            str(m.default_steps),
+            ", ".join(m.spatial_upscales) or "-",
+            ", ".join(m.temporal_upscales) or "-",
+            "presets" if m.camera_control else "-",
+            ", ".join(m.pipelines),
+        )
     _out().print(table)

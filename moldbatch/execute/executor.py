@@ -20,8 +20,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from moldbatch.errors import MoldbatchError, StageFailed
 from moldbatch.execute.lock import WorkdirLock
 from moldbatch.execute.state import StateDB
-from moldbatch.execute.store import Artifact, ArtifactStore, atomic_copy, default_workdir, \
-    sha256_file
+from moldbatch.execute.store import (
+    Artifact,
+    ArtifactStore,
+    atomic_copy,
+    default_workdir,
+    sha256_file,
+)
 from moldbatch.plan.model import Plan, Stage
 
 log = logging.getLogger("moldbatch")
@@ -56,20 +61,35 @@ class Summary:
 
     def to_json(self) -> dict:
         return {
-            "spec": self.spec, "ok": self.ok, "workdir": str(self.workdir),
+            "spec": self.spec,
+            "ok": self.ok,
+            "workdir": str(self.workdir),
             "seconds": round(self.seconds, 3),
             "rendered": sum(s.status == "rendered" for s in self.stages),
             "cached": sum(s.status == "cached" for s in self.stages),
-            "stages": [{"id": s.id, "kind": s.kind, "status": s.status,
-                        "seconds": round(s.seconds, 3), **({"error": s.error} if s.error else {})}
-                       for s in self.stages],
+            "stages": [
+                {
+                    "id": s.id,
+                    "kind": s.kind,
+                    "status": s.status,
+                    "seconds": round(s.seconds, 3),
+                    **({"error": s.error} if s.error else {}),
+                }
+                for s in self.stages
+            ],
             "outputs": self.outputs,
         }
 
 
-def render_plan(plan: Plan, *, workdir: Path | None = None, keep_going: bool = False,
-                device: str | None = None, progress: bool = True,
-                runtimes: dict | None = None) -> Summary:
+def render_plan(
+    plan: Plan,
+    *,
+    workdir: Path | None = None,
+    keep_going: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+    runtimes: dict | None = None,
+) -> Summary:
     """Render every output of a valid plan. Raises StageFailed (after recording it) when a stage
     fails and `keep_going` is off; with it, returns a Summary whose `ok` is False."""
     workdir = (workdir or default_workdir(plan.path)).resolve()
@@ -78,8 +98,15 @@ def render_plan(plan: Plan, *, workdir: Path | None = None, keep_going: bool = F
 
 
 class Executor:
-    def __init__(self, plan: Plan, workdir: Path, keep_going: bool, device: str | None,
-                 progress: bool, runtimes: dict | None):
+    def __init__(
+        self,
+        plan: Plan,
+        workdir: Path,
+        keep_going: bool,
+        device: str | None,
+        progress: bool,
+        runtimes: dict | None,
+    ):
         self.plan, self.workdir, self.keep_going = plan, workdir, keep_going
         self.store = ArtifactStore(workdir)
         self.by_id = {s.id: s for s in plan.stages}
@@ -126,8 +153,9 @@ class Executor:
             db.set_stage(run_id, sid, "cached", seconds=0.0)
         for s in self.plan.stages:  # upstream of a cached output: not needed this time
             if outcomes[s.id].status == "pending" and s.id not in todo_ids:
-                outcomes[s.id].status = "cached" if self.store.get(s.key, verify=False) \
-                    else "skipped"
+                outcomes[s.id].status = (
+                    "cached" if self.store.get(s.key, verify=False) else "skipped"
+                )
         summary = Summary(self.plan.file, self.workdir)
         blocked: set[str] = set()
         status = "done"
@@ -182,8 +210,7 @@ class Executor:
             outcome.status, outcome.seconds = "failed", time.perf_counter() - t
             outcome.error = _one_line(e)
             self._log_failure(stage, e)
-            db.set_stage(run_id, stage.id, "failed", seconds=outcome.seconds,
-                         error=outcome.error)
+            db.set_stage(run_id, stage.id, "failed", seconds=outcome.seconds, error=outcome.error)
             self.console.print(f"[red]✗[/] {stage.id}: {outcome.error}")
             bar.done(stage)
             return False
@@ -201,8 +228,11 @@ class Executor:
                 continue
             src = art.file(art.meta["file"])
             dst = Path(stage.outputs["path"])
-            if not (dst.is_file() and dst.stat().st_size == src.stat().st_size
-                    and sha256_file(dst) == art.manifest["files"][art.meta["file"]]["sha256"]):
+            if not (
+                dst.is_file()
+                and dst.stat().st_size == src.stat().st_size
+                and sha256_file(dst) == art.manifest["files"][art.meta["file"]]["sha256"]
+            ):
                 atomic_copy(src, dst)
             paths.append(str(dst))
         return paths
@@ -231,8 +261,13 @@ class _Bars:
         self.enabled = enabled and bool(todo)
         self.ctx = ctx
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), console=console, transient=False, disable=not self.enabled,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+            disable=not self.enabled,
         )
         self.film = self.progress.add_task("Film", total=len(todo))
         self.steps = None

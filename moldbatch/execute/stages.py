@@ -7,9 +7,9 @@ import torch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from safetensors.numpy import load_file as load_np
@@ -39,15 +39,25 @@ class StageContext:
         return self.runtimes[model]
 
 
-def save_media(out: ArtifactWriter, frames: np.ndarray, audio: np.ndarray | None,
-               sample_rate: int | None, fps: float) -> None:
+def save_media(
+    out: ArtifactWriter,
+    frames: np.ndarray,
+    audio: np.ndarray | None,
+    sample_rate: int | None,
+    fps: float,
+) -> None:
     tensors = {"frames": np.ascontiguousarray(frames, dtype=np.uint8)}
     if audio is not None:
         tensors["audio"] = np.ascontiguousarray(audio, dtype=np.float32)
     save_np(tensors, str(out.path(MEDIA)))
-    out.meta.update(frames=int(frames.shape[0]), height=int(frames.shape[1]),
-                    width=int(frames.shape[2]), fps=fps, sample_rate=sample_rate,
-                    audio=audio is not None)
+    out.meta.update(
+        frames=int(frames.shape[0]),
+        height=int(frames.shape[1]),
+        width=int(frames.shape[2]),
+        fps=fps,
+        sample_rate=sample_rate,
+        audio=audio is not None,
+    )
 
 
 def load_media(art: Artifact) -> tuple[np.ndarray, np.ndarray | None, int | None]:
@@ -66,18 +76,32 @@ def run_clip(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
     if p.get("carry_tail") and stage.needs:
         prev = ctx.inputs[stage.needs[0]]
         lat = load_file(str(prev.file(LATENTS)))
-        carry = carry_from(lat["video"], lat.get("audio"), tail_frames=p["carry_tail"],
-                           frames=prev.meta["frames"], fps=p["fps"])
+        carry = carry_from(
+            lat["video"],
+            lat.get("audio"),
+            tail_frames=p["carry_tail"],
+            frames=prev.meta["frames"],
+            fps=p["fps"],
+        )
     loras = [Lora(lo["path"], lo["scale"]) for lo in p["loras"]]
     if p.get("camera_control"):
         loras.append(Lora(f"camera-control:{p['camera_control']}", 1.0))
     req = ClipRequest(
-        model=p["model"], prompt=p["prompt"], negative_prompt=p["negative_prompt"],
-        width=p["width"], height=p["height"], frames=p["frames"], fps=p["fps"], seed=p["seed"],
-        steps=p["steps"], guidance=p["guidance"], audio=p["audio"],
+        model=p["model"],
+        prompt=p["prompt"],
+        negative_prompt=p["negative_prompt"],
+        width=p["width"],
+        height=p["height"],
+        frames=p["frames"],
+        fps=p["fps"],
+        seed=p["seed"],
+        steps=p["steps"],
+        guidance=p["guidance"],
+        audio=p["audio"],
         image=Path(p["image"]["path"]) if p.get("image") else None,
         keyframes=[(k["frame"], Path(k["path"])) for k in p["keyframes"]],
-        loras=loras, carry=carry,
+        loras=loras,
+        carry=carry,
     )
     result = ctx.runtime(p["model"]).render_clip(req, on_step=ctx.on_step)
     latents = {"video": result.video_latents.contiguous()}
@@ -97,8 +121,14 @@ def run_upscale(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
         from moldbatch.runtime.errors import RuntimeFeatureError
 
         raise RuntimeFeatureError(f"{p['model']}: upscaling is not available in this runtime")
-    result = upscale(source.file(LATENTS), spatial=p["spatial"], temporal=p["temporal"],
-                     frames=frames, audio=audio, sample_rate=rate)
+    result = upscale(
+        source.file(LATENTS),
+        spatial=p["spatial"],
+        temporal=p["temporal"],
+        frames=frames,
+        audio=audio,
+        sample_rate=rate,
+    )
     save_media(out, result.frames, result.audio, result.sample_rate, p["fps"])
 
 
@@ -107,14 +137,22 @@ def run_stitch(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
 
     p = stage.params
     clips = [load_media(ctx.inputs[n]) for n in stage.needs]
-    frames = stitch_frames([c[0] for c in clips], p["transition"], p["overlap"],
-                           p["fade_frames"], p["frames"])
+    frames = stitch_frames(
+        [c[0] for c in clips], p["transition"], p["overlap"], p["fade_frames"], p["frames"]
+    )
     audio, rate = None, None
     if p["audio"]:
         rate = clips[0][2]
-        audio = stitch_audio([c[1] for c in clips], p["transition"], p["overlap"],
-                             p["fade_frames"], p["fps"], rate, p["frames"],
-                             clip_frames=[c[0].shape[0] for c in clips])
+        audio = stitch_audio(
+            [c[1] for c in clips],
+            p["transition"],
+            p["overlap"],
+            p["fade_frames"],
+            p["fps"],
+            rate,
+            p["frames"],
+            clip_frames=[c[0].shape[0] for c in clips],
+        )
     save_media(out, frames, audio, rate, p["fps"])
 
 
@@ -124,8 +162,14 @@ def run_export(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
     p = stage.params
     frames, audio, rate = load_media(ctx.inputs[stage.needs[0]])
     name = f"shot.{p['format']}"
-    write_video(out.path(name), frames, p["fps"], audio=audio if p["audio"] else None,
-                sample_rate=rate, format=p["format"])
+    write_video(
+        out.path(name),
+        frames,
+        p["fps"],
+        audio=audio if p["audio"] else None,
+        sample_rate=rate,
+        format=p["format"],
+    )
     out.meta.update(file=name)
 
 
@@ -143,10 +187,14 @@ def run_join(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
         parts.append((frames, audio if p["audio"] else None))
     frames, audio = join(parts, p["fps"], rate)
     name = f"film.{p['format']}"
-    write_video(out.path(name), frames, p["fps"], audio=audio, sample_rate=rate,
-                format=p["format"])
+    write_video(out.path(name), frames, p["fps"], audio=audio, sample_rate=rate, format=p["format"])
     out.meta.update(file=name)
 
 
-HANDLERS = {"clip": run_clip, "upscale": run_upscale, "stitch": run_stitch,
-            "export": run_export, "join": run_join}
+HANDLERS = {
+    "clip": run_clip,
+    "upscale": run_upscale,
+    "stitch": run_stitch,
+    "export": run_export,
+    "join": run_join,
+}

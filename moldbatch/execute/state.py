@@ -59,8 +59,15 @@ class StateDB:
             )
         return run_id
 
-    def set_stage(self, run_id: int, stage: str, status: str, *, seconds: float | None = None,
-                  error: str | None = None) -> None:
+    def set_stage(
+        self,
+        run_id: int,
+        stage: str,
+        status: str,
+        *,
+        seconds: float | None = None,
+        error: str | None = None,
+    ) -> None:
         started = time.time() if status == "running" else None
         self.db.execute(
             "UPDATE stages SET status=?, started=COALESCE(?, started), seconds=?, error=? "
@@ -69,21 +76,31 @@ class StateDB:
         )
 
     def finish_run(self, run_id: int, status: str) -> None:
-        self.db.execute("UPDATE runs SET status=?, finished=? WHERE id=?",
-                        (status, time.time(), run_id))
+        self.db.execute(
+            "UPDATE runs SET status=?, finished=? WHERE id=?", (status, time.time(), run_id)
+        )
 
     def last_run(self, spec: str) -> dict | None:
         row = self.db.execute(
             "SELECT id, started, finished, status, pid FROM runs WHERE spec=? "
-            "ORDER BY id DESC LIMIT 1", (spec,)).fetchone()
+            "ORDER BY id DESC LIMIT 1",
+            (spec,),
+        ).fetchone()
         if row is None:
             return None
         stages = self.db.execute(
             "SELECT stage, kind, key, status, seconds, error FROM stages WHERE run_id=? "
-            "ORDER BY rowid", (row[0],)).fetchall()
+            "ORDER BY rowid",
+            (row[0],),
+        ).fetchall()
         return {
-            "run": row[0], "started": row[1], "finished": row[2], "status": row[3],
+            "run": row[0],
+            "started": row[1],
+            "finished": row[2],
+            "status": row[3],
             "pid": row[4],
-            "stages": [dict(zip(("id", "kind", "key", "status", "seconds", "error"), s))
-                       for s in stages],
+            "stages": [
+                dict(zip(("id", "kind", "key", "status", "seconds", "error"), s, strict=True))
+                for s in stages
+            ],
         }

@@ -86,8 +86,13 @@ class ArtifactWriter:
             with path.open("rb+") as f:
                 os.fsync(f.fileno())
             files[path.name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-        manifest = {"key": self.key, "stage": self.stage_id, "created": time.time(),
-                    "files": files, "meta": self.meta}
+        manifest = {
+            "key": self.key,
+            "stage": self.stage_id,
+            "created": time.time(),
+            "files": files,
+            "meta": self.meta,
+        }
         with (self.dir / MANIFEST).open("w") as f:
             json.dump(manifest, f, indent=1)
             f.flush()

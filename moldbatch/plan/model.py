@@ -51,7 +51,10 @@ class ShotPlan:
         d = asdict(self)
         d["rendered_frames"] = self.rendered_frames
         d["output"] = {
-            "frames": self.frames, "width": self.width, "height": self.height, "fps": self.fps,
+            "frames": self.frames,
+            "width": self.width,
+            "height": self.height,
+            "fps": self.fps,
             "path": self.output_path,
         }
         d.pop("output_path")
@@ -69,8 +72,13 @@ class Stage:
     outputs: dict = field(default_factory=dict)  # unkeyed destinations (final file paths)
 
     def to_json(self) -> dict:
-        return {"id": self.id, "kind": self.kind, "shot": self.shot, "needs": self.needs,
-                "key": self.key}
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "shot": self.shot,
+            "needs": self.needs,
+            "key": self.key,
+        }
 
 
 @dataclass

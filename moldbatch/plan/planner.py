@@ -11,7 +11,13 @@ from pydantic import ValidationError
 
 from moldbatch.errors import Diagnostic
 from moldbatch.models import (
-    FRAME_GRID, MODELS, SIZE_GRID, SPATIAL_SCALES, ModelInfo, grid_ceil, grid_neighbours,
+    FRAME_GRID,
+    MODELS,
+    SIZE_GRID,
+    SPATIAL_SCALES,
+    ModelInfo,
+    grid_ceil,
+    grid_neighbours,
     on_frame_grid,
 )
 from moldbatch.plan.chain import chain_clips, locate_frame
@@ -19,7 +25,13 @@ from moldbatch.plan.keys import FileDigests, content_key
 from moldbatch.plan.model import ClipPlan, Plan, ShotPlan, Stage
 from moldbatch.spec.messages import did_you_mean, pydantic_diagnostics
 from moldbatch.spec.schema import (
-    BUILTIN_DEFAULTS, FILM_FIELDS, SETTING_FIELDS, SHOT_FIELDS, Film, LoraSpec, Shot,
+    BUILTIN_DEFAULTS,
+    FILM_FIELDS,
+    SETTING_FIELDS,
+    SHOT_FIELDS,
+    Film,
+    LoraSpec,
+    Shot,
     ShotSettings,
 )
 from moldbatch.spec.source import PathKey, Source, SourceError, read_source
@@ -29,8 +41,13 @@ SILENT_FORMATS = ("gif", "apng", "webp")
 IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
 
 
-def plan_file(path: str | Path, *, display: str | None = None, out_dir: Path | None = None,
-              strict: bool = False) -> Plan:
+def plan_file(
+    path: str | Path,
+    *,
+    display: str | None = None,
+    out_dir: Path | None = None,
+    strict: bool = False,
+) -> Plan:
     """Read, validate and compile one spec file. Never raises for a bad spec: the plan's
     diagnostics say what is wrong."""
     path = Path(path)
@@ -58,7 +75,8 @@ def _known_fields(loc: PathKey) -> list[str]:
         return list(SHOT_FIELDS)
     tail = [p for p in loc if isinstance(p, str)][-1]
     return {
-        "loras": list(LoraSpec.model_fields), "keyframes": ["frame", "image"],
+        "loras": list(LoraSpec.model_fields),
+        "keyframes": ["frame", "image"],
         "retake": ["start", "end"],
     }.get(tail, [])
 
@@ -107,16 +125,17 @@ class Planner:
         data = src.data
         name = src.path.stem
         if not isinstance(data, dict):
-            self.error((), "a spec is a mapping with at least `version: 1` and `shots:` "
-                           "(see specs/README.md)")
+            self.error(
+                (),
+                "a spec is a mapping with at least `version: 1` and `shots:` (see specs/README.md)",
+            )
             return self._plan(name)
         if isinstance(data.get("name"), str):
             name = data["name"]
         try:
-            film = Film.model_validate(data)
+            Film.model_validate(data)  # every field-level error of the file, at once
         except ValidationError as e:
             self.diags += pydantic_diagnostics(src, (), e, _known_fields)
-            film = None
         defaults = self._settings_model(data.get("defaults"), ("defaults",), ShotSettings)
         shots_raw = data.get("shots") if isinstance(data.get("shots"), list) else []
         shots = [self._settings_model(s, ("shots", i), Shot) for i, s in enumerate(shots_raw)]
@@ -128,8 +147,11 @@ class Planner:
             if shot is None:
                 continue
             if shot.id in seen:
-                self.error(("shots", i, "id"), f"duplicate shot id '{shot.id}' (first used by "
-                           f"shots[{seen[shot.id]}]): shot ids must be unique")
+                self.error(
+                    ("shots", i, "id"),
+                    f"duplicate shot id '{shot.id}' (first used by "
+                    f"shots[{seen[shot.id]}]): shot ids must be unique",
+                )
                 continue
             seen[shot.id] = i
             plan = self._plan_shot(i, shot, defaults)
@@ -183,23 +205,32 @@ class Planner:
 
         model = MODELS.get(s["model"])
         if model is None:
-            self.error(s.where("model"), f"unknown model '{s['model']}'"
-                       + did_you_mean(s["model"], MODELS)
-                       + f" (known: {', '.join(MODELS)}; see `moldbatch models`)")
+            self.error(
+                s.where("model"),
+                f"unknown model '{s['model']}'"
+                + did_you_mean(s["model"], MODELS)
+                + f" (known: {', '.join(MODELS)}; see `moldbatch models`)",
+            )
             return None
         fps = float(s["fps"])
         fmt = s["format"]
         audio = s["audio"] if s["audio"] is not None else fmt == "mp4"
         if audio and fmt in SILENT_FORMATS:
-            self.error(s.where("audio"), f"audio is only possible in mp4: {fmt} is a silent "
-                       f"format; set `audio: false` or `format: mp4`")
+            self.error(
+                s.where("audio"),
+                f"audio is only possible in mp4: {fmt} is a silent "
+                f"format; set `audio: false` or `format: mp4`",
+            )
 
         pipeline = self._pipeline(s, model)
         width, height, rw, rh = self._sizes(s, model, pipeline)
         temporal = s["temporal_upscale"]
         if temporal and temporal not in model.temporal_upscales:
-            self.error(s.where("temporal_upscale"), f"temporal upscale {temporal} is not "
-                       f"available on {model.name}" + _available(model.temporal_upscales))
+            self.error(
+                s.where("temporal_upscale"),
+                f"temporal upscale {temporal} is not "
+                f"available on {model.name}" + _available(model.temporal_upscales),
+            )
             temporal = None
         grid = FRAME_GRID * (2 if temporal else 1)  # each clip is rendered at half the frames
 
@@ -208,19 +239,27 @@ class Planner:
         transition = s["transition"]
         overlap = {"smooth": s["motion_tail"], "fade": s["fade_frames"], "cut": 0}[transition]
         if transition == "smooth" and not 0 <= overlap < clip:
-            self.error(s.where("motion_tail"), f"motion_tail must be below clip_frames "
-                       f"({clip}) so every clip adds fresh frames; try {min(4, clip - 1)}")
+            self.error(
+                s.where("motion_tail"),
+                f"motion_tail must be below clip_frames "
+                f"({clip}) so every clip adds fresh frames; try {min(4, clip - 1)}",
+            )
             overlap = 0
         if transition == "fade" and overlap >= clip:
-            self.error(s.where("fade_frames"), f"fade_frames must be below clip_frames "
-                       f"({clip}); try {min(8, clip - 1)}")
+            self.error(
+                s.where("fade_frames"),
+                f"fade_frames must be below clip_frames ({clip}); try {min(8, clip - 1)}",
+            )
             overlap = 0
         if total is None:
             return None
         if total <= clip and exact and not (on_frame_grid(total) and (total - 1) % grid == 0):
             lo, hi = grid_neighbours(total, grid)
-            self.error(s.where("frames"), f"{total} frames is off the {grid}k+1 frame grid: use "
-                       f"{lo} or {hi} (or give `duration` to have the shot trimmed exactly)")
+            self.error(
+                s.where("frames"),
+                f"{total} frames is off the {grid}k+1 frame grid: use "
+                f"{lo} or {hi} (or give `duration` to have the shot trimmed exactly)",
+            )
         spans = chain_clips(total, clip, overlap, s["last_clip"], grid)
 
         prompts = self._prompts(s, len(spans))
@@ -235,8 +274,14 @@ class Planner:
         clips = []
         for span in spans:
             rendered = (span.frames - 1) // 2 + 1 if temporal else span.frames
-            c = ClipPlan(span.index, rendered, span.start, span.keep_from, prompts[span.index],
-                         s["seed"] + span.index)
+            c = ClipPlan(
+                span.index,
+                rendered,
+                span.start,
+                span.keep_from,
+                prompts[span.index],
+                s["seed"] + span.index,
+            )
             if span.index == 0 and image is not None:
                 c.image = str(image)
             if s["audio_file"] and pipeline == "a2vid":
@@ -248,10 +293,23 @@ class Planner:
                 local = local // 2
             clips[idx].keyframes.append({"frame": local, "image": str(path)})
         return ShotPlan(
-            id=shot.id, model=model.name, pipeline=pipeline, frames=total, width=width,
-            height=height, fps=fps, render_width=rw, render_height=rh, render_fps=render_fps,
-            format=fmt, audio=audio, transition=transition, overlap=overlap,
-            fade_frames=s["fade_frames"], clips=clips, spatial_upscale=s["spatial_upscale"],
+            id=shot.id,
+            model=model.name,
+            pipeline=pipeline,
+            frames=total,
+            width=width,
+            height=height,
+            fps=fps,
+            render_width=rw,
+            render_height=rh,
+            render_fps=render_fps,
+            format=fmt,
+            audio=audio,
+            transition=transition,
+            overlap=overlap,
+            fade_frames=s["fade_frames"],
+            clips=clips,
+            spatial_upscale=s["spatial_upscale"],
             temporal_upscale=temporal,
             output_path=str((self.out_dir or self.root / "renders") / f"{shot.id}.{fmt}"),
         )
@@ -274,8 +332,11 @@ class Planner:
         if chosen not in model.pipelines:
             where = s.where(why) if why else s.where("pipeline")
             because = f" (`pipeline: auto` picked it for `{why}`)" if why else ""
-            self.error(where, f"pipeline '{chosen}' is not available on {model.name}{because}"
-                       + _available(model.pipelines))
+            self.error(
+                where,
+                f"pipeline '{chosen}' is not available on {model.name}{because}"
+                + _available(model.pipelines),
+            )
         return chosen
 
     def _sizes(self, s: Settings, model: ModelInfo, pipeline: str):
@@ -283,8 +344,11 @@ class Planner:
         up = s["spatial_upscale"]
         if up and up not in model.spatial_upscales:
             hint = " (x1.5 exists for ltx-2.3 models only)" if up == "x1.5" else ""
-            self.error(s.where("spatial_upscale"), f"spatial upscale {up} is not available on "
-                       f"{model.name}{hint}" + _available(model.spatial_upscales))
+            self.error(
+                s.where("spatial_upscale"),
+                f"spatial upscale {up} is not available on "
+                f"{model.name}{hint}" + _available(model.spatial_upscales),
+            )
             up = None
         scale = SPATIAL_SCALES[up] if up else 1.0
         base = []
@@ -293,15 +357,23 @@ class Planner:
             if rendered != int(rendered) or int(rendered) % SIZE_GRID:
                 lo, hi = _size_neighbours(value, scale)
                 how = f"render size {name} / {up}" if up else name
-                self.error(s.where(name), f"{name} {value} is off the size grid: the {how} must be a "
-                           f"multiple of {SIZE_GRID}; nearest valid {name}s: {lo} or {hi}")
+                self.error(
+                    s.where(name),
+                    f"{name} {value} is off the size grid: the {how} must be a "
+                    f"multiple of {SIZE_GRID}; nearest valid {name}s: {lo} or {hi}",
+                )
             base.append(int(rendered))
-        if pipeline == "two-stage" and all(b % SIZE_GRID == 0 for b in base) and any(
-            b % (2 * SIZE_GRID) for b in base
+        if (
+            pipeline == "two-stage"
+            and all(b % SIZE_GRID == 0 for b in base)
+            and any(b % (2 * SIZE_GRID) for b in base)
         ):
-            self.warn(s.where("width"), f"the two-stage pipeline renders its first pass at half "
-                      f"the size; a render size of {base[0]}x{base[1]} is rounded there "
-                      f"(multiples of {2 * SIZE_GRID} avoid it)")
+            self.warn(
+                s.where("width"),
+                f"the two-stage pipeline renders its first pass at half "
+                f"the size; a render size of {base[0]}x{base[1]} is rounded there "
+                f"(multiples of {2 * SIZE_GRID} avoid it)",
+            )
         return width, height, base[0], base[1]
 
     def _length(self, s: Settings, fps: float, pipeline: str):
@@ -329,12 +401,17 @@ class Planner:
         if not on_frame_grid(clip) or (clip - 1) % grid:
             lo, hi = grid_neighbours(clip, grid)
             why = " (temporal upscale renders every clip at half the frames)" if grid > 8 else ""
-            self.error(s.where("clip_frames"), f"clip_frames {clip} is off the {grid}k+1 grid"
-                       f"{why}: use {lo} or {hi}")
+            self.error(
+                s.where("clip_frames"),
+                f"clip_frames {clip} is off the {grid}k+1 grid{why}: use {lo} or {hi}",
+            )
             return model.clip_cap
         if clip > model.clip_cap:
-            self.warn(s.where("clip_frames"), f"clip_frames {clip} is above {model.name}'s cap "
-                      f"of {model.clip_cap}; clamped to {model.clip_cap}")
+            self.warn(
+                s.where("clip_frames"),
+                f"clip_frames {clip} is above {model.name}'s cap "
+                f"of {model.clip_cap}; clamped to {model.clip_cap}",
+            )
             return model.clip_cap
         return clip
 
@@ -350,13 +427,18 @@ class Planner:
         if use_list:
             if len(prompts) != count:
                 plural = "clip" if count == 1 else "clips"
-                self.error(s.where("prompts"), f"{len(prompts)} prompts for {count} planned "
-                           f"{plural}: give exactly {count} (one per clip), or one `prompt`")
+                self.error(
+                    s.where("prompts"),
+                    f"{len(prompts)} prompts for {count} planned "
+                    f"{plural}: give exactly {count} (one per clip), or one `prompt`",
+                )
                 return None
             return list(prompts)
         if prompt is None:
-            self.error(s.shot_path, "missing `prompt`: say what the shot shows (or give "
-                       "`prompts`, one per clip)")
+            self.error(
+                s.shot_path,
+                "missing `prompt`: say what the shot shows (or give `prompts`, one per clip)",
+            )
             return None
         return [prompt] * count
 
@@ -365,19 +447,27 @@ class Planner:
         for k, kf in enumerate(s["keyframes"]):
             where = s.where("keyframes", k)
             if kf.frame >= total:
-                self.error(where + ("frame",), f"keyframe frame {kf.frame} is past the shot's "
-                           f"end: frames run 0 to {total - 1}")
+                self.error(
+                    where + ("frame",),
+                    f"keyframe frame {kf.frame} is past the shot's "
+                    f"end: frames run 0 to {total - 1}",
+                )
             elif kf.frame in seen:
-                self.error(where + ("frame",), f"two keyframes on frame {kf.frame} (also "
-                           f"keyframes[{seen[kf.frame]}]): one image per frame")
+                self.error(
+                    where + ("frame",),
+                    f"two keyframes on frame {kf.frame} (also "
+                    f"keyframes[{seen[kf.frame]}]): one image per frame",
+                )
             seen.setdefault(kf.frame, k)
             path = self._image_at(where + ("image",), kf.image)
             if path is not None:
                 out.append((kf.frame, path))
         if pipeline == "keyframe" and len(s["keyframes"]) < 2:
-            self.error(s.where("keyframes") if s["keyframes"] else s.where("pipeline"),
-                       "the keyframe pipeline needs at least two keyframes "
-                       "(e.g. frame 0 and the last frame)")
+            self.error(
+                s.where("keyframes") if s["keyframes"] else s.where("pipeline"),
+                "the keyframe pipeline needs at least two keyframes "
+                "(e.g. frame 0 and the last frame)",
+            )
         return out
 
     def _image_path(self, s: Settings, name: str) -> Path | None:
@@ -407,8 +497,11 @@ class Planner:
         if path not in self._is_file:
             self._is_file[path] = path.is_file()
         if not self._is_file[path]:
-            hint = "" if Path(value).is_absolute() else " (paths are relative to the spec " \
-                "file's folder)"
+            hint = (
+                ""
+                if Path(value).is_absolute()
+                else " (paths are relative to the spec file's folder)"
+            )
             self.error(where, f"file '{value}' not found{hint}")
             return None
         return path
@@ -419,28 +512,41 @@ class Planner:
             if path is not None and path.suffix != ".safetensors":
                 self.error(s.where("loras", k, "path"), "LoRA files must be .safetensors")
         if s["camera_control"] and not model.camera_control:
-            self.error(s.where("camera_control"), f"camera presets exist for LTX-2 19B only; on "
-                       f"{model.name} pass the camera LoRA as an explicit .safetensors file in "
-                       "`loras`")
+            self.error(
+                s.where("camera_control"),
+                f"camera presets exist for LTX-2 19B only; on "
+                f"{model.name} pass the camera LoRA as an explicit .safetensors file in "
+                "`loras`",
+            )
         if s["audio_file"]:
             self._file(s.where("audio_file"), s["audio_file"])
         elif pipeline == "a2vid":
-            self.error(s.where("pipeline"), "the a2vid pipeline needs `audio_file`, the audio "
-                       "the video follows")
+            self.error(
+                s.where("pipeline"),
+                "the a2vid pipeline needs `audio_file`, the audio the video follows",
+            )
         if s["video"]:
             self._file(s.where("video"), s["video"])
         if pipeline == "retake":
             if not s["video"]:
-                self.error(s.where("retake") if s["retake"] else s.where("pipeline"),
-                           "retake needs `video`, the source clip to regenerate part of")
+                self.error(
+                    s.where("retake") if s["retake"] else s.where("pipeline"),
+                    "retake needs `video`, the source clip to regenerate part of",
+                )
             elif s["retake"] is None:
-                self.error(s.where("pipeline"), "retake needs `retake: {start, end}`, the "
-                           "seconds of the source clip to regenerate")
+                self.error(
+                    s.where("pipeline"),
+                    "retake needs `retake: {start, end}`, the "
+                    "seconds of the source clip to regenerate",
+                )
             else:
                 self._check_retake(s)
         elif s["retake"] is not None:
-            self.error(s.where("retake"), f"`retake` is only used by the retake pipeline; "
-                       f"this shot runs {pipeline} (remove `pipeline` or set it to retake)")
+            self.error(
+                s.where("retake"),
+                f"`retake` is only used by the retake pipeline; "
+                f"this shot runs {pipeline} (remove `pipeline` or set it to retake)",
+            )
         if pipeline == "ic-lora":
             if not s["video"]:
                 self.error(s.where("pipeline"), "ic-lora needs `video`, the clip that guides it")
@@ -450,13 +556,18 @@ class Planner:
     def _check_retake(self, s: Settings) -> None:
         window = s["retake"]
         if window.end <= window.start:
-            self.error(s.where("retake", "end"), f"retake end {window.end:g} s must be after "
-                       f"its start {window.start:g} s")
+            self.error(
+                s.where("retake", "end"),
+                f"retake end {window.end:g} s must be after its start {window.start:g} s",
+            )
             return
         info = self._probe(s, "video")
         if info is not None and window.end > info.duration + 1e-6:
-            self.error(s.where("retake", "end"), f"retake end {window.end:g} s is past the end "
-                       f"of '{s['video']}' ({info.duration:.2f} s)")
+            self.error(
+                s.where("retake", "end"),
+                f"retake end {window.end:g} s is past the end "
+                f"of '{s['video']}' ({info.duration:.2f} s)",
+            )
 
     def _probe(self, s: Settings, name: str):
         path = self._resolve(s[name])
@@ -467,8 +578,11 @@ class Planner:
             try:
                 from moldbatch.media.probe import probe
             except ImportError:
-                self.warn(s.where(name), "cannot read media files without PyAV: install "
-                          "moldbatch[gpu] to check this source's length")
+                self.warn(
+                    s.where(name),
+                    "cannot read media files without PyAV: install "
+                    "moldbatch[gpu] to check this source's length",
+                )
             else:
                 try:
                     info = probe(path)
@@ -482,17 +596,26 @@ class Planner:
         fmt = path.suffix.lower().lstrip(".")
         fmt = "apng" if fmt == "png" else fmt
         if fmt not in FORMATS:
-            self.error(("output",), f"the film's output must end in .mp4, .gif, .apng or .webp, "
-                       f"got '{path.suffix or output}'")
+            self.error(
+                ("output",),
+                f"the film's output must end in .mp4, .gif, .apng or .webp, "
+                f"got '{path.suffix or output}'",
+            )
             return None
         sizes = {(p.width, p.height, p.fps) for p in shots}
         if len(sizes) > 1:
             first = shots[0]
-            odd = next(p for p in shots if (p.width, p.height, p.fps) != (
-                first.width, first.height, first.fps))
-            self.error(("output",), f"shots joined into one film must share size and fps: "
-                       f"'{first.id}' is {first.width}x{first.height}@{first.fps:g} but "
-                       f"'{odd.id}' is {odd.width}x{odd.height}@{odd.fps:g}")
+            odd = next(
+                p
+                for p in shots
+                if (p.width, p.height, p.fps) != (first.width, first.height, first.fps)
+            )
+            self.error(
+                ("output",),
+                f"shots joined into one film must share size and fps: "
+                f"'{first.id}' is {first.width}x{first.height}@{first.fps:g} but "
+                f"'{odd.id}' is {odd.width}x{odd.height}@{odd.fps:g}",
+            )
             return None
         return str((self.root / path).resolve() if not path.is_absolute() else path)
 
@@ -507,23 +630,43 @@ class Planner:
             audio = fmt == "mp4" and any(p.audio for p in shots)
             needs = [f"{p.id}/stitch" for p in shots]
             keys = {st.id: st.key for st in stages}
-            params = {"format": fmt, "audio": audio, "fps": shots[0].fps,
-                      "shots": [p.id for p in shots]}
-            stages.append(Stage("film/join", "join", None, needs,
-                                content_key("join", params, [keys[n] for n in needs]), params,
-                                {"path": output}))
+            params = {
+                "format": fmt,
+                "audio": audio,
+                "fps": shots[0].fps,
+                "shots": [p.id for p in shots],
+            }
+            stages.append(
+                Stage(
+                    "film/join",
+                    "join",
+                    None,
+                    needs,
+                    content_key("join", params, [keys[n] for n in needs]),
+                    params,
+                    {"path": output},
+                )
+            )
         return stages
 
     def _shot_stages(self, shot: ShotPlan) -> list[Stage]:
         s = self._shot_settings[shot.id]
-        loras = [{"path": str(p), "sha256": self.digest(p), "scale": lo.scale}
-                 for lo, p in ((lo, self._resolve(lo.path)) for lo in s["loras"])]
+        loras = [
+            {"path": str(p), "sha256": self.digest(p), "scale": lo.scale}
+            for lo, p in ((lo, self._resolve(lo.path)) for lo in s["loras"])
+        ]
         out, prev = [], None
         common = {
-            "model": shot.model, "pipeline": shot.pipeline, "width": shot.render_width,
-            "height": shot.render_height, "fps": shot.render_fps, "steps": s["steps"]
-            or MODELS[shot.model].default_steps, "guidance": s["guidance"],
-            "negative_prompt": s["negative_prompt"], "audio": shot.audio, "loras": loras,
+            "model": shot.model,
+            "pipeline": shot.pipeline,
+            "width": shot.render_width,
+            "height": shot.render_height,
+            "fps": shot.render_fps,
+            "steps": s["steps"] or MODELS[shot.model].default_steps,
+            "guidance": s["guidance"],
+            "negative_prompt": s["negative_prompt"],
+            "audio": shot.audio,
+            "loras": loras,
             "camera_control": s["camera_control"],
         }
         for media in ("audio_file", "video"):
@@ -535,8 +678,9 @@ class Planner:
         carry = shot.transition == "smooth" and shot.overlap > 0
         finals = []
         for clip in shot.clips:
-            params = dict(common, prompt=clip.prompt, seed=clip.seed, frames=clip.frames,
-                          index=clip.index)
+            params = dict(
+                common, prompt=clip.prompt, seed=clip.seed, frames=clip.frames, index=clip.index
+            )
             params["image"] = self._file_ref(clip.image)
             params["keyframes"] = [
                 {"frame": k["frame"], **self._file_ref(k["image"])} for k in clip.keyframes
@@ -547,30 +691,68 @@ class Planner:
             if carry and prev is not None:
                 params["carry_tail"] = shot.overlap
                 needs = [prev.id]
-            stage = Stage(f"{shot.id}/clip-{clip.index}", "clip", shot.id, needs,
-                          content_key("clip", params, [n.key for n in ([prev] if needs else [])]),
-                          params)
+            stage = Stage(
+                f"{shot.id}/clip-{clip.index}",
+                "clip",
+                shot.id,
+                needs,
+                content_key("clip", params, [n.key for n in ([prev] if needs else [])]),
+                params,
+            )
             out.append(stage)
             prev = stage
             final = stage
             if shot.spatial_upscale or shot.temporal_upscale:
-                up = {"model": shot.model, "spatial": shot.spatial_upscale,
-                      "temporal": shot.temporal_upscale, "width": shot.width,
-                      "height": shot.height, "fps": shot.fps, "audio": shot.audio}
-                final = Stage(f"{shot.id}/upscale-{clip.index}", "upscale", shot.id, [stage.id],
-                              content_key("upscale", up, [stage.key]), up)
+                up = {
+                    "model": shot.model,
+                    "spatial": shot.spatial_upscale,
+                    "temporal": shot.temporal_upscale,
+                    "width": shot.width,
+                    "height": shot.height,
+                    "fps": shot.fps,
+                    "audio": shot.audio,
+                }
+                final = Stage(
+                    f"{shot.id}/upscale-{clip.index}",
+                    "upscale",
+                    shot.id,
+                    [stage.id],
+                    content_key("upscale", up, [stage.key]),
+                    up,
+                )
                 out.append(final)
             finals.append(final)
-        stitch = {"transition": shot.transition, "overlap": shot.overlap,
-                  "fade_frames": shot.fade_frames, "frames": shot.frames, "fps": shot.fps,
-                  "audio": shot.audio, "width": shot.width, "height": shot.height}
-        st = Stage(f"{shot.id}/stitch", "stitch", shot.id, [f.id for f in finals],
-                   content_key("stitch", stitch, [f.key for f in finals]), stitch)
+        stitch = {
+            "transition": shot.transition,
+            "overlap": shot.overlap,
+            "fade_frames": shot.fade_frames,
+            "frames": shot.frames,
+            "fps": shot.fps,
+            "audio": shot.audio,
+            "width": shot.width,
+            "height": shot.height,
+        }
+        st = Stage(
+            f"{shot.id}/stitch",
+            "stitch",
+            shot.id,
+            [f.id for f in finals],
+            content_key("stitch", stitch, [f.key for f in finals]),
+            stitch,
+        )
         out.append(st)
         export = {"format": shot.format, "fps": shot.fps, "audio": shot.audio}
-        out.append(Stage(f"{shot.id}/export", "export", shot.id, [st.id],
-                         content_key("export", export, [st.key]), export,
-                         {"path": shot.output_path}))
+        out.append(
+            Stage(
+                f"{shot.id}/export",
+                "export",
+                shot.id,
+                [st.id],
+                content_key("export", export, [st.key]),
+                export,
+                {"path": shot.output_path},
+            )
+        )
         return out
 
     def _file_ref(self, path: str | None) -> dict | None:

@@ -67,8 +67,12 @@ def pydantic_diagnostics(src: Source, base: tuple, exc, known_fields) -> list:
         elif kind == "list_type":
             msg = f"must be a list, got {_show(value)}"
         elif kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-            op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=",
-                  "less_than": "<"}[kind]
+            op = {
+                "greater_than_equal": ">=",
+                "greater_than": ">",
+                "less_than_equal": "<=",
+                "less_than": "<",
+            }[kind]
             bound = next(iter(ctx.values()))
             msg = f"must be {op} {bound}, got {_show(value)}"
         elif kind == "too_short":
@@ -83,8 +87,10 @@ def pydantic_diagnostics(src: Source, base: tuple, exc, known_fields) -> list:
 
 def _literal(field: str, value, ctx) -> str:
     if field == "camera_control":
-        return f"unknown camera preset {_show(value)}" + did_you_mean(value, CAMERA_PRESETS) + (
-            f" (presets: {', '.join(CAMERA_PRESETS)})"
+        return (
+            f"unknown camera preset {_show(value)}"
+            + did_you_mean(value, CAMERA_PRESETS)
+            + (f" (presets: {', '.join(CAMERA_PRESETS)})")
         )
     if field == "version":
         return f"unsupported spec version {_show(value)}: this moldbatch reads version 1"

@@ -125,11 +125,17 @@ def _walk_yaml(node, path: PathKey, src: Source, loader):
             if key in out:
                 line, col = knode.start_mark.line + 1, knode.start_mark.column + 1
                 raise SourceError(
-                    Diagnostic(src.file, line, col, _fmt(path + (key,)),
-                               f"duplicate key '{key}': each key may appear once")
+                    Diagnostic(
+                        src.file,
+                        line,
+                        col,
+                        _fmt(path + (key,)),
+                        f"duplicate key '{key}': each key may appear once",
+                    )
                 )
             src.key_positions[path + (key,)] = (
-                knode.start_mark.line + 1, knode.start_mark.column + 1
+                knode.start_mark.line + 1,
+                knode.start_mark.column + 1,
             )
             out[key] = _walk_yaml(vnode, path + (key,), src, loader)
         return out
@@ -146,7 +152,9 @@ def _fmt(path: PathKey) -> str:
 
 _TOML_ERR = re.compile(r"\(at line (\d+), column (\d+)\)")
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
-_KEY = re.compile(r'^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|\'[^\']*\')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|\'[^\']*\'))*)\s*=\s*')
+_KEY = re.compile(
+    r'^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|\'[^\']*\')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|\'[^\']*\'))*)\s*=\s*'
+)
 _INLINE_KEY = re.compile(r'([A-Za-z0-9_-]+|"[^"]*")\s*=\s*')
 
 
@@ -224,7 +232,7 @@ class _TomlScanner:
         path = self.table + tuple(_split_dotted(m.group(1)))
         src.key_positions[path] = (lineno, len(line) - len(line.lstrip()) + 1)
         src.positions[path] = (lineno, m.end() + 1)
-        rest = line[m.end():]
+        rest = line[m.end() :]
         for quote in ('"""', "'''"):
             if rest.startswith(quote) and rest.count(quote) == 1:
                 self.multiline = quote

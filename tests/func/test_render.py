@@ -16,13 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write
 
 from moldbatch.errors import StageFailed, WorkdirLocked
 from moldbatch.execute.executor import render_plan
 from moldbatch.execute.lock import WorkdirLock
 from moldbatch.media.probe import probe, read_video
 from moldbatch.plan.planner import plan_file
+
+from conftest import write
 
 HEAD = """\
 version: 1
@@ -33,7 +34,9 @@ defaults:
   fps: 24
   steps: 2
 """
-CHAIN = HEAD + """\
+CHAIN = (
+    HEAD
+    + """\
 shots:
   - id: walk
     frames: 40
@@ -41,6 +44,7 @@ shots:
     motion_tail: 4
     prompts: [a forest path, a lake shore, fireflies over water]
 """
+)
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +64,17 @@ def statuses(summary) -> dict[str, str]:
 
 
 def test_mp4_has_video_and_audio_of_the_planned_length(tmp_path, runtimes):
-    spec = write(tmp_path, "film.yaml", HEAD + """\
+    spec = write(
+        tmp_path,
+        "film.yaml",
+        HEAD
+        + """\
 output: renders/film.mp4
 shots:
   - {id: one, prompt: rain on a neon window, frames: 17}
   - {id: two, prompt: thunder over the bay, duration: 1.0, seed: 3}
-""")
+""",
+    )
     summary = render(spec, runtimes)
     assert summary.ok
     for name, frames in (("one", 17), ("two", 24), ("film", 41)):
@@ -79,10 +88,15 @@ shots:
 
 @pytest.mark.parametrize("fmt", ["gif", "apng", "webp"])
 def test_silent_formats_have_no_audio(tmp_path, runtimes, fmt):
-    spec = write(tmp_path, "film.yaml", HEAD + f"""\
+    spec = write(
+        tmp_path,
+        "film.yaml",
+        HEAD
+        + f"""\
 shots:
   - {{id: loop, prompt: a spinning top, frames: 9, format: {fmt}}}
-""")
+""",
+    )
     assert render(spec, runtimes).ok
     info = probe(tmp_path / "renders" / f"loop.{fmt}")
     assert not info.has_audio
@@ -126,8 +140,11 @@ def test_editing_one_clip_prompt_rerenders_only_what_follows(tmp_path, runtimes)
     spec.write_text(CHAIN.replace("fireflies over water", "fireflies at midnight"))
     summary = render(spec, runtimes)
     assert statuses(summary) == {
-        "walk/clip-0": "cached", "walk/clip-1": "cached", "walk/clip-2": "rendered",
-        "walk/stitch": "rendered", "walk/export": "rendered",
+        "walk/clip-0": "cached",
+        "walk/clip-1": "cached",
+        "walk/clip-2": "rendered",
+        "walk/stitch": "rendered",
+        "walk/export": "rendered",
     }
 
 
@@ -159,8 +176,9 @@ def test_second_render_of_a_locked_work_folder_is_refused(tmp_path, runtimes):
             render(spec, runtimes)
     # and through the CLI: exit 3 with one clear line
     with WorkdirLock(tmp_path / ".moldbatch"):
-        res = subprocess.run([sys.executable, "-m", "moldbatch", "render", str(spec)],
-                             capture_output=True, text=True)
+        res = subprocess.run(
+            [sys.executable, "-m", "moldbatch", "render", str(spec)], capture_output=True, text=True
+        )
     assert res.returncode == 3
     assert "in use by another moldbatch process" in res.stderr
     assert "Traceback" not in res.stderr
@@ -170,7 +188,11 @@ def test_a_failing_stage_stops_the_run_and_writes_no_output(tmp_path, runtimes):
     # a keyframe image that is a valid PNG header but not a decodable image fails at render
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
-    spec = write(tmp_path, "film.yaml", HEAD + """\
+    spec = write(
+        tmp_path,
+        "film.yaml",
+        HEAD
+        + """\
 output: renders/film.mp4
 shots:
   - {id: good, prompt: a calm sea, frames: 9}
@@ -178,7 +200,8 @@ shots:
     prompt: a storm
     frames: 9
     image: bad.png
-""")
+""",
+    )
     with pytest.raises(StageFailed, match="broken/clip-0 failed"):
         render(spec, runtimes)
     assert not (tmp_path / "renders" / "broken.mp4").exists()
@@ -192,19 +215,23 @@ shots:
     assert (tmp_path / "renders" / "good.mp4").exists()
     assert not (tmp_path / "renders" / "film.mp4").exists()
     db = sqlite3.connect(tmp_path / ".moldbatch" / "state.sqlite")
-    (error,) = db.execute("SELECT error FROM stages WHERE stage='broken/clip-0' "
-                          "ORDER BY run_id DESC LIMIT 1").fetchone()
+    (error,) = db.execute(
+        "SELECT error FROM stages WHERE stage='broken/clip-0' ORDER BY run_id DESC LIMIT 1"
+    ).fetchone()
     assert error
 
 
 def test_resume_after_kill_9_mid_chain_matches_an_uninterrupted_render(tmp_path):
-    spec_text = HEAD.replace("steps: 2", "steps: 6") + """\
+    spec_text = (
+        HEAD.replace("steps: 2", "steps: 6")
+        + """\
 shots:
   - id: long
     frames: 76
     clip_frames: 17
     prompt: a long walk along a windy cliff
 """
+    )
     clean = tmp_path / "clean"
     killed = tmp_path / "killed"
     for d in (clean, killed):
@@ -217,8 +244,7 @@ shots:
     plan = plan_file(killed / "film.yaml")
     clip_keys = [s.key for s in plan.stages if s.kind == "clip"]
     assert len(clip_keys) == 6
-    proc = subprocess.Popen(cmd, cwd=killed, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, cwd=killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     artifacts = killed / ".moldbatch" / "artifacts"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -246,5 +272,6 @@ shots:
     np.testing.assert_array_equal(a_frames, b_frames)
     np.testing.assert_array_equal(a_audio, b_audio)
     # the stored decoded frames and samples are identical too, not only the encodes
-    assert (clean / "renders" / "long.mp4").read_bytes() == \
-        (killed / "renders" / "long.mp4").read_bytes()
+    assert (clean / "renders" / "long.mp4").read_bytes() == (
+        killed / "renders" / "long.mp4"
+    ).read_bytes()

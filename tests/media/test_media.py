@@ -8,16 +8,14 @@ import sys
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
-from moldbatch.media.stitch import fit_audio, join, stitch_audio, stitch_frames
-from moldbatch.media.timing import fps_fraction, samples_for_frames
-
-av = pytest.importorskip("av")
-
 from moldbatch.media.encode import write_video
 from moldbatch.media.probe import probe, read_video
+from moldbatch.media.stitch import fit_audio, join, stitch_audio, stitch_frames
+from moldbatch.media.timing import fps_fraction, samples_for_frames
 
 SR = 24000
 

@@ -10,11 +10,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
-pytest.importorskip("diffusers")
-np = pytest.importorskip("numpy")
+import torch
 
 from moldbatch.runtime import (
     ClipRequest,

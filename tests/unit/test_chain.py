@@ -42,7 +42,7 @@ def test_chain_covers_the_shot_with_grid_clips_and_no_waste(total, k, data):
         # tight: one grid step less in the last clip would not cover the shot
         last = spans[-1]
         assert last.frames - 8 < overlap + 1 or last.start + last.frames - 8 < total
-    for a, b in zip(spans, spans[1:]):
+    for a, b in zip(spans, spans[1:], strict=False):
         assert b.start == a.end - overlap  # each clip starts `overlap` frames before the end
 
 

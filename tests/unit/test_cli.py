@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 
 from click.testing import CliRunner
-from conftest import REPO, write
 
 from moldbatch.cli import cli
 from moldbatch.spec.schema import json_schema
+
+from conftest import REPO, write
 
 CORPUS = REPO / "specs" / "conformance"
 
@@ -27,12 +28,17 @@ def test_validate_exit_codes_and_line_format():
     assert bad.exit_code == 1
     assert bad.output.strip().endswith(
         "frames-off-grid.yaml:6:13: shots[0].frames: 96 frames is off the 8k+1 frame grid: "
-        "use 89 or 97 (or give `duration` to have the shot trimmed exactly)")
+        "use 89 or 97 (or give `duration` to have the shot trimmed exactly)"
+    )
 
 
 def test_validate_reports_every_file_and_every_error():
-    res = run("validate", str(CORPUS / "invalid" / "many-errors.yaml"),
-              str(CORPUS / "invalid" / "unknown-key.yaml"), str(CORPUS / "valid" / "media.yaml"))
+    res = run(
+        "validate",
+        str(CORPUS / "invalid" / "many-errors.yaml"),
+        str(CORPUS / "invalid" / "unknown-key.yaml"),
+        str(CORPUS / "valid" / "media.yaml"),
+    )
     assert res.exit_code == 1
     lines = res.output.strip().splitlines()
     assert len(lines) == 7
@@ -58,15 +64,30 @@ def test_plan_json_has_the_documented_shape():
     doc = json.loads(res.output)
     assert doc["valid"] is True and doc["errors"] == [] and doc["warnings"] == []
     shot = doc["shots"][0]
-    for field in ("id", "model", "frames", "width", "height", "fps", "format", "audio",
-                  "clips", "output"):
+    for field in (
+        "id",
+        "model",
+        "frames",
+        "width",
+        "height",
+        "fps",
+        "format",
+        "audio",
+        "clips",
+        "output",
+    ):
         assert field in shot
     assert [c["frames"] for c in shot["clips"]] == [97, 97, 97, 97, 33]
     clip = shot["clips"][2]
     assert {"index", "frames", "prompt", "seed", "keyframes"} <= set(clip)
     assert clip["keyframes"][0]["frame"] == 14  # shot frame 200 -> clip 2, local 200 - 186
-    assert shot["output"] == {"frames": 400, "width": 1216, "height": 704, "fps": 24.0,
-                              "path": shot["output"]["path"]}
+    assert shot["output"] == {
+        "frames": 400,
+        "width": 1216,
+        "height": 704,
+        "fps": 24.0,
+        "path": shot["output"]["path"],
+    }
     stage = doc["stages"][1]
     assert stage["id"] == "opening/clip-1" and stage["needs"] == ["opening/clip-0"]
     assert {"id", "kind", "shot", "needs", "key", "cached"} <= set(stage)
@@ -99,8 +120,13 @@ def test_schema_file_is_in_sync_with_the_models():
 def test_models_lists_every_model_with_caps():
     res = run("models", "--json")
     doc = {m["name"]: m for m in json.loads(res.output)}
-    assert set(doc) >= {"ltx-2-19b-dev:fp8", "ltx-2-19b-distilled:fp8", "ltx-2.3-22b-dev:fp8",
-                        "ltx-2.3-22b-distilled:fp8", "ltx-2-tiny:random"}
+    assert set(doc) >= {
+        "ltx-2-19b-dev:fp8",
+        "ltx-2-19b-distilled:fp8",
+        "ltx-2.3-22b-dev:fp8",
+        "ltx-2.3-22b-distilled:fp8",
+        "ltx-2-tiny:random",
+    }
     assert doc["ltx-2.3-22b-distilled:fp8"]["spatial_upscales"] == ["x2", "x1.5"]
     assert doc["ltx-2-19b-distilled:fp8"]["camera_control"] is True
     assert all(m["clip_cap"] == 97 for m in doc.values())
@@ -108,26 +134,28 @@ def test_models_lists_every_model_with_caps():
 
 def test_dry_run_commands_never_import_the_gpu_stack(tmp_path: Path):
     # a CI job lints shot lists with a light install: no torch, diffusers or transformers
+    spec = str(CORPUS / "valid" / "transitions.yaml")  # no retake: probing video imports av
+    chain = str(CORPUS / "valid" / "chain-400.yaml")
     code = (
         "import sys\n"
         "from moldbatch.cli import cli\n"
-        "for args in (['validate', %r], ['plan', '--json', %r], ['schema'], ['models']):\n"
+        f"for args in (['validate', {spec!r}], ['plan', '--json', {chain!r}], ['schema'], "
+        "['models']):\n"
         "    try:\n"
         "        cli(args, standalone_mode=False)\n"
         "    except SystemExit:\n"
         "        pass\n"
         "heavy = {'torch', 'diffusers', 'transformers', 'av', 'numpy'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"
-    ) % (str(CORPUS / "valid" / "media.yaml"), str(CORPUS / "valid" / "chain-400.yaml"))
-    # media.yaml has a retake: probing its source video imports av; use a spec without one
-    code = code.replace("media.yaml", "transitions.yaml")
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
 
 
 def test_python_dash_m_works():
-    res = subprocess.run([sys.executable, "-m", "moldbatch", "--help"], capture_output=True,
-                         text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "moldbatch", "--help"], capture_output=True, text=True
+    )
     assert res.returncode == 0 and "validate" in res.stdout
 
 

@@ -38,13 +38,17 @@ def _relative(value, root: Path):
 def expected_plan(spec: Path) -> dict:
     plan = plan_file(spec, display=spec.name)
     doc = plan.to_json()
-    return _relative({
-        "warnings": [str(w) for w in plan.warnings],
-        "shots": doc["shots"],
-        "output": doc["output"],
-        "stages": [{"id": s["id"], "kind": s["kind"], "needs": s["needs"]}
-                   for s in doc["stages"]],
-    }, spec.parent)
+    return _relative(
+        {
+            "warnings": [str(w) for w in plan.warnings],
+            "shots": doc["shots"],
+            "output": doc["output"],
+            "stages": [
+                {"id": s["id"], "kind": s["kind"], "needs": s["needs"]} for s in doc["stages"]
+            ],
+        },
+        spec.parent,
+    )
 
 
 @pytest.mark.parametrize("spec", _specs("valid"), ids=lambda p: p.name)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from conftest import write
-
 from moldbatch.plan.planner import plan_file
+
+from conftest import write
 
 CHAIN = """\
 version: 1
@@ -61,8 +61,7 @@ def test_editing_clip_3_prompt_changes_clip_3_and_what_follows_only(film_dir: Pa
 def test_changing_an_input_image_changes_every_clip_it_flows_into(film_dir: Path):
     spec = chain(film_dir)
     before = keys(spec)
-    (film_dir / "assets" / "start.png").write_bytes(
-        (film_dir / "assets" / "end.png").read_bytes())
+    (film_dir / "assets" / "start.png").write_bytes((film_dir / "assets" / "end.png").read_bytes())
     after = keys(spec)
     changed = {sid for sid in before if before[sid] != after[sid]}
     # the first-frame image conditions clip 0, which carries into every later clip

@@ -1,0 +1,71 @@
+"""The render-side commands through the CLI: render, plan's cache column, status and gc."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import write
+
+SPEC = """\
+version: 1
+defaults: {model: ltx-2-tiny:random, width: 64, height: 64, steps: 2}
+shots:
+  - {id: a, prompt: a red kite over dunes, frames: 9}
+  - {id: b, prompt: a blue kite over the sea, frames: 9, format: gif}
+"""
+
+
+def moldbatch(*args, cwd: Path):
+    return subprocess.run(
+        [sys.executable, "-m", "moldbatch", *args], cwd=cwd, capture_output=True, text=True
+    )
+
+
+def test_render_plan_status_and_gc_work_together(tmp_path: Path):
+    write(tmp_path, "film.yaml", SPEC)
+    before = json.loads(moldbatch("plan", "--json", "film.yaml", cwd=tmp_path).stdout)
+    assert not any(s["cached"] for s in before["stages"])
+
+    res = moldbatch("render", "film.yaml", "--json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)  # stdout holds only the JSON
+    assert summary["ok"] and summary["rendered"] == 6
+    assert sorted(Path(p).name for p in summary["outputs"]) == ["a.mp4", "b.gif"]
+    assert all({"id", "status", "seconds"} <= set(s) for s in summary["stages"])
+
+    after = json.loads(moldbatch("plan", "--json", "film.yaml", cwd=tmp_path).stdout)
+    assert all(s["cached"] for s in after["stages"])
+    table = moldbatch("plan", "film.yaml", cwd=tmp_path).stdout
+    assert "0 of 6 stages will render" in table
+
+    status = json.loads(moldbatch("status", "--json", "film.yaml", cwd=tmp_path).stdout)
+    assert status["cached"] == 6 and status["last_run"]["status"] == "done"
+    assert "6 of 6 stages cached" in moldbatch("status", "film.yaml", cwd=tmp_path).stdout
+
+    # drop shot b: its three artifacts are garbage for this spec, shot a's are not
+    write(tmp_path, "film.yaml", SPEC.rsplit("  - {id: b", 1)[0])
+    dry = moldbatch("gc", "film.yaml", "--dry-run", cwd=tmp_path)
+    assert dry.returncode == 0 and "would remove 3 artifacts" in dry.stdout
+    assert "removed 3 artifacts" in moldbatch("gc", "film.yaml", cwd=tmp_path).stdout
+    again = json.loads(moldbatch("render", "film.yaml", "--json", cwd=tmp_path).stdout)
+    assert again["rendered"] == 0 and again["cached"] == 3
+
+
+def test_render_of_an_invalid_spec_exits_1_and_renders_nothing(tmp_path: Path):
+    write(tmp_path, "film.yaml", SPEC.replace("frames: 9}", "frames: 10}", 1))
+    res = moldbatch("render", "film.yaml", cwd=tmp_path)
+    assert res.returncode == 1
+    assert "film.yaml:4:52: shots[0].frames: 10 frames is off the 8k+1 frame grid" in res.stderr
+    assert not (tmp_path / ".moldbatch").exists() and not (tmp_path / "renders").exists()
+
+
+def test_out_and_workdir_options_place_files(tmp_path: Path):
+    write(tmp_path, "film.yaml", SPEC)
+    res = moldbatch("render", "film.yaml", "--out", "deliver", "--workdir", "cache", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "deliver" / "a.mp4").is_file()
+    assert (tmp_path / "cache" / "state.sqlite").is_file()
+    assert not (tmp_path / "renders").exists()
