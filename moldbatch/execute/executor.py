@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from moldbatch.errors import MoldbatchError, StageFailed
+from moldbatch.errors import MoldbatchError, StageFailed, display_path
 from moldbatch.execute.lock import WorkdirLock
 from moldbatch.execute.state import StateDB
 from moldbatch.execute.store import (
@@ -182,6 +182,8 @@ class Executor:
         summary.outputs = self._deliver(found, outcomes)
         summary.stages = [outcomes[s.id] for s in self.plan.stages]
         summary.seconds = time.perf_counter() - t0
+        if self.show:
+            self._report(summary)
         db.finish_run(run_id, status)
         db.close()
         if status == "failed" and not self.keep_going:
@@ -237,6 +239,27 @@ class Executor:
             paths.append(str(dst))
         return paths
 
+    def _report(self, summary: Summary) -> None:
+        shots = {s.id: s for s in self.plan.shots}
+        for stage in self.plan.stages:
+            if stage.kind not in TERMINAL or stage.id not in {
+                o.id for o in summary.stages if o.status in ("rendered", "cached")
+            }:
+                continue
+            path = stage.outputs["path"]
+            if stage.kind == "export":
+                s = shots[stage.shot]
+                what = f"{s.frames} frames, {s.width}x{s.height}, {s.fps:g} fps"
+            else:
+                what = f"{sum(s.frames for s in self.plan.shots)} frames, film"
+            self.console.print(f"[green]✓[/] Saved: {display_path(Path(path))} ({what})")
+        rendered = sum(o.status == "rendered" for o in summary.stages)
+        cached = sum(o.status == "cached" for o in summary.stages)
+        self.console.print(
+            f"[green]✓[/] Done in {summary.seconds:.1f}s: {rendered} stages "
+            f"rendered, {cached} cached"
+        )
+
     def _log_failure(self, stage: Stage, e: BaseException) -> None:
         logs = self.workdir / "logs"
         logs.mkdir(exist_ok=True)
@@ -255,7 +278,8 @@ def _one_line(e: BaseException) -> str:
 
 
 class _Bars:
-    """Rich progress like mold's: the film's stages, and the current clip's denoising steps."""
+    """Rich progress like mold's: the film's stages, each chained shot's clips, and the
+    current clip's denoising steps."""
 
     def __init__(self, console: Console, todo: list[Stage], ctx, enabled: bool):
         self.enabled = enabled and bool(todo)
@@ -270,6 +294,11 @@ class _Bars:
             disable=not self.enabled,
         )
         self.film = self.progress.add_task("Film", total=len(todo))
+        self.clips_todo: dict[str, int] = {}
+        for stage in todo:
+            if stage.kind == "clip":
+                self.clips_todo[stage.shot] = self.clips_todo.get(stage.shot, 0) + 1
+        self.chains: dict[str, object] = {}
         self.steps = None
 
     def __enter__(self):
@@ -280,14 +309,20 @@ class _Bars:
         self.progress.__exit__(*exc)
 
     def start(self, stage: Stage) -> None:
-        if stage.kind == "clip":
-            self.steps = self.progress.add_task(f"  {stage.id}", total=stage.params["steps"])
-            self.ctx.on_step = lambda i, n: self.progress.update(self.steps, completed=i, total=n)
-        else:
-            self.ctx.on_step = None
+        self.ctx.on_step = None
+        if stage.kind != "clip":
+            return
+        if self.clips_todo.get(stage.shot, 0) > 1 and stage.shot not in self.chains:
+            self.chains[stage.shot] = self.progress.add_task(
+                f" Chain {stage.shot}", total=self.clips_todo[stage.shot]
+            )
+        self.steps = self.progress.add_task(f"   {stage.id}", total=stage.params["steps"])
+        self.ctx.on_step = lambda i, n: self.progress.update(self.steps, completed=i, total=n)
 
     def done(self, stage: Stage) -> None:
         if self.steps is not None:
             self.progress.update(self.steps, completed=stage.params.get("steps", 0))
             self.steps = None
+        if stage.shot in self.chains and stage.kind == "clip":
+            self.progress.advance(self.chains[stage.shot])
         self.progress.advance(self.film)

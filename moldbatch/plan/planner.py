@@ -102,7 +102,7 @@ class Settings:
 class Planner:
     def __init__(self, src: Source, out_dir: Path | None = None):
         self.src = src
-        self.root = src.path.parent
+        self.root = src.path.parent.resolve()
         self.out_dir = out_dir
         self.diags: list[Diagnostic] = []
         self.digest = FileDigests()

@@ -11,20 +11,12 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from moldbatch.models import CAMERA_PRESETS
 from moldbatch.runtime.errors import RuntimeFeatureError, RuntimeLoadError
 from moldbatch.runtime.registry import ModelSpec
 from moldbatch.runtime.types import Lora
 
 CAMERA_PREFIX = "camera-control:"
-CAMERA_PRESETS = (
-    "dolly-in",
-    "dolly-left",
-    "dolly-out",
-    "dolly-right",
-    "jib-down",
-    "jib-up",
-    "static",
-)
 
 
 def camera_lora_location(spec: ModelSpec, preset: str) -> tuple[str, str]:

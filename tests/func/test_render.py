@@ -275,3 +275,36 @@ shots:
     assert (clean / "renders" / "long.mp4").read_bytes() == (
         killed / "renders" / "long.mp4"
     ).read_bytes()
+
+
+@pytest.mark.parametrize("transition", ["cut", "fade"])
+def test_cut_and_fade_chains_are_stitched_as_planned(tmp_path, runtimes, transition):
+    spec = write(
+        tmp_path,
+        "film.yaml",
+        CHAIN.replace("motion_tail: 4", f"transition: {transition}\n    fade_frames: 5"),
+    )
+    plan = plan_file(spec)
+    shot = plan.shots[0]
+    assert render(spec, runtimes).ok
+    from moldbatch.execute.stages import load_media
+    from moldbatch.execute.store import ArtifactStore
+
+    store = ArtifactStore(tmp_path / ".moldbatch")
+    stitched, audio, rate = load_media(store.get(plan.stage("walk/stitch").key))
+    clips = [
+        load_media(store.get(plan.stage(f"walk/clip-{i}").key))[0] for i in range(len(shot.clips))
+    ]
+    assert stitched.shape[0] == 40 and audio.shape[1] == round(40 / 24 * rate)
+    if transition == "cut":
+        assert shot.overlap == 0
+        np.testing.assert_array_equal(stitched[17:34], clips[1])
+    else:
+        # clip 1 starts 5 frames before clip 0 ends; those 5 frames are blends of both
+        assert shot.overlap == 5 and shot.clips[1].start == 12
+        np.testing.assert_array_equal(stitched[:12], clips[0][:12])
+        np.testing.assert_array_equal(stitched[17:24], clips[1][5:12])
+        blend = stitched[14].astype(int)
+        lo = np.minimum(clips[0][14], clips[1][2]).astype(int) - 1
+        hi = np.maximum(clips[0][14], clips[1][2]).astype(int) + 1
+        assert ((blend >= lo) & (blend <= hi)).all()
