@@ -102,6 +102,7 @@ def run_clip(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
         keyframes=[(k["frame"], Path(k["path"])) for k in p["keyframes"]],
         loras=loras,
         carry=carry,
+        image_strength=p.get("image_strength", 1.0),
     )
     result = ctx.runtime(p["model"]).render_clip(req, on_step=ctx.on_step)
     latents = {"video": result.video_latents.contiguous()}
@@ -137,21 +138,21 @@ def run_stitch(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
 
     p = stage.params
     clips = [load_media(ctx.inputs[n]) for n in stage.needs]
-    frames = stitch_frames(
-        [c[0] for c in clips], p["transition"], p["overlap"], p["fade_frames"], p["frames"]
-    )
+    seams = [tuple(seam) for seam in p["seams"]]
+    frames = stitch_frames([c[0] for c in clips], "cut", 0, 0, p["frames"], seams=seams)
     audio, rate = None, None
     if p["audio"]:
         rate = clips[0][2]
         audio = stitch_audio(
             [c[1] for c in clips],
-            p["transition"],
-            p["overlap"],
-            p["fade_frames"],
+            "cut",
+            0,
+            0,
             p["fps"],
             rate,
             p["frames"],
             clip_frames=[c[0].shape[0] for c in clips],
+            seams=seams,
         )
     save_media(out, frames, audio, rate, p["fps"])
 

@@ -37,36 +37,44 @@ def _fade_weights(n: int) -> np.ndarray:
     return (np.arange(1, n + 1, dtype=np.float64) / (n + 1)).astype(np.float32)
 
 
+Seam = tuple[str, int]  # the boundary before a clip: (transition, overlap in frames)
+
+
+def uniform_seams(count: int, transition: str, tail: int, fade_frames: int) -> list[Seam]:
+    """The seams of a chain whose clips all meet the same way."""
+    overlap = {"smooth": tail, "fade": fade_frames, "cut": 0}[transition]
+    return [(transition, overlap)] * max(0, count - 1)
+
+
 def _segments(
-    lengths: Sequence[int], transition: str, drop: int, overlap: int, what: str
+    lengths: Sequence[int], seams: Sequence[tuple[str, int]], what: str
 ) -> list[tuple[int, int, int]]:
     """Per clip (start, stop, blend_next): the clip's own slice [start:stop] that is copied
     as-is, followed by `blend_next` items cross-faded with the next clip's head.
 
-    `drop` is the smooth-transition head drop, `overlap` the fade overlap (both in the
-    unit of `lengths`: frames or samples).
+    `seams[i]` is the boundary between clip i and clip i + 1: ("smooth", items the later
+    clip drops), ("fade", items cross-faded) or ("cut", 0), in the unit of `lengths`.
     """
-    last = len(lengths) - 1
+    if len(seams) != len(lengths) - 1:
+        raise ValueError(f"{len(lengths)} clips need {len(lengths) - 1} seams, got {len(seams)}")
+    for kind, amount in seams:
+        _check_transition(kind, amount, amount)
     segs: list[tuple[int, int, int]] = []
     for i, n in enumerate(lengths):
-        if transition == "cut":
-            segs.append((0, n, 0))
-        elif transition == "smooth":
-            if i > 0 and drop >= n:
-                raise ValueError(
-                    f"smooth: clip {i} has {n} {what}, not more than the {drop} overlapping "
-                    f"tail {what} it drops"
-                )
-            segs.append((0 if i == 0 else drop, n, 0))
-        else:  # fade
-            head = overlap if i > 0 else 0  # already blended into the previous clip's tail
-            tail = overlap if i < last else 0  # blended with the next clip's head
-            if head + tail > n:
-                raise ValueError(
-                    f"fade: clip {i} has {n} {what}, fewer than the {head + tail} {what} its "
-                    f"cross-fades need ({overlap} per neighbouring clip)"
-                )
-            segs.append((head, n - tail, tail))
+        before = seams[i - 1] if i > 0 else ("cut", 0)
+        after = seams[i] if i < len(seams) else ("cut", 0)
+        head = before[1] if before[0] != "cut" else 0  # dropped (smooth) or already blended
+        tail = after[1] if after[0] == "fade" else 0  # blended with the next clip's head
+        if before[0] == "smooth" and head >= n:
+            raise ValueError(
+                f"smooth: clip {i} has {n} {what}, not more than the {head} overlapping "
+                f"tail {what} it drops"
+            )
+        if head + tail > n:
+            raise ValueError(
+                f"fade: clip {i} has {n} {what}, fewer than the {head + tail} {what} its seams need"
+            )
+        segs.append((head, n - tail, tail))
     return segs
 
 
@@ -140,7 +148,13 @@ def fit_audio(audio: np.ndarray, samples: int, *, pad_tolerance: int | None = No
 
 
 def stitch_frames(
-    clips: Sequence[np.ndarray], transition: str, tail: int, fade_frames: int, total: int
+    clips: Sequence[np.ndarray],
+    transition: str,
+    tail: int,
+    fade_frames: int,
+    total: int,
+    *,
+    seams: Sequence[Seam] | None = None,
 ) -> np.ndarray:
     """Stitch the clips of one chain into exactly `total` frames (uint8 [total, H, W, 3]).
 
@@ -159,8 +173,12 @@ def stitch_frames(
 
     The stitched sequence is then trimmed from the END to `total` frames; it is a
     ValueError if it is shorter than `total`.
+
+    `seams` (one (transition, overlap frames) per boundary, e.g. from an explicit clip list)
+    replaces `transition`, `tail` and `fade_frames` when clips meet in different ways.
     """
-    _check_transition(transition, tail, fade_frames)
+    if seams is None:
+        _check_transition(transition, tail, fade_frames)
     if not clips:
         raise ValueError("stitch_frames needs at least one clip")
     if total < 1:
@@ -176,7 +194,9 @@ def stitch_frames(
             raise ValueError(f"clip {i} is {c.shape[2]}x{c.shape[1]}, clip 0 is {w}x{h}")
         if c.shape[0] == 0:
             raise ValueError(f"clip {i} has no frames")
-    segs = _segments([c.shape[0] for c in clips], transition, tail, fade_frames, "frames")
+    if seams is None:
+        seams = uniform_seams(len(clips), transition, tail, fade_frames)
+    segs = _segments([c.shape[0] for c in clips], seams, "frames")
     length = _stitched_length(segs)
     if length < total:
         raise ValueError(
@@ -199,6 +219,7 @@ def stitch_audio(
     *,
     clip_frames: Sequence[int] | None = None,
     pad_tolerance: int | None = None,
+    seams: Sequence[Seam] | None = None,
 ) -> np.ndarray | None:
     """Stitch the audio of one chain to exactly round(total_frames / fps * sample_rate) samples.
 
@@ -219,7 +240,8 @@ def stitch_audio(
     silent clips (None) among voiced ones become silence of the right length. Without it a
     None among voiced clips is a ValueError, since its length is unknown.
     """
-    _check_transition(transition, tail, fade_frames)
+    if seams is None:
+        _check_transition(transition, tail, fade_frames)
     if not clips:
         raise ValueError("stitch_audio needs at least one clip")
     if sample_rate <= 0:
@@ -251,9 +273,10 @@ def stitch_audio(
             )
         fitted.append(np.asarray(a, dtype=np.float32))
 
-    drop = samples_for_frames(tail, fps, sample_rate)
-    overlap = samples_for_frames(fade_frames, fps, sample_rate)
-    segs = _segments([a.shape[1] for a in fitted], transition, drop, overlap, "samples")
+    if seams is None:
+        seams = uniform_seams(len(clips), transition, tail, fade_frames)
+    in_samples = [(kind, samples_for_frames(n, fps, sample_rate)) for kind, n in seams]
+    segs = _segments([a.shape[1] for a in fitted], in_samples, "samples")
     length = _stitched_length(segs)
     want = samples_for_frames(total_frames, fps, sample_rate)
     if pad_tolerance is None:

@@ -17,7 +17,8 @@ class ClipPlan:
     prompt: str
     seed: int
     keyframes: list[dict] = field(default_factory=list)  # {"frame": local, "image": path}
-    image: str | None = None  # first-frame image (clip 0 only)
+    image: str | None = None  # image at this clip's first frame
+    negative_prompt: str | None = None  # this clip's own, when it has one
     audio_window: list[float] | None = None  # [start, end] seconds of audio_file this clip follows
 
 
@@ -39,6 +40,8 @@ class ShotPlan:
     overlap: int  # frames shared by consecutive clips (tail, fade or 0)
     fade_frames: int
     clips: list[ClipPlan]
+    seams: list[list] = field(default_factory=list)  # [transition, overlap] before clips 1..
+    frames_stitched: int = 0  # frames the stitch yields before the trim to `frames`
     spatial_upscale: str | None = None
     temporal_upscale: str | None = None
     output_path: str | None = None

@@ -20,7 +20,7 @@ from moldbatch.models import (
     grid_neighbours,
     on_frame_grid,
 )
-from moldbatch.plan.chain import chain_clips, locate_frame
+from moldbatch.plan.chain import ClipSpan, chain_clips, locate_frame
 from moldbatch.plan.keys import FileDigests, content_key
 from moldbatch.plan.model import ClipPlan, Plan, ShotPlan, Stage
 from moldbatch.spec.messages import did_you_mean, pydantic_diagnostics
@@ -97,6 +97,25 @@ class Settings:
         if name not in self.origin:
             return self.shot_path
         return self.origin[name] + sub
+
+
+@dataclass
+class _Draft:
+    """What one clip says before it becomes a ClipPlan."""
+
+    prompt: str
+    seed: int
+    image: Path | None
+    negative_prompt: str | None
+
+
+@dataclass
+class _Chain:
+    spans: list[ClipSpan]
+    drafts: list[_Draft]
+    seams: list[tuple[str, int]]  # the boundary before clips 1..n-1: (transition, overlap)
+    total: int  # the shot's frames after the stitch and trim
+    stitched: int  # frames the stitch yields before the trim
 
 
 class Planner:
@@ -234,6 +253,61 @@ class Planner:
             temporal = None
         grid = FRAME_GRID * (2 if temporal else 1)  # each clip is rendered at half the frames
 
+        chain = (
+            self._explicit_chain(s, shot, model, grid)
+            if shot.clips is not None
+            else self._planned_chain(s, model, pipeline, fps, grid)
+        )
+        keyframes = self._keyframes(s, chain.total, pipeline) if chain else []
+        self._check_media(s, pipeline, model)
+        if len([d for d in self.diags if d.severity == "error"]) > before or chain is None:
+            return None
+
+        self._shot_settings[shot.id] = s
+        render_fps = fps / 2 if temporal else fps
+        clips = []
+        for span, draft in zip(chain.spans, chain.drafts, strict=True):
+            rendered = (span.frames - 1) // 2 + 1 if temporal else span.frames
+            c = ClipPlan(span.index, rendered, span.start, span.keep_from, draft.prompt, draft.seed)
+            c.image = str(draft.image) if draft.image is not None else None
+            c.negative_prompt = draft.negative_prompt
+            if s["audio_file"] and pipeline == "a2vid":
+                c.audio_window = [span.start / fps, span.end / fps]
+            clips.append(c)
+        for frame, path in keyframes:
+            idx, local = locate_frame(chain.spans, frame)
+            if temporal:
+                local = local // 2
+            clips[idx].keyframes.append({"frame": local, "image": str(path)})
+        transition = s["transition"]
+        return ShotPlan(
+            id=shot.id,
+            model=model.name,
+            pipeline=pipeline,
+            frames=chain.total,
+            width=width,
+            height=height,
+            fps=fps,
+            render_width=rw,
+            render_height=rh,
+            render_fps=render_fps,
+            format=fmt,
+            audio=audio,
+            transition=transition,
+            overlap={"smooth": s["motion_tail"], "fade": s["fade_frames"], "cut": 0}[transition],
+            fade_frames=s["fade_frames"],
+            clips=clips,
+            seams=[list(seam) for seam in chain.seams],
+            frames_stitched=chain.stitched,
+            spatial_upscale=s["spatial_upscale"],
+            temporal_upscale=temporal,
+            output_path=str((self.out_dir or self.root / "renders") / f"{shot.id}.{fmt}"),
+        )
+
+    def _planned_chain(
+        self, s: Settings, model: ModelInfo, pipeline: str, fps: float, grid: int
+    ) -> _Chain | None:
+        """A shot of `frames`/`duration` split into clips by the chain arithmetic."""
         total, exact = self._length(s, fps, pipeline)
         clip = self._clip_frames(s, model, grid)
         transition = s["transition"]
@@ -261,58 +335,111 @@ class Planner:
                 f"{lo} or {hi} (or give `duration` to have the shot trimmed exactly)",
             )
         spans = chain_clips(total, clip, overlap, s["last_clip"], grid)
-
-        prompts = self._prompts(s, len(spans))
-        keyframes = self._keyframes(s, total, pipeline)
-        image = self._image_path(s, "image")
-        self._check_media(s, pipeline, model)
-        if len([d for d in self.diags if d.severity == "error"]) > before or prompts is None:
-            return None
-
-        self._shot_settings[shot.id] = s
-        render_fps = fps / 2 if temporal else fps
-        clips = []
-        for span in spans:
-            rendered = (span.frames - 1) // 2 + 1 if temporal else span.frames
-            c = ClipPlan(
-                span.index,
-                rendered,
-                span.start,
-                span.keep_from,
-                prompts[span.index],
-                s["seed"] + span.index,
+        if transition == "fade" and len(spans) > 2 and 2 * overlap > clip:
+            # an inner clip fades in from its predecessor and out into its successor
+            self.error(
+                s.where("fade_frames"),
+                f"fade_frames must be at most half of clip_frames ({clip}) so an inner clip "
+                f"can fade in and out; try {clip // 2}",
             )
-            if span.index == 0 and image is not None:
-                c.image = str(image)
-            if s["audio_file"] and pipeline == "a2vid":
-                c.audio_window = [span.start / fps, span.end / fps]
-            clips.append(c)
-        for frame, path in keyframes:
-            idx, local = locate_frame(spans, frame)
-            if temporal:
-                local = local // 2
-            clips[idx].keyframes.append({"frame": local, "image": str(path)})
-        return ShotPlan(
-            id=shot.id,
-            model=model.name,
-            pipeline=pipeline,
-            frames=total,
-            width=width,
-            height=height,
-            fps=fps,
-            render_width=rw,
-            render_height=rh,
-            render_fps=render_fps,
-            format=fmt,
-            audio=audio,
-            transition=transition,
-            overlap=overlap,
-            fade_frames=s["fade_frames"],
-            clips=clips,
-            spatial_upscale=s["spatial_upscale"],
-            temporal_upscale=temporal,
-            output_path=str((self.out_dir or self.root / "renders") / f"{shot.id}.{fmt}"),
-        )
+        prompts = self._prompts(s, len(spans))
+        image = self._image_path(s, "image")
+        if prompts is None:
+            return None
+        drafts = [
+            _Draft(prompts[i], s["seed"] + i, image if i == 0 else None, None)
+            for i in range(len(spans))
+        ]
+        seams = [(transition, overlap)] * (len(spans) - 1)
+        return _Chain(spans, drafts, seams, total, spans[-1].end)
+
+    def _explicit_chain(
+        self, s: Settings, shot: Shot, model: ModelInfo, grid: int
+    ) -> _Chain | None:
+        """A shot given as `clips`: each clip its own length, prompt, image and seam."""
+        base = s.shot_path + ("clips",)
+        for name, instead in (("frames", "frames"), ("duration", "frames"), ("prompts", "prompts")):
+            if getattr(shot, name) is not None:
+                self.error(
+                    s.shot_path + (name,),
+                    f"give `clips` or `{name}`, not both: with `clips` the shot's "
+                    + (
+                        "length follows from its clips"
+                        if instead == "frames"
+                        else "prompts are the clips' own"
+                    )
+                    + f"; remove `{name}` (or `clips`)",
+                )
+        spans, drafts, seams = [], [], []
+        start, ok = 0, True
+        for i, clip in enumerate(shot.clips):
+            where = base + (i,)
+            if not on_frame_grid(clip.frames) or (clip.frames - 1) % grid:
+                lo, hi = grid_neighbours(clip.frames, grid)
+                self.error(
+                    where + ("frames",),
+                    f"{clip.frames} frames is off the {grid}k+1 frame grid: use {lo} or {hi}",
+                )
+                ok = False
+            elif clip.frames > model.clip_cap:
+                self.error(
+                    where + ("frames",),
+                    f"{clip.frames} frames is above "
+                    f"{model.name}'s cap of {model.clip_cap} frames per clip; split "
+                    "it into more clips",
+                )
+                ok = False
+            if i == 0:
+                seam = None
+            else:
+                kind = clip.transition or s["transition"]
+                amount = {
+                    "smooth": s["motion_tail"],
+                    "cut": 0,
+                    "fade": clip.fade_frames or s["fade_frames"],
+                }[kind]
+                seam = (kind, amount)
+                seams.append(seam)
+                start = spans[-1].end - amount
+                if amount >= clip.frames or (kind == "fade" and amount > spans[-1].frames):
+                    what = "motion_tail" if kind == "smooth" else "fade_frames"
+                    self.error(
+                        where + ("frames",),
+                        f"clip {i} has {clip.frames} frames: its "
+                        f"{kind} seam overlaps {amount} ({what}); every clip must add "
+                        "fresh frames",
+                    )
+                    ok = False
+            keep_from = start if seam is None or seam[0] == "cut" else start + seam[1]
+            spans.append(ClipSpan(i, clip.frames, start, keep_from))
+            prompt = clip.prompt if clip.prompt is not None else s["prompt"]
+            if prompt is None:
+                self.error(where, "missing `prompt`: give this clip a prompt, or the shot one")
+                ok = False
+            image = None
+            if clip.image is not None:
+                image = self._image_at(where + ("image",), clip.image)
+            elif i == 0:
+                image = self._image_path(s, "image")
+            seed = s["seed"] ^ clip.seed_offset if clip.seed_offset is not None else s["seed"] + i
+            drafts.append(_Draft(prompt, seed, image, clip.negative_prompt))
+        # a clip between two fades needs frames for both
+        for i in range(1, len(spans) - 1):
+            if (
+                seams[i - 1][0] == "fade"
+                and seams[i][0] == "fade"
+                and seams[i - 1][1] + seams[i][1] > spans[i].frames
+            ):
+                self.error(
+                    base + (i, "frames"),
+                    f"clip {i} has {spans[i].frames} frames, "
+                    f"fewer than the {seams[i - 1][1] + seams[i][1]} its two fades need",
+                )
+                ok = False
+        if not ok:
+            return None
+        total = spans[-1].end
+        return _Chain(spans, drafts, seams, total, total)
 
     def _pipeline(self, s: Settings, model: ModelInfo) -> str:
         chosen, why = s["pipeline"], None
@@ -675,21 +802,26 @@ class Planner:
                 common[media] = {"path": str(path), "sha256": self.digest(path)}
         if s["retake"] is not None:
             common["retake"] = {"start": s["retake"].start, "end": s["retake"].end}
-        carry = shot.transition == "smooth" and shot.overlap > 0
         finals = []
         for clip in shot.clips:
             params = dict(
                 common, prompt=clip.prompt, seed=clip.seed, frames=clip.frames, index=clip.index
             )
+            if clip.negative_prompt is not None:
+                params["negative_prompt"] = clip.negative_prompt
             params["image"] = self._file_ref(clip.image)
+            if clip.image is not None:
+                params["image_strength"] = s["image_strength"]
             params["keyframes"] = [
                 {"frame": k["frame"], **self._file_ref(k["image"])} for k in clip.keyframes
             ]
             if clip.audio_window is not None:
                 params["audio_window"] = clip.audio_window
             needs = []
-            if carry and prev is not None:
-                params["carry_tail"] = shot.overlap
+            seam = shot.seams[clip.index - 1] if clip.index > 0 else None
+            if seam is not None and seam[0] == "smooth" and seam[1] > 0:
+                # the seam carries the previous clip's tail: this clip needs its latents
+                params["carry_tail"] = seam[1]
                 needs = [prev.id]
             stage = Stage(
                 f"{shot.id}/clip-{clip.index}",
@@ -723,9 +855,7 @@ class Planner:
                 out.append(final)
             finals.append(final)
         stitch = {
-            "transition": shot.transition,
-            "overlap": shot.overlap,
-            "fade_frames": shot.fade_frames,
+            "seams": shot.seams,
             "frames": shot.frames,
             "fps": shot.fps,
             "audio": shot.audio,

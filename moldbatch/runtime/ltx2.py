@@ -352,13 +352,13 @@ class Runtime:
         from diffusers.pipelines.ltx2 import LTX2VideoCondition
 
         has_carry = req.carry is not None and req.carry.tail_frames > 0
-        items: list[tuple[int, Path]] = []
+        items: list[tuple[int, Path, float]] = []
         if req.image is not None:
-            items.append((0, Path(req.image)))
-        items.extend((int(f), Path(p)) for f, p in sorted(req.keyframes, key=lambda kv: kv[0]))
+            items.append((0, Path(req.image), req.image_strength))
+        items.extend((int(f), Path(p), 1.0) for f, p in sorted(req.keyframes, key=lambda kv: kv[0]))
         conditions: list[Any] = []
         appended_frames: list[int] = []
-        for frame, path in items:
+        for frame, path, strength in items:
             index = pixel_to_latent_index(frame)
             if has_carry and index < carry_math.carried_video_latent_frames(req.carry.tail_frames):  # type: ignore[union-attr]
                 # The carried latents own the first latent frames of a continuation clip.
@@ -368,7 +368,7 @@ class Runtime:
                 )
                 continue
             conditions.append(
-                LTX2VideoCondition(frames=_load_image(path), index=index, strength=1.0)
+                LTX2VideoCondition(frames=_load_image(path), index=index, strength=strength)
             )
             if index > 0:
                 appended_frames.append(frame)

@@ -44,6 +44,7 @@ class ClipRequest:
     keyframes: list[tuple[int, Path]] = field(default_factory=list)  # (clip-local frame, image)
     loras: list[Lora] = field(default_factory=list)
     carry: Carry | None = None
+    image_strength: float = 1.0  # conditioning strength of `image` (1: the frame is kept)
 
 
 @dataclass

@@ -81,6 +81,9 @@ class ShotSettings(_Strict):
         None, description="a camera LoRA preset (LTX-2 19B only)"
     )
     image: StrictStr | None = Field(None, description="first-frame image (PNG/JPEG)")
+    image_strength: float | None = Field(
+        None, ge=0, le=1, description="how firmly the first-frame image holds (mold's strength)"
+    )
     keyframes: list[Keyframe] | None = None
     audio_file: StrictStr | None = Field(None, description="audio the video follows (a2vid)")
     video: StrictStr | None = Field(None, description="source clip for retake and IC-LoRA")
@@ -90,9 +93,28 @@ class ShotSettings(_Strict):
     temporal_upscale: Literal["x2"] | None = None
 
 
+class ClipSpec(_Strict):
+    """One clip of an explicit clip list: its own length, prompt, image and seam."""
+
+    prompt: StrictStr | None = Field(None, description="this clip's prompt (default: the shot's)")
+    frames: StrictInt = Field(ge=1, description="frames this clip renders: 8k+1, within the cap")
+    image: StrictStr | None = Field(None, description="image at this clip's first frame")
+    negative_prompt: StrictStr | None = None
+    seed_offset: StrictInt | None = Field(
+        None, ge=0, description="seed = base seed XOR seed_offset (default: base seed + index)"
+    )
+    transition: Transition | None = Field(
+        None, description="the seam before this clip (ignored on the first)"
+    )
+    fade_frames: StrictInt | None = Field(None, ge=1, description="cross-fade length for fade")
+
+
 class Shot(ShotSettings):
     id: StrictStr = Field(
         pattern=SHOT_ID_PATTERN, description="unique; lower-case letters, digits, - and _"
+    )
+    clips: list[ClipSpec] | None = Field(
+        None, min_length=1, description="explicit clips, instead of frames/duration/prompts"
     )
 
 
@@ -130,6 +152,7 @@ BUILTIN_DEFAULTS = {
     "pipeline": "auto",
     "loras": [],
     "keyframes": [],
+    "image_strength": 1.0,
 }
 
 
