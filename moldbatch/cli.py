@@ -16,10 +16,12 @@ from moldbatch import __version__
 from moldbatch.errors import MoldbatchError, display_path
 
 
-def _plan(file: str, strict: bool = False, out: Path | None = None):
+def _plan(file: str, strict: bool = False, out: Path | None = None, workdir: Path | None = None):
     from moldbatch.plan.planner import plan_file
 
-    return plan_file(Path(file), display=display_path(Path(file)), strict=strict, out_dir=out)
+    return plan_file(
+        Path(file), display=display_path(Path(file)), strict=strict, out_dir=out, workdir=workdir
+    )
 
 
 def _print_diagnostics(plan, stream=None) -> None:
@@ -60,21 +62,44 @@ def validate(files: tuple[str, ...], strict: bool) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Where shot files go (default: renders/ beside the spec).",
 )
-def plan(file: str, as_json: bool, strict: bool, workdir: Path | None, out: Path | None) -> None:
-    """Dry run: show the shots, clips and stages, and which stages are cached."""
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the storyboard: one self-contained HTML page of the film's timeline.",
+)
+def plan(
+    file: str,
+    as_json: bool,
+    strict: bool,
+    workdir: Path | None,
+    out: Path | None,
+    html_path: Path | None,
+) -> None:
+    """Dry run: show the shots, clips and stages, which are cached, and what they cost."""
     from moldbatch.report import cache_status, print_plan
+    from moldbatch.review.cost import estimate
 
-    p = _plan(file, strict, out)
+    p = _plan(file, strict, out, workdir)
     cached = cache_status(p, workdir) if p.valid else {}
+    cost = estimate(p) if p.valid else None
     if as_json:
         doc = p.to_json()
         for stage in doc["stages"]:
             stage["cached"] = cached.get(stage["id"], False)
+            stage["cost"] = cost.stages[stage["id"]].to_json()
+        if cost is not None:
+            doc["cost"] = {k: v for k, v in cost.to_json().items() if k != "stages"}
         click.echo(json.dumps(doc, indent=2))
     else:
         _print_diagnostics(p)
         if p.valid:
-            print_plan(p, cached)
+            print_plan(p, cached, cost)
+    if html_path is not None and p.valid:
+        from moldbatch.review.storyboard import write_storyboard
+
+        write_storyboard(p, html_path, cached)
+        click.echo(f"wrote {display_path(html_path)}", err=True)
     sys.exit(0 if p.valid else 1)
 
 
@@ -95,6 +120,13 @@ def plan(file: str, as_json: bool, strict: bool, workdir: Path | None, out: Path
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("--device", default=None, help="Torch device (default: cuda if present, else cpu).")
+@click.option(
+    "--max-gpu-minutes",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Refuse (exit 4) before starting when the estimated GPU time of what is not cached "
+    "is above this.",
+)
 def render(
     file: str,
     workdir: Path | None,
@@ -102,14 +134,22 @@ def render(
     keep_going: bool,
     as_json: bool,
     device: str | None,
+    max_gpu_minutes: float | None,
 ) -> None:
     """Render a film: every stage not already cached, then the shot files and the film."""
-    p = _plan(file, False, out)
+    p = _plan(file, False, out, workdir)
     _print_diagnostics(p)
     if not p.valid:
         if as_json:
             click.echo(json.dumps(p.to_json(), indent=2))
         sys.exit(1)
+    if max_gpu_minutes is not None:
+        from moldbatch.review.cost import over_budget
+
+        refusal = over_budget(p, workdir, max_gpu_minutes)
+        if refusal:
+            click.echo(f"moldbatch: {refusal}", err=True)
+            sys.exit(4)
     from moldbatch.execute.executor import render_plan
 
     try:
@@ -119,6 +159,9 @@ def render(
     except MoldbatchError as e:
         click.echo(f"moldbatch: {e}", err=True)
         sys.exit(e.exit_code)
+    from moldbatch.review.report import report_after_render
+
+    report_after_render(p, summary, out, workdir, quiet=as_json)
     if as_json:
         click.echo(json.dumps(summary.to_json(), indent=2))
     sys.exit(0 if summary.ok else 3)
@@ -160,6 +203,77 @@ def gc(files: tuple[str, ...], workdir: Path | None, dry_run: bool) -> None:
     removed, freed = collect_garbage(plans, workdir, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     click.echo(f"{verb} {removed} artifacts ({freed / 1e6:.1f} MB)")
+
+
+@cli.group()
+def export() -> None:
+    """Write a shot in another tool's format."""
+
+
+@export.command("mold")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--shot", "shot_id", help="The shot to write (needed when the film has several).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the script here (default: stdout).",
+)
+def export_mold(file: str, shot_id: str | None, output: Path | None) -> None:
+    """Write a shot as a mold.chain.v1 script, or say which field mold cannot express."""
+    from moldbatch.execute.store import write_text_atomic
+    from moldbatch.spec.mold import CannotExport, mold_script
+
+    p = _plan(file)
+    _print_diagnostics(p)
+    if not p.valid:
+        sys.exit(1)
+    if shot_id is None:
+        if len(p.shots) != 1:
+            ids = ", ".join(s.id for s in p.shots)
+            click.echo(
+                f"moldbatch: {file} has {len(p.shots)} shots; pick one with --shot ({ids})",
+                err=True,
+            )
+            sys.exit(2)
+        shot_id = p.shots[0].id
+    try:
+        text = mold_script(p, shot_id, output)
+    except CannotExport as e:
+        click.echo(f"moldbatch: {e}", err=True)
+        sys.exit(1)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        write_text_atomic(output, text)
+        click.echo(f"wrote {display_path(output)}", err=True)
+
+
+@cli.command()
+@click.argument("old")
+@click.argument("new")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@click.option("--markdown", is_flag=True, help="A Markdown table (for a CI job summary).")
+def diff(old: str, new: str, as_json: bool, markdown: bool) -> None:
+    """What a spec change adds, removes and re-renders, per shot, and why.
+
+    OLD and NEW are spec files or git revisions such as HEAD~1:film.yaml. Exit 0 when
+    nothing re-renders, 1 when something does, 2 when a side cannot be read or is invalid.
+    """
+    from moldbatch.review.diff import DiffError, diff_refs, format_markdown, format_text
+
+    try:
+        d = diff_refs(old, new)
+    except DiffError as e:
+        click.echo(f"moldbatch: {e}", err=True)
+        sys.exit(2)
+    if as_json:
+        click.echo(json.dumps(d.to_json(), indent=2))
+    elif markdown:
+        click.echo(format_markdown(d), nl=False)
+    else:
+        click.echo(format_text(d))
+    sys.exit(1 if d.changed else 0)
 
 
 @cli.command()

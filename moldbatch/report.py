@@ -25,7 +25,9 @@ def cache_status(plan, workdir: Path | None) -> dict[str, bool]:
     return {s.id: store.get(s.key, verify=False) is not None for s in plan.stages}
 
 
-def print_plan(plan, cached: dict[str, bool]) -> None:
+def print_plan(plan, cached: dict[str, bool], cost=None) -> None:
+    """The plan tables; with `cost` (moldbatch.review.cost.PlanCost), frames, latent tokens
+    and estimated GPU time per stage and in total."""
     con = _out()
     shots = Table(title=f"{plan.name}: {len(plan.shots)} shots", title_justify="left")
     for col in ("shot", "model", "pipeline", "frames", "size", "fps", "format", "clips"):
@@ -48,6 +50,11 @@ def print_plan(plan, cached: dict[str, bool]) -> None:
     stages = Table(title="stages", title_justify="left")
     for col in ("stage", "kind", "needs", "key", "state"):
         stages.add_column(col)
+    if cost is not None:
+        from moldbatch.review.cost import format_seconds
+
+        for col in ("frames", "tokens", "est. GPU"):
+            stages.add_column(col, justify="right")
     todo = 0
     for st in plan.stages:
         hit = cached.get(st.id, False)
@@ -58,12 +65,28 @@ def print_plan(plan, cached: dict[str, bool]) -> None:
             ", ".join(st.needs) or "-",
             st.key[:12],
             "[green]cached[/]" if hit else "[yellow]will render[/]",
+            *(
+                ()
+                if cost is None
+                else (
+                    str(cost.stages[st.id].frames),
+                    str(cost.stages[st.id].tokens or "-"),
+                    format_seconds(cost.stages[st.id].gpu_seconds),
+                )
+            ),
         )
     con.print(stages)
     con.print(
         f"{todo} of {len(plan.stages)} stages will render"
         + (f"; film -> {plan.output}" if plan.output else "")
     )
+    if cost is not None:
+        todo_s = cost.seconds_for(st.id for st in plan.stages if not cached.get(st.id))
+        con.print(
+            f"estimated GPU time: {format_seconds(todo_s)} to render, "
+            f"{format_seconds(cost.gpu_seconds)} for the whole film (an estimate: see "
+            "moldbatch/review/cost.py)"
+        )
 
 
 def status_doc(plan, workdir: Path | None) -> dict:

@@ -89,9 +89,27 @@ def render_plan(
     device: str | None = None,
     progress: bool = True,
     runtimes: dict | None = None,
+    executor: str = "local",
+    ray_options: dict | None = None,
 ) -> Summary:
     """Render every output of a valid plan. Raises StageFailed (after recording it) when a stage
-    fails and `keep_going` is off; with it, returns a Summary whose `ok` is False."""
+    fails and `keep_going` is off; with it, returns a Summary whose `ok` is False.
+
+    `executor="ray"` spreads the shots over a Ray cluster's workers (see ray_executor.py);
+    `ray_options` are render_plan_ray's: address, workers, retries."""
+    if executor == "ray":
+        from moldbatch.execute.ray_executor import render_plan_ray
+
+        return render_plan_ray(
+            plan,
+            workdir=workdir,
+            keep_going=keep_going,
+            device=device,
+            progress=progress,
+            **(ray_options or {}),
+        )
+    if executor != "local":
+        raise ValueError(f"unknown executor {executor!r}: local or ray")
     workdir = (workdir or default_workdir(plan.path)).resolve()
     with WorkdirLock(workdir):
         return Executor(plan, workdir, keep_going, device, progress, runtimes).run()
@@ -157,24 +175,9 @@ class Executor:
                     "cached" if self.store.get(s.key, verify=False) else "skipped"
                 )
         summary = Summary(self.plan.file, self.workdir)
-        blocked: set[str] = set()
-        status = "done"
         try:
             with self._progress(todo) as bar:
-                for stage in todo:
-                    if any(n in blocked for n in stage.needs):
-                        blocked.add(stage.id)
-                        outcomes[stage.id].status = "skipped"
-                        db.set_stage(run_id, stage.id, "skipped")
-                        continue
-                    ok = self._run_stage(stage, found, outcomes[stage.id], db, run_id, bar)
-                    if stage.kind in ("clip", "upscale"):
-                        summary.runtime_seconds += outcomes[stage.id].seconds
-                    if not ok:
-                        blocked.add(stage.id)
-                        status = "failed"
-                        if not self.keep_going:
-                            break
+                status = self._run_todo(todo, found, outcomes, db, run_id, bar, summary)
         except KeyboardInterrupt:
             db.finish_run(run_id, "interrupted")
             db.close()
@@ -196,28 +199,61 @@ class Executor:
             )
         return summary
 
+    def _run_todo(self, todo: list[Stage], found, outcomes, db, run_id, bar, summary) -> str:
+        """Run the stages in plan order, one at a time; "done" or "failed". (The Ray executor
+        overrides this to spread shots over workers.)"""
+        blocked: set[str] = set()
+        status = "done"
+        for stage in todo:
+            if any(n in blocked for n in stage.needs):
+                blocked.add(stage.id)
+                outcomes[stage.id].status = "skipped"
+                db.set_stage(run_id, stage.id, "skipped")
+                continue
+            ok = self._run_stage(stage, found, outcomes[stage.id], db, run_id, bar)
+            if stage.kind in ("clip", "upscale"):
+                summary.runtime_seconds += outcomes[stage.id].seconds
+            if not ok:
+                blocked.add(stage.id)
+                status = "failed"
+                if not self.keep_going:
+                    break
+        return status
+
     def _run_stage(self, stage: Stage, found, outcome: StageOutcome, db, run_id, bar) -> bool:
         from moldbatch.execute.stages import HANDLERS
 
-        db.set_stage(run_id, stage.id, "running")
+        self._begin_stage(stage, db, run_id, bar)
         self.ctx.inputs = {n: found[n] for n in stage.needs}
         out = self.store.writer(stage.key, stage.id)
-        bar.start(stage)
         t = time.perf_counter()
         try:
             HANDLERS[stage.kind](stage, self.ctx, out)
             found[stage.id] = out.commit()
         except (Exception, MoldbatchError) as e:  # noqa: BLE001 - every failure is recorded
             out.discard()
-            outcome.status, outcome.seconds = "failed", time.perf_counter() - t
-            outcome.error = _one_line(e)
-            self._log_failure(stage, e)
-            db.set_stage(run_id, stage.id, "failed", seconds=outcome.seconds, error=outcome.error)
+            return self._end_stage(stage, outcome, db, run_id, bar, time.perf_counter() - t, e)
+        return self._end_stage(stage, outcome, db, run_id, bar, time.perf_counter() - t)
+
+    def _begin_stage(self, stage: Stage, db, run_id, bar) -> None:
+        db.set_stage(run_id, stage.id, "running")
+        bar.start(stage)
+
+    def _end_stage(
+        self, stage: Stage, outcome: StageOutcome, db, run_id, bar, seconds: float, error=None
+    ) -> bool:
+        """Record how a stage ended (in the outcome, the state database, the failure log and
+        the bars); True when it rendered."""
+        outcome.seconds = seconds
+        if error is not None:
+            outcome.status, outcome.error = "failed", _one_line(error)
+            self._log_failure(stage, error)
+            db.set_stage(run_id, stage.id, "failed", seconds=seconds, error=outcome.error)
             self.console.print(f"[red]✗[/] {stage.id}: {outcome.error}")
             bar.done(stage)
             return False
-        outcome.status, outcome.seconds = "rendered", time.perf_counter() - t
-        db.set_stage(run_id, stage.id, "rendered", seconds=outcome.seconds)
+        outcome.status = "rendered"
+        db.set_stage(run_id, stage.id, "rendered", seconds=seconds)
         bar.done(stage)
         return True
 

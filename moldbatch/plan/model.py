@@ -38,6 +38,7 @@ class ShotPlan:
     audio: bool
     transition: str
     overlap: int  # frames shared by consecutive clips (tail, fade or 0)
+    motion_tail: int
     fade_frames: int
     clips: list[ClipPlan]
     seams: list[list] = field(default_factory=list)  # [transition, overlap] before clips 1..

@@ -24,6 +24,7 @@ from moldbatch.plan.chain import ClipSpan, chain_clips, locate_frame
 from moldbatch.plan.keys import FileDigests, content_key
 from moldbatch.plan.model import ClipPlan, Plan, ShotPlan, Stage
 from moldbatch.spec.messages import did_you_mean, pydantic_diagnostics
+from moldbatch.spec.mold import film_from_mold, is_mold_script
 from moldbatch.spec.schema import (
     BUILTIN_DEFAULTS,
     FILM_FIELDS,
@@ -47,16 +48,29 @@ def plan_file(
     display: str | None = None,
     out_dir: Path | None = None,
     strict: bool = False,
+    workdir: Path | None = None,
 ) -> Plan:
-    """Read, validate and compile one spec file. Never raises for a bad spec: the plan's
-    diagnostics say what is wrong."""
+    """Read, validate and compile one spec file (or a mold chain script). Never raises for a
+    bad spec: the plan's diagnostics say what is wrong."""
     path = Path(path)
     file = display or str(path)
     try:
         src = read_source(path, file)
     except SourceError as e:
         return Plan(file=file, path=path, name=path.stem, diagnostics=[e.diagnostic])
+    found: list[Diagnostic] = []
+    if path.suffix.lower() == ".toml" and is_mold_script(src.data):
+        # inline images are decoded into the work folder, named by their bytes
+        inline = (workdir or path.resolve().parent / ".moldbatch") / "inline"
+        film, found = film_from_mold(src, inline)
+        if film is None:
+            return Plan(file=file, path=path, name=path.stem, diagnostics=found)
+        src = film
     plan = Planner(src, out_dir=out_dir).run()
+    if found:
+        plan.diagnostics = sorted(found + plan.diagnostics, key=lambda d: (d.line, d.column))
+        if any(d.severity == "error" for d in found):
+            plan.stages, plan.shots = [], []
     if strict:
         plan.diagnostics = [
             Diagnostic(d.file, d.line, d.column, d.path, d.message, "error")
@@ -295,6 +309,7 @@ class Planner:
             audio=audio,
             transition=transition,
             overlap={"smooth": s["motion_tail"], "fade": s["fade_frames"], "cut": 0}[transition],
+            motion_tail=s["motion_tail"],
             fade_frames=s["fade_frames"],
             clips=clips,
             seams=[list(seam) for seam in chain.seams],

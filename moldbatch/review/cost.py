@@ -175,3 +175,20 @@ def format_seconds(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def over_budget(plan, workdir, max_gpu_minutes: float) -> str | None:
+    """Why a render of what is not cached would go over `max_gpu_minutes`, or None."""
+    from moldbatch.report import cache_status
+
+    cached = cache_status(plan, workdir)
+    cost = estimate(plan)
+    todo = [s.id for s in plan.stages if not cached.get(s.id)]
+    seconds = cost.seconds_for(todo)
+    if seconds <= max_gpu_minutes * 60:
+        return None
+    return (
+        f"refusing to render: the {len(todo)} stages not cached need an estimated "
+        f"{format_seconds(seconds)} of GPU time, over the budget of {max_gpu_minutes:g} min "
+        f"(--max-gpu-minutes); nothing was rendered"
+    )

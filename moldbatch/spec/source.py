@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,8 @@ class Source:
     data: object
     positions: dict[PathKey, tuple[int, int]] = field(default_factory=dict)
     key_positions: dict[PathKey, tuple[int, int]] = field(default_factory=dict)
+    # how a path is shown in diagnostics (a translated source shows its own field names)
+    rename: Callable[[PathKey], PathKey] = field(default=lambda path: path)
 
     def locate(self, path: PathKey, *, key: bool = False) -> tuple[int, int]:
         """Line and column (1-based) of the value at `path`, or of its nearest known parent."""
@@ -43,7 +46,7 @@ class Source:
 
     def diag(self, path: PathKey, message: str, severity: str = "error", *, key=False):
         line, col = self.locate(path, key=key)
-        return Diagnostic(self.file, line, col, format_path(path), message, severity)
+        return Diagnostic(self.file, line, col, format_path(self.rename(path)), message, severity)
 
 
 def format_path(path: PathKey) -> str:

@@ -308,3 +308,51 @@ def test_cut_and_fade_chains_are_stitched_as_planned(tmp_path, runtimes, transit
         lo = np.minimum(clips[0][14], clips[1][2]).astype(int) - 1
         hi = np.maximum(clips[0][14], clips[1][2]).astype(int) + 1
         assert ((blend >= lo) & (blend <= hi)).all()
+
+
+def test_a_mold_script_renders_with_its_own_seams(tmp_path, runtimes):
+    import base64
+    import shutil
+
+    from conftest import ASSETS
+
+    shutil.copytree(ASSETS, tmp_path / "assets")
+    b64 = base64.b64encode((ASSETS / "end.png").read_bytes()).decode()
+    spec = write(
+        tmp_path,
+        "walk.toml",
+        f"""\
+schema = "mold.chain.v1"
+[chain]
+model = "ltx-2-tiny:random"
+width = 64
+height = 64
+fps = 24
+seed = 3
+steps = 2
+motion_tail_frames = 4
+output_format = "mp4"
+[[stage]]
+prompt = "a path"
+frames = 17
+source_image_path = "assets/start.png"
+[[stage]]
+prompt = "a lake"
+frames = 17
+[[stage]]
+prompt = "fireflies"
+frames = 17
+transition = "fade"
+fade_frames = 5
+source_image_b64 = "{b64}"
+[[stage]]
+prompt = "the road"
+frames = 9
+transition = "cut"
+""",
+    )
+    summary = render(spec, runtimes)
+    assert summary.ok
+    info = probe(tmp_path / "renders" / "walk.mp4")
+    assert info.frames == 17 + 17 + 17 + 9 - 4 - 5
+    assert not info.has_audio  # mold chains are silent

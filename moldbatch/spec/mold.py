@@ -1,0 +1,312 @@
+"""mold's chain scripts (`mold.chain.v1` TOML), read as one-shot films and written from shots.
+
+A script's `[chain]` table becomes the shot's settings and each `[[stage]]` one entry of its
+explicit clip list, so scripts plan, validate and cache exactly like our own specs. Errors
+name the script's own lines and fields (`stage[2].frames`, `chain.motion_tail_frames`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+
+from moldbatch.errors import Diagnostic
+from moldbatch.spec.messages import pydantic_diagnostics
+from moldbatch.spec.source import PathKey, Source
+
+SCHEMA = "mold.chain.v1"
+IMAGE_SUFFIX = {b"\x89PNG\r\n\x1a\n": ".png", b"\xff\xd8\xff": ".jpg"}
+
+# our shot field -> mold's [chain] key
+CHAIN_FIELDS = {
+    "model": "model",
+    "width": "width",
+    "height": "height",
+    "fps": "fps",
+    "seed": "seed",
+    "steps": "steps",
+    "guidance": "guidance",
+    "image_strength": "strength",
+    "motion_tail": "motion_tail_frames",
+    "format": "output_format",
+    "audio": "enable_audio",
+}
+# our clip field -> mold's [[stage]] key (image is source_image_path or source_image_b64)
+STAGE_FIELDS = {
+    "prompt": "prompt",
+    "frames": "frames",
+    "negative_prompt": "negative_prompt",
+    "seed_offset": "seed_offset",
+    "transition": "transition",
+    "fade_frames": "fade_frames",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+
+class MoldChain(_Strict):
+    model: StrictStr
+    width: StrictInt = Field(1216, ge=32)
+    height: StrictInt = Field(704, ge=32)
+    fps: StrictInt = Field(24, ge=1, le=120)
+    seed: StrictInt | None = Field(None, ge=0)
+    steps: StrictInt = Field(8, ge=1, le=100)
+    guidance: float = Field(3.0, ge=0, le=30)
+    strength: float = Field(1.0, ge=0, le=1)
+    motion_tail_frames: StrictInt = Field(4, ge=0)
+    output_format: Literal["mp4", "gif", "apng", "webp"] = "mp4"
+    enable_audio: StrictBool | None = None
+
+
+class MoldStage(_Strict):
+    prompt: StrictStr
+    frames: StrictInt = Field(ge=1)
+    source_image_path: StrictStr | None = None
+    source_image_b64: StrictStr | None = None
+    negative_prompt: StrictStr | None = None
+    seed_offset: StrictInt | None = Field(None, ge=0)
+    transition: Literal["smooth", "cut", "fade"] = "smooth"
+    fade_frames: StrictInt | None = Field(None, ge=1)
+
+
+class MoldScript(_Strict):
+    schema_: Literal["mold.chain.v1"] = Field(SCHEMA, alias="schema")
+    chain: MoldChain
+    stage: list[MoldStage] = Field(min_length=1)
+
+
+def is_mold_script(data: object) -> bool:
+    """A mold chain script: `schema = "mold.…"`, or `[chain]` and `[[stage]]` and no shots."""
+    if not isinstance(data, dict) or "shots" in data:
+        return False
+    schema = data.get("schema")
+    return (isinstance(schema, str) and schema.startswith("mold.")) or (
+        "chain" in data and "stage" in data
+    )
+
+
+def _mold_fields(loc: PathKey) -> list[str]:
+    if len(loc) == 0:
+        return ["schema", "chain", "stage"]
+    if loc[0] == "chain":
+        return list(MoldChain.model_fields)
+    return list(MoldStage.model_fields)
+
+
+def _lenient(model, raw):
+    """Validate, dropping the fields that fail (already reported) so the rest is checked."""
+    if not isinstance(raw, dict):
+        return None
+    required = {n for n, f in model.model_fields.items() if f.is_required()}
+    for _ in range(2):
+        try:
+            return model.model_validate(raw)
+        except ValidationError as e:
+            bad = {err["loc"][0] for err in e.errors() if err["loc"]}
+            if not bad or bad & required:
+                return None
+            raw = {k: v for k, v in raw.items() if k not in bad}
+    return None
+
+
+def film_from_mold(src: Source, inline_dir: Path) -> tuple[Source | None, list[Diagnostic]]:
+    """The script in `src` as a one-shot film Source (positions and field names kept in the
+    script's terms), or None when it cannot be read as one; and the diagnostics found."""
+    diags: list[Diagnostic] = []
+    data = src.data
+    if isinstance(data.get("schema"), str) and data["schema"] != SCHEMA:
+        message = f"unsupported mold script schema '{data['schema']}': moldbatch reads {SCHEMA}"
+        return None, [src.diag(("schema",), message)]
+    try:
+        MoldScript.model_validate(data)  # every field-level error at once
+    except ValidationError as e:
+        diags += pydantic_diagnostics(src, (), e, _mold_fields)
+    chain = _lenient(MoldChain, data.get("chain"))
+    raw_stages = data.get("stage") if isinstance(data.get("stage"), list) else []
+    stages = [_lenient(MoldStage, st) for st in raw_stages]
+    if chain is None or not stages or any(st is None for st in stages):
+        return None, diags
+    shot: dict = {"id": _shot_id(src.path.stem), "audio": bool(chain.enable_audio)}
+    names: dict[PathKey, PathKey] = {("shots", 0): ("chain",), ("shots",): ("stage",)}
+    for ours, theirs in CHAIN_FIELDS.items():
+        value = getattr(chain, theirs)
+        if value is not None:
+            shot[ours] = value
+            names[("shots", 0, ours)] = ("chain", theirs)
+    if chain.seed is None:
+        shot["seed"] = 42
+        diags.append(
+            src.diag(
+                ("chain",),
+                "no `seed`: mold would pick a random one; moldbatch uses 42 so that renders repeat",
+                "warning",
+            )
+        )
+    clips = []
+    for i, stage in enumerate(stages):
+        clip: dict = {"seed_offset": 0}  # mold: every stage uses the base seed unless offset
+        for ours, theirs in STAGE_FIELDS.items():
+            value = getattr(stage, theirs)
+            if value is not None:
+                clip[ours] = value
+                names[("shots", 0, "clips", i, ours)] = ("stage", i, theirs)
+        names[("shots", 0, "clips", i)] = ("stage", i)
+        if i == 0:
+            clip.pop("transition", None)  # the first stage has no seam before it
+        if stage.source_image_path is not None and stage.source_image_b64 is not None:
+            diags.append(
+                src.diag(
+                    ("stage", i, "source_image_b64"),
+                    "give source_image_path or source_image_b64, not both",
+                )
+            )
+        elif stage.source_image_path is not None:
+            clip["image"] = stage.source_image_path
+            names[("shots", 0, "clips", i, "image")] = ("stage", i, "source_image_path")
+        elif stage.source_image_b64 is not None:
+            where = ("stage", i, "source_image_b64")
+            path = _decode_image(stage.source_image_b64, inline_dir)
+            if isinstance(path, str):
+                diags.append(src.diag(where, path))
+            else:
+                clip["image"] = str(path)
+                names[("shots", 0, "clips", i, "image")] = where
+        clips.append(clip)
+    shot["clips"] = clips
+    names[("shots", 0, "clips")] = ("stage",)
+    film = {"version": 1, "name": src.path.stem, "shots": [shot]}
+    out = Source(src.file, src.path, film)
+    out.positions = {k: src.locate(v) for k, v in names.items()}
+    out.key_positions = {k: src.locate(v, key=True) for k, v in names.items()}
+    out.rename = lambda path: _rename(path, names)
+    return out, diags
+
+
+def _rename(path: PathKey, names: dict[PathKey, PathKey]) -> PathKey:
+    p = tuple(path)
+    for cut in range(len(p), 0, -1):
+        if p[:cut] in names:
+            return names[p[:cut]] + p[cut:]
+    return p
+
+
+def _shot_id(stem: str) -> str:
+    safe = re.sub(r"[^a-z0-9_-]+", "-", stem.lower()).strip("-_")
+    return safe or "chain"
+
+
+def _decode_image(b64: str, inline_dir: Path) -> Path | str:
+    """Decode an inline image into the work folder, named by its content; or say why not."""
+    try:
+        raw = base64.b64decode(b64.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return "not valid base64"
+    suffix = next((ext for magic, ext in IMAGE_SUFFIX.items() if raw.startswith(magic)), None)
+    if suffix is None:
+        return "the decoded image is not a PNG or JPEG"
+    path = inline_dir / f"{hashlib.sha256(raw).hexdigest()[:32]}{suffix}"
+    if not path.is_file():
+        inline_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_bytes(raw)
+        os.replace(tmp, path)
+    return path
+
+
+# --- writing ------------------------------------------------------------------------------
+
+
+class CannotExport(Exception):
+    """The shot uses something a mold chain script cannot express."""
+
+
+def mold_script(plan, shot_id: str, out_path: Path | None = None) -> str:
+    """The shot `shot_id` of a valid plan as a mold.chain.v1 script (TOML text)."""
+    shots = {s.id: s for s in plan.shots}
+    if shot_id not in shots:
+        raise CannotExport(f"no shot '{shot_id}' in {plan.file} (shots: {', '.join(shots)})")
+    shot = shots[shot_id]
+    clip_stages = [s for s in plan.stages if s.shot == shot_id and s.kind == "clip"]
+    first = clip_stages[0].params
+
+    def refuse(field: str, why: str) -> None:
+        raise CannotExport(f"shot '{shot_id}' cannot be a mold chain script: `{field}` {why}")
+
+    for field in ("audio_file", "video", "retake"):
+        if first.get(field):
+            refuse(field, "has no mold chain equivalent")
+    if first["loras"]:
+        refuse("loras", "has no mold chain equivalent (mold chains take no LoRAs)")
+    if first["camera_control"]:
+        refuse("camera_control", "has no mold chain equivalent")
+    if any(c.keyframes for c in shot.clips):
+        refuse("keyframes", "has no mold chain equivalent")
+    if shot.spatial_upscale or shot.temporal_upscale:
+        refuse(
+            "spatial_upscale" if shot.spatial_upscale else "temporal_upscale",
+            "has no mold chain equivalent",
+        )
+    if shot.pipeline not in ("distilled", "two-stage"):
+        refuse("pipeline", f"'{shot.pipeline}' has no mold chain equivalent")
+    if shot.audio:
+        refuse("audio", "is on, and mold chains are silent: set `audio: false` to export")
+    if shot.fps != int(shot.fps):
+        refuse("fps", f"{shot.fps:g} is not a whole number, which mold chains need")
+    if shot.frames_stitched != shot.frames:
+        refuse(
+            "frames",
+            f"trims the stitched {shot.frames_stitched} frames to {shot.frames}, "
+            "which mold chains cannot; use `clips`, or frames that need no trim",
+        )
+    smooth = [n for kind, n in shot.seams if kind == "smooth"]
+    if len(set(smooth)) > 1:
+        refuse("motion_tail", "differs between seams")
+    base = shot.clips[0].seed
+    chain = {
+        "model": shot.model,
+        "width": shot.width,
+        "height": shot.height,
+        "fps": int(shot.fps),
+        "seed": base,
+        "steps": first["steps"],
+        "guidance": first["guidance"],
+        "strength": next(
+            (p.params["image_strength"] for p in clip_stages if "image_strength" in p.params), 1.0
+        ),
+        "motion_tail_frames": smooth[0] if smooth else shot.motion_tail,
+        "output_format": shot.format,
+        "enable_audio": False,
+    }
+    stages = []
+    for i, (clip, stage) in enumerate(zip(shot.clips, clip_stages, strict=True)):
+        entry = {"prompt": clip.prompt, "frames": clip.frames}
+        if clip.image is not None:
+            entry["source_image_path"] = _relative(Path(clip.image), out_path)
+        negative = stage.params["negative_prompt"]
+        if negative:
+            entry["negative_prompt"] = negative
+        entry["seed_offset"] = base ^ clip.seed
+        if i > 0:
+            kind, n = shot.seams[i - 1]
+            entry["transition"] = kind
+            if kind == "fade":
+                entry["fade_frames"] = n
+        stages.append(entry)
+    head = f"# shot '{shot_id}' of {plan.file}, written by moldbatch\n"
+    return head + tomli_w.dumps({"schema": SCHEMA, "chain": chain, "stage": stages})
+
+
+def _relative(path: Path, out_path: Path | None) -> str:
+    if out_path is None:
+        return str(path)
+    return os.path.relpath(path, out_path.resolve().parent)
