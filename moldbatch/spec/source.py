@@ -7,6 +7,7 @@ inline and multi-line arrays); where it cannot see deeper it falls back to the n
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from collections.abc import Callable
@@ -54,6 +55,8 @@ def format_path(path: PathKey) -> str:
     for part in path:
         if isinstance(part, int):
             out += f"[{part}]"
+        elif not re.fullmatch(r"[A-Za-z0-9_-]+", str(part)):
+            out += f"[{json.dumps(str(part))}]"  # a key no one meant to write: show it exactly
         else:
             out += ("." if out else "") + str(part)
     return out
