@@ -121,6 +121,31 @@ def plan(
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("--device", default=None, help="Torch device (default: cuda if present, else cpu).")
 @click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where stages run: this process, or the workers of a Ray cluster (moldbatch[ray]).",
+)
+@click.option(
+    "--address",
+    default=None,
+    help="Ray cluster: auto, HOST:6379 or ray://HOST:10001 (default: a local Ray instance).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Ray workers (default: one per GPU of the cluster; one per CPU for the tiny model).",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    default=2,
+    show_default=True,
+    help="Ray: times a stage is sent again after its worker died.",
+)
+@click.option(
     "--max-gpu-minutes",
     type=click.FloatRange(min=0),
     default=None,
@@ -134,6 +159,10 @@ def render(
     keep_going: bool,
     as_json: bool,
     device: str | None,
+    executor: str,
+    address: str | None,
+    workers: int | None,
+    retries: int,
     max_gpu_minutes: float | None,
 ) -> None:
     """Render a film: every stage not already cached, then the shot files and the film."""
@@ -154,7 +183,15 @@ def render(
 
     try:
         summary = render_plan(
-            p, workdir=workdir, keep_going=keep_going, device=device, progress=not as_json
+            p,
+            workdir=workdir,
+            keep_going=keep_going,
+            device=device,
+            progress=not as_json,
+            executor=executor,
+            ray_options={"address": address, "workers": workers, "retries": retries}
+            if executor == "ray"
+            else None,
         )
     except MoldbatchError as e:
         click.echo(f"moldbatch: {e}", err=True)

@@ -9,6 +9,7 @@ whose keys it touched.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -182,7 +183,7 @@ class Executor:
             db.finish_run(run_id, "interrupted")
             db.close()
             raise
-        summary.outputs = self._deliver(found, outcomes)
+        summary.outputs = self._deliver(found, db)
         summary.stages = [outcomes[s.id] for s in self.plan.stages]
         summary.seconds = time.perf_counter() - t0
         if self.show:
@@ -257,22 +258,37 @@ class Executor:
         bar.done(stage)
         return True
 
-    def _deliver(self, found: dict[str, Artifact], outcomes) -> list[str]:
-        """Copy each finished shot and the film to its output path (only complete ones)."""
+    def _deliver(self, found: dict[str, Artifact], db: StateDB) -> list[str]:
+        """Copy each finished shot and the film to its output path (only complete ones).
+
+        A file already there that moldbatch did not write is kept, renamed aside: nothing a
+        user made is lost."""
         paths = []
         for stage in self.plan.stages:
             art = found.get(stage.id)
             if stage.kind not in TERMINAL or art is None:
                 continue
             src = art.file(art.meta["file"])
-            dst = Path(stage.outputs["path"])
-            if not (
-                dst.is_file()
-                and dst.stat().st_size == src.stat().st_size
-                and sha256_file(dst) == art.manifest["files"][art.meta["file"]]["sha256"]
-            ):
-                atomic_copy(src, dst)
+            want = art.manifest["files"][art.meta["file"]]["sha256"]
+            dst = Path(stage.outputs["path"]).resolve()
             paths.append(str(dst))
+            if dst.is_file():
+                st, ours = dst.stat(), db.delivered(dst)
+                if ours and (ours[1], ours[2]) == (st.st_size, st.st_mtime_ns):
+                    have = ours[0]  # untouched since we wrote it: no need to read it again
+                else:
+                    have = sha256_file(dst)
+                if have == want:
+                    continue
+                if not ours or ours[0] != have:
+                    aside = _free_name(dst)
+                    os.replace(dst, aside)
+                    self.console.print(
+                        f"[yellow]![/] {display_path(dst)} was not written by moldbatch; "
+                        f"kept as {display_path(aside)}"
+                    )
+            atomic_copy(src, dst)
+            db.record_delivery(dst, want)
         return paths
 
     def _report(self, summary: Summary) -> None:
@@ -305,6 +321,17 @@ class Executor:
 
     def _progress(self, todo: list[Stage]):
         return _Bars(self.console, todo, self.ctx, enabled=self.show)
+
+
+def _free_name(path: Path) -> Path:
+    """`name.orig.mp4`, or `name.orig-2.mp4`, … : the first that does not exist."""
+    n = 1
+    while True:
+        tag = "orig" if n == 1 else f"orig-{n}"
+        candidate = path.with_name(f"{path.stem}.{tag}{path.suffix}")
+        if not candidate.exists():
+            return candidate
+        n += 1
 
 
 def _one_line(e: BaseException) -> str:

@@ -74,9 +74,7 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise RayUnavailable(
-            "--executor ray needs Ray: pip install 'moldbatch[ray]'"
-        ) from None
+        raise RayUnavailable("--executor ray needs Ray: pip install 'moldbatch[ray]'") from None
     return ray
 
 
@@ -95,7 +93,8 @@ def ray_session(address: str | None):
         else:
             ray.init(include_dashboard=False, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise RayClusterError(f"cannot start or reach Ray at {address or 'a local instance'}: {e}")
+        where = address or "a local instance"
+        raise RayClusterError(f"cannot start or reach Ray at {where}: {e}") from None
     try:
         yield ray
     finally:
@@ -229,29 +228,25 @@ class _Run:
         if self.ex.show:
             self.events = ray.remote(num_cpus=0)(_Events).remote()
         token = uuid.uuid4().hex[:8]
-        actor = ray.remote(StageWorker).options(
-            num_cpus=1,
-            num_gpus=1 if gpu else 0,
-            max_restarts=-1,  # Ray brings a dead worker back; we count the retries
-            max_task_retries=0,
-        )
+        actor = ray.remote(StageWorker)
         for i in range(n):
-            handle = actor.options(name=f"moldbatch-worker-{token}-{i}").remote(
-                device, self.events
-            )
+            handle = actor.options(
+                name=f"moldbatch-worker-{token}-{i}",
+                num_cpus=1,
+                num_gpus=1 if gpu else 0,
+                max_restarts=-1,  # Ray brings a dead worker back; we count the retries
+                max_task_retries=0,
+            ).remote(device)
             self.slots.append(_Slot(i, handle))
         log.info("ray: %d %s workers for %d shots", n, "GPU" if gpu else "CPU", len(self.shots))
 
     def close(self) -> None:
         """Stop the workers: at the end of the run, on a failure without keep-going, on Ctrl-C."""
         ray = self.ray
-        if self.slots:
+        idle = [s.actor.close.remote() for s in self.slots if not s.busy]
+        if idle:
             with contextlib.suppress(Exception):
-                ray.wait(
-                    [s.actor.close.remote() for s in self.slots if not s.busy],
-                    num_returns=sum(not s.busy for s in self.slots),
-                    timeout=5,
-                )
+                ray.wait(idle, num_returns=len(idle), timeout=5)
         for s in self.slots:
             with contextlib.suppress(Exception):
                 ray.kill(s.actor, no_restart=True)
@@ -309,7 +304,7 @@ class _Run:
     def _submit(self, slot: _Slot, stage: Stage, attempt: int, started: float) -> None:
         inputs = {n: (self.found[n].key, [self._input_ref(n, attempt)]) for n in stage.needs}
         files = {sha: [self._file_ref(sha, path)] for sha, path in input_files(stage.params)}
-        ref = slot.actor.run_stage.remote(stage, inputs, files)
+        ref = slot.actor.run_stage.remote(stage, inputs, files, self.events)
         self.inflight[ref] = _Task(slot, stage, attempt, started)
         slot.busy = True
 
@@ -359,11 +354,13 @@ class _Run:
             error = RemoteStageError(f"{result['error']}\n{result['traceback']}")
         elif result is not None:
             if slot.pid != result["pid"]:
-                log.info("ray: worker %d is pid %d on %s", slot.index, result["pid"], result["node"])
+                log.info(
+                    "ray: worker %d is pid %d on %s", slot.index, result["pid"], result["node"]
+                )
                 slot.pid = result["pid"]
             error = self._commit(stage, result)
             if error is None:
-                self.timings.append(
+                self.ex.timings.append(
                     {
                         "stage": stage.id,
                         "worker": slot.index,
@@ -379,10 +376,6 @@ class _Run:
             if self.consumers[n] <= 0:
                 self.live.pop(n, None)
         self._ended(stage, time.perf_counter() - task.started, error)
-
-    @property
-    def timings(self) -> list[dict]:
-        return self.ex.timings
 
     def _commit(self, stage: Stage, result: dict) -> BaseException | None:
         out = self.ex.store.writer(stage.key, stage.id)
@@ -490,7 +483,7 @@ class StageWorker:
     input it could not fetch as {"lost"} (the driver retries both like a dead worker's stage).
     """
 
-    def __init__(self, device: str | None, events=None):
+    def __init__(self, device: str | None):
         from moldbatch.execute.stages import StageContext
 
         if device == "cpu":
@@ -505,7 +498,6 @@ class StageWorker:
         self.kept: OrderedDict[str, Artifact] = OrderedDict()
         self.files: dict[str, Path] = {}
         self.ctx = StageContext(device=device, inputs={}, runtimes={})
-        self.events = events
 
     def pid(self) -> int:
         return os.getpid()
@@ -513,7 +505,7 @@ class StageWorker:
     def close(self) -> None:
         shutil.rmtree(self.scratch, ignore_errors=True)
 
-    def run_stage(self, stage: Stage, inputs: dict, files: dict) -> dict:
+    def run_stage(self, stage: Stage, inputs: dict, files: dict, events=None) -> dict:
         from moldbatch.execute.stages import HANDLERS
 
         t0 = time.perf_counter()
@@ -523,7 +515,6 @@ class StageWorker:
             stage = self._localize(stage, files)
         except Exception as e:  # noqa: BLE001 - an input lost with its node: the driver resends
             return {"lost": _one_line(e), "pid": os.getpid(), "node": node}
-        events = self.events
         self.ctx.on_step = (
             (lambda i, n: events.push.remote(stage.id, i, n)) if events is not None else None
         )

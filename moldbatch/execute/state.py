@@ -16,6 +16,12 @@ CREATE TABLE IF NOT EXISTS runs (
     status TEXT NOT NULL,          -- running | done | failed | interrupted
     pid INTEGER
 );
+CREATE TABLE IF NOT EXISTS deliveries (  -- output files moldbatch wrote, to tell them apart
+    path TEXT PRIMARY KEY,                  -- from files a user put there
+    sha256 TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS stages (
     run_id INTEGER NOT NULL REFERENCES runs(id),
     stage TEXT NOT NULL,
@@ -73,6 +79,19 @@ class StateDB:
             "UPDATE stages SET status=?, started=COALESCE(?, started), seconds=?, error=? "
             "WHERE run_id=? AND stage=?",
             (status, started, seconds, error, run_id, stage),
+        )
+
+    def delivered(self, path: Path) -> tuple[str, int, int] | None:
+        """(sha256, bytes, mtime_ns) of the file moldbatch last wrote at `path`, if any."""
+        return self.db.execute(
+            "SELECT sha256, bytes, mtime_ns FROM deliveries WHERE path=?", (str(path),)
+        ).fetchone()
+
+    def record_delivery(self, path: Path, sha256: str) -> None:
+        st = path.stat()
+        self.db.execute(
+            "INSERT OR REPLACE INTO deliveries (path, sha256, bytes, mtime_ns) VALUES (?,?,?,?)",
+            (str(path), sha256, st.st_size, st.st_mtime_ns),
         )
 
     def finish_run(self, run_id: int, status: str) -> None:

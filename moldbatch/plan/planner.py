@@ -759,7 +759,16 @@ class Planner:
                 f"'{odd.id}' is {odd.width}x{odd.height}@{odd.fps:g}",
             )
             return None
-        return str((self.root / path).resolve() if not path.is_absolute() else path)
+        film = (self.root / path).resolve() if not path.is_absolute() else path
+        for shot in shots:
+            if Path(shot.output_path) == film:
+                self.error(
+                    ("output",),
+                    f"the film's output is also shot '{shot.id}''s file "
+                    f"({output}); name the film differently",
+                )
+                return None
+        return str(film)
 
     # --- stages -----------------------------------------------------------------------
     def _stages(self, shots: list[ShotPlan], output: str | None) -> list[Stage]:

@@ -106,7 +106,7 @@ def draw_contact_sheet(plan, shot, rows) -> Image.Image:
     d.text(
         (PAD, 6),
         f"{shot.id} · {shot.frames} frames · {shot.width}x{shot.height} @ {shot.fps:g} fps · "
-        f"{len(rows)} clips",
+        f"{len(rows)} clip{'s' if len(rows) > 1 else ''}",
         fill=TEXT,
         font=big,
     )
@@ -121,9 +121,14 @@ def draw_contact_sheet(plan, shot, rows) -> Image.Image:
             y += SEAM_H
         end = clip.start + (clip.frames - 1) * (2 if shot.temporal_upscale else 1)
         d.text((PAD, y + 4), f"clip {clip.index}", fill=TEXT, font=big)
-        d.text((PAD, y + 24), f"frames {clip.start}–{end}", fill=DIM, font=small)
+        d.text((PAD, y + 24), f"frames {clip.start}-{end}", fill=DIM, font=small)
         d.text((PAD, y + 38), f"seed {clip.seed}", fill=DIM, font=small)
-        d.text((PAD, y + 52), clip.prompt[:26] + ("…" if len(clip.prompt) > 26 else ""), fill=DIM, font=small)
+        d.text(
+            (PAD, y + 52),
+            clip.prompt[:26] + ("..." if len(clip.prompt) > 26 else ""),
+            fill=DIM,
+            font=small,
+        )
         for c, pick in enumerate(picks):
             x = LABEL_W + c * (tw + PAD)
             thumb = Image.fromarray(pick.image).resize((tw, th), Image.Resampling.BILINEAR)

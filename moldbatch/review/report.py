@@ -21,7 +21,7 @@ REPORT = "report.html"
 STYLE = """
 .shot { border-top:1px solid var(--line); padding:16px 0; }
 .media { display:flex; gap:16px; flex-wrap:wrap; align-items:flex-start; margin-top:8px; }
-.media video, .media img.anim { max-width:640px; min-width:256px; background:#000;
+.media video, .media img.anim { max-width:640px; background:#000;
   border-radius:4px; image-rendering:pixelated; }
 .media img.sheet { max-width:100%; border-radius:4px; }
 .rendered { color:var(--render); } .cached-t { color:var(--cached); }
@@ -97,14 +97,15 @@ def _rel(path: str | Path, base: Path) -> str:
     return Path(os.path.relpath(Path(path).resolve(), base.resolve())).as_posix()
 
 
-def _media(path: Path, out_dir: Path, fmt: str, shot_id: str) -> str:
+def _media(path: Path, out_dir: Path, fmt: str, shot_id: str, width: int) -> str:
     src = esc(_rel(path, out_dir))
+    width = min(480, max(240, width * 3))
     if fmt == "mp4":
         return (
             f'<video controls preload="auto" src="{src}" data-shot="{esc(shot_id)}" '
-            f'width="480"></video>'
+            f'width="{width}"></video>'
         )
-    return f'<img class="anim" src="{src}" data-shot="{esc(shot_id)}" width="480" alt="{src}">'
+    return f'<img class="anim" src="{src}" data-shot="{esc(shot_id)}" width="{width}" alt="{src}">'
 
 
 def render_report(plan, summary, out_dir: Path, sheets: dict[str, Path]) -> str:
@@ -117,7 +118,7 @@ def render_report(plan, summary, out_dir: Path, sheets: dict[str, Path]) -> str:
         path = Path(shot.output_path) if shot.output_path else None
         ok = export is not None and export.status in ("rendered", "cached")
         media = (
-            _media(path, out_dir, shot.format, shot.id)
+            _media(path, out_dir, shot.format, shot.id, shot.width)
             if ok and path and path.is_file()
             else '<p class="failed">not rendered</p>'
         )
@@ -151,7 +152,9 @@ def render_report(plan, summary, out_dir: Path, sheets: dict[str, Path]) -> str:
             + (f" · {esc(shot.transition)} {shot.overlap}" if len(shot.clips) > 1 else "")
             + f'</div><div class="media">{media}{sheet_html}</div>'
             "<table><tr><th>stage</th><th>kind</th><th>this run</th><th class=num>time</th>"
-            "<th class=num>est. GPU</th><th>key</th></tr>" + "".join(rows) + "</table>"
+            "<th class=num>est. GPU</th><th>key</th></tr>"
+            + "".join(rows)
+            + "</table>"
             + (
                 f"<details open><summary>spec</summary><pre>{esc(excerpts[shot.id])}</pre></details>"
                 if shot.id in excerpts
@@ -164,7 +167,7 @@ def render_report(plan, summary, out_dir: Path, sheets: dict[str, Path]) -> str:
     if plan.output and join is not None:
         o = Path(plan.output)
         shown = (
-            _media(o, out_dir, o.suffix.lower().lstrip(".").replace("png", "apng"), "film")
+            _media(o, out_dir, o.suffix.lower().lstrip("."), "film", plan.shots[0].width)
             if join.status in ("rendered", "cached") and o.is_file()
             else '<p class="failed">not rendered</p>'
         )

@@ -300,7 +300,11 @@ SCRIPT = """
           doc.images[im.img]; t.dataset.frame = im.frame; }
     }
   }
-  if (doc.shots.length && doc.shots[0].clips.length) show(doc.shots[0].clips[0]);
+  // #stage=<shot>/clip-<i> selects a clip on load, as a click would
+  const want = decodeURIComponent((location.hash.match(/^#stage=(.+)$/) || [])[1] || '');
+  const chosen = want && [...document.querySelectorAll('.clip')].find(b => b.dataset.stage === want);
+  if (chosen) chosen.click();
+  else if (doc.shots.length && doc.shots[0].clips.length) show(doc.shots[0].clips[0]);
   // what was drawn, measured back into frames, for tests and tools
   const out = { axis: doc.axis, clips: [], shots: [] };
   for (const tr of document.querySelectorAll('.track')) {

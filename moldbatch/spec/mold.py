@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from moldbatch.errors import Diagnostic
 from moldbatch.spec.messages import pydantic_diagnostics
+from moldbatch.spec.schema import MAX_SEED
 from moldbatch.spec.source import PathKey, Source
 
 SCHEMA = "mold.chain.v1"
@@ -59,7 +60,7 @@ class MoldChain(_Strict):
     width: StrictInt = Field(1216, ge=32)
     height: StrictInt = Field(704, ge=32)
     fps: StrictInt = Field(24, ge=1, le=120)
-    seed: StrictInt | None = Field(None, ge=0)
+    seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED)
     steps: StrictInt = Field(8, ge=1, le=100)
     guidance: float = Field(3.0, ge=0, le=30)
     strength: float = Field(1.0, ge=0, le=1)
@@ -74,7 +75,7 @@ class MoldStage(_Strict):
     source_image_path: StrictStr | None = None
     source_image_b64: StrictStr | None = None
     negative_prompt: StrictStr | None = None
-    seed_offset: StrictInt | None = Field(None, ge=0)
+    seed_offset: StrictInt | None = Field(None, ge=0, le=MAX_SEED)
     transition: Literal["smooth", "cut", "fade"] = "smooth"
     fade_frames: StrictInt | None = Field(None, ge=1)
 

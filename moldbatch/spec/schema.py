@@ -17,6 +17,11 @@ Transition = Literal["smooth", "cut", "fade"]
 Pipeline = Literal["auto", "distilled", "two-stage", "keyframe", "a2vid", "retake", "ic-lora"]
 CameraPreset = Literal[CAMERA_PRESETS]  # type: ignore[valid-type]
 SHOT_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+# Sanity bounds, far beyond any real shot, so that a typo cannot plan a billion clips.
+MAX_FRAMES = 172_800  # 30 minutes at 96 fps
+MAX_SECONDS = 3_600.0
+MAX_SIZE = 8_192
+MAX_SEED = 2**63 - 1
 
 Seconds = Annotated[float, Field(ge=0, strict=True)]
 
@@ -50,15 +55,21 @@ class ShotSettings(_Strict):
     )
     negative_prompt: StrictStr | None = None
     frames: StrictInt | None = Field(
-        None, ge=1, description="shot length in frames; 8k+1 when it fits one clip"
+        None, ge=1, le=MAX_FRAMES, description="shot length in frames; 8k+1 when it fits one clip"
     )
     duration: float | None = Field(
-        None, gt=0, description="shot length in seconds (instead of frames); trimmed exactly"
+        None, gt=0, le=MAX_SECONDS, description="shot length in seconds (instead of frames)"
     )
-    width: StrictInt | None = Field(None, ge=32, description="output width, after upscales")
-    height: StrictInt | None = Field(None, ge=32, description="output height, after upscales")
+    width: StrictInt | None = Field(
+        None, ge=32, le=MAX_SIZE, description="output width, after upscales"
+    )
+    height: StrictInt | None = Field(
+        None, ge=32, le=MAX_SIZE, description="output height, after upscales"
+    )
     fps: float | None = Field(None, ge=1, le=120, description="output frames per second")
-    seed: StrictInt | None = Field(None, ge=0, description="base seed; clip i uses seed + i")
+    seed: StrictInt | None = Field(
+        None, ge=0, le=MAX_SEED, description="base seed; clip i uses seed + i"
+    )
     format: Format | None = Field(None, description="mp4, or the silent gif / apng / webp")
     audio: StrictBool | None = Field(None, description="render sound; mp4 only, default on")
     clip_frames: StrictInt | None = Field(
@@ -101,7 +112,10 @@ class ClipSpec(_Strict):
     image: StrictStr | None = Field(None, description="image at this clip's first frame")
     negative_prompt: StrictStr | None = None
     seed_offset: StrictInt | None = Field(
-        None, ge=0, description="seed = base seed XOR seed_offset (default: base seed + index)"
+        None,
+        ge=0,
+        le=MAX_SEED,
+        description="seed = base seed XOR seed_offset (default: base seed + index)",
     )
     transition: Transition | None = Field(
         None, description="the seam before this clip (ignored on the first)"

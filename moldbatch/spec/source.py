@@ -71,7 +71,7 @@ class SourceError(Exception):
 def read_source(path: Path, file: str | None = None) -> Source:
     file = file or str(path)
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8-sig")  # a BOM some editors write is no error
     except FileNotFoundError:
         raise SourceError(Diagnostic(file, 1, 1, "", "no such file")) from None
     except IsADirectoryError:

@@ -356,3 +356,36 @@ transition = "cut"
     info = probe(tmp_path / "renders" / "walk.mp4")
     assert info.frames == 17 + 17 + 17 + 9 - 4 - 5
     assert not info.has_audio  # mold chains are silent
+
+
+def test_a_file_the_user_put_at_an_output_path_is_kept_aside(tmp_path, runtimes):
+    spec = write(tmp_path, "film.yaml", HEAD + "shots:\n  - {id: a, prompt: a kite, frames: 9}\n")
+    (tmp_path / "renders").mkdir()
+    mine = tmp_path / "renders" / "a.mp4"
+    mine.write_bytes(b"my own edit, not a moldbatch render")
+    assert render(spec, runtimes).ok
+    assert (
+        tmp_path / "renders" / "a.orig.mp4"
+    ).read_bytes() == b"my own edit, not a moldbatch render"
+    assert probe(mine).frames == 9
+    # a file moldbatch wrote itself is simply replaced when the shot changes
+    spec.write_text(spec.read_text().replace("a kite", "two kites"))
+    assert render(spec, runtimes).ok
+    assert not (tmp_path / "renders" / "a.orig-2.mp4").exists()
+    assert sorted(p.name for p in (tmp_path / "renders").iterdir()) == ["a.mp4", "a.orig.mp4"]
+
+
+def test_the_film_output_may_not_be_a_shot_file(tmp_path):
+    spec = write(
+        tmp_path,
+        "film.yaml",
+        HEAD
+        + """\
+output: renders/a.mp4
+shots:
+  - {id: a, prompt: a kite, frames: 9}
+""",
+    )
+    plan = plan_file(spec)
+    assert not plan.valid
+    assert "the film's output is also shot 'a''s file" in str(plan.errors[0])
