@@ -1,7 +1,7 @@
 """The command line: parse, call one function, print, set the exit code. Nothing else here.
 
 Exit codes: 0 done, 1 spec invalid, 2 usage error, 3 a stage failed (or the work folder is
-locked by another render).
+locked by another render), 4 a render over its --max-gpu-minutes budget.
 """
 
 from __future__ import annotations
@@ -196,6 +196,9 @@ def render(
     except MoldbatchError as e:
         click.echo(f"moldbatch: {e}", err=True)
         sys.exit(e.exit_code)
+    except KeyboardInterrupt:  # click would print "Aborted!" and exit 1
+        click.echo("moldbatch: interrupted; run the same command again to resume", err=True)
+        sys.exit(130)
     from moldbatch.review.report import report_after_render
 
     report_after_render(p, summary, out, workdir, quiet=as_json)

@@ -188,3 +188,26 @@ def test_git_revisions(film_dir):
 def test_unreadable_sides_exit_2(film_dir, ref):
     write(film_dir, "film.yaml", FILM)
     assert moldbatch("diff", ref, "film.yaml", cwd=film_dir).returncode == 2
+
+
+def test_plan_html_diff_and_cost_need_no_torch(film_dir):
+    """The light install: click, pydantic, pyyaml and rich only."""
+    write(film_dir, "a.yaml", FILM)
+    write(film_dir, "b.yaml", FILM.replace("cliffs at dawn", "cliffs at dusk"))
+    blocked = ("torch", "numpy", "PIL", "av", "safetensors", "diffusers")
+    code = (
+        "import sys\n"
+        + "".join(f"sys.modules[{m!r}] = None\n" for m in blocked)
+        + "from moldbatch.cli import cli\n"
+        "for args in (['plan', 'a.yaml', '--json', '--html', 'sb.html'], ['diff', 'a.yaml', 'b.yaml']):\n"
+        "    try:\n"
+        "        cli(args, standalone_mode=False)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        f"print('ok', sorted(m for m in sys.modules if m.split('.')[0] in {blocked!r} "
+        "and sys.modules[m]))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], cwd=film_dir, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().endswith("ok []"), res.stdout[-500:]
+    assert (film_dir / "sb.html").stat().st_size > 5000
