@@ -194,6 +194,9 @@ def render(
             else None,
         )
     except MoldbatchError as e:
+        summary = getattr(e, "summary", None)
+        if as_json and summary is not None:  # what was done and kept, even on failure
+            click.echo(json.dumps(summary.to_json(), indent=2))
         click.echo(f"moldbatch: {e}", err=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:  # click would print "Aborted!" and exit 1
@@ -240,9 +243,14 @@ def gc(files: tuple[str, ...], workdir: Path | None, dry_run: bool) -> None:
     if not all(p.valid for p in plans):
         click.echo("moldbatch: gc needs valid specs to know what to keep", err=True)
         sys.exit(1)
-    removed, freed = collect_garbage(plans, workdir, dry_run=dry_run)
+    try:
+        removed, freed, others = collect_garbage(plans, workdir, dry_run=dry_run)
+    except MoldbatchError as e:
+        click.echo(f"moldbatch: {e}", err=True)
+        sys.exit(e.exit_code)
     verb = "would remove" if dry_run else "removed"
-    click.echo(f"{verb} {removed} artifacts ({freed / 1e6:.1f} MB)")
+    kept = f"; kept what {len(others)} other spec(s) rendered here need" if others else ""
+    click.echo(f"{verb} {removed} artifacts ({freed / 1e6:.1f} MB){kept}")
 
 
 @cli.group()
@@ -334,8 +342,19 @@ def models(as_json: bool) -> None:
 
 
 def main() -> None:
+    # click's standalone mode turns Ctrl-C into "Aborted!" and exit 1 (our "invalid" code):
+    # handle its exceptions here instead
     try:
-        cli(standalone_mode=True)
-    except KeyboardInterrupt:
+        rv = cli(standalone_mode=False)
+    except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("moldbatch: interrupted; run the same command again to resume", err=True)
         sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except MoldbatchError as e:
+        click.echo(f"moldbatch: {e}", err=True)
+        sys.exit(e.exit_code)
+    except BrokenPipeError:  # `moldbatch plan … | head`
+        sys.exit(0)
+    sys.exit(rv if isinstance(rv, int) else 0)

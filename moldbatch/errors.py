@@ -50,6 +50,10 @@ class SpecInvalid(MoldbatchError):
 class StageFailed(MoldbatchError):
     exit_code = 3
 
+    def __init__(self, message: str, summary=None):
+        super().__init__(message)
+        self.summary = summary  # what was done and kept, for --json
+
 
 class WorkdirLocked(MoldbatchError):
     exit_code = 3

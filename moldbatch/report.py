@@ -96,11 +96,17 @@ def status_doc(plan, workdir: Path | None) -> dict:
     cached = cache_status(plan, workdir)
     last = None
     if (workdir / "state.sqlite").exists():
-        db = StateDB(workdir)
+        db = StateDB(workdir, readonly=True)
         try:
             last = db.last_run(str(plan.path.resolve()))
         finally:
             db.close()
+        if last and last["status"] == "running" and not _render_running(workdir):
+            # the process that ran it is gone (killed): say so rather than "running" forever
+            last["status"] = "interrupted"
+            for stage in last["stages"]:
+                if stage["status"] == "running":
+                    stage["status"] = "interrupted"
     return {
         "spec": plan.file,
         "workdir": str(workdir),
@@ -109,6 +115,24 @@ def status_doc(plan, workdir: Path | None) -> dict:
         "last_run": last,
         "plan": [{"id": s.id, "cached": cached[s.id]} for s in plan.stages],
     }
+
+
+def _render_running(workdir: Path) -> bool:
+    """Whether a render holds the work folder's lock right now."""
+    import fcntl
+    import os
+
+    try:
+        fd = os.open(workdir / "lock", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def print_status(doc: dict) -> None:

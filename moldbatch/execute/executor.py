@@ -49,12 +49,16 @@ class Summary:
     workdir: Path
     stages: list[StageOutcome] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    delivery_errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
     runtime_seconds: float = 0.0  # time spent inside the runtime (clip/upscale stages)
 
     @property
     def ok(self) -> bool:
-        return all(s.status in ("rendered", "cached") for s in self.stages)
+        # "skipped" alone is fine: an intermediate no output needed this time
+        return not self.delivery_errors and not any(
+            s.status in ("failed", "pending") for s in self.stages
+        )
 
     @property
     def failed(self) -> list[StageOutcome]:
@@ -112,8 +116,17 @@ def render_plan(
     if executor != "local":
         raise ValueError(f"unknown executor {executor!r}: local or ray")
     workdir = (workdir or default_workdir(plan.path)).resolve()
-    with WorkdirLock(workdir):
+    try:
+        lock = WorkdirLock(workdir).__enter__()
+    except OSError as e:
+        raise MoldbatchError(
+            f"cannot use the work folder {display_path(workdir)}: {e.strerror or e}; "
+            "pass --workdir with a folder you can write"
+        ) from None
+    try:
         return Executor(plan, workdir, keep_going, device, progress, runtimes).run()
+    finally:
+        lock.__exit__(None, None, None)
 
 
 class Executor:
@@ -175,28 +188,34 @@ class Executor:
                 outcomes[s.id].status = (
                     "cached" if self.store.get(s.key, verify=False) else "skipped"
                 )
+                db.set_stage(run_id, s.id, outcomes[s.id].status, seconds=0.0)
         summary = Summary(self.plan.file, self.workdir)
         try:
             with self._progress(todo) as bar:
                 status = self._run_todo(todo, found, outcomes, db, run_id, bar, summary)
         except KeyboardInterrupt:
-            db.finish_run(run_id, "interrupted")
+            db.interrupt_run(run_id)
             db.close()
             raise
-        summary.outputs = self._deliver(found, db)
+        summary.outputs = self._deliver(found, db, summary)
         summary.stages = [outcomes[s.id] for s in self.plan.stages]
         summary.seconds = time.perf_counter() - t0
+        if summary.delivery_errors:
+            status = "failed"
         if self.show:
             self._report(summary)
         db.finish_run(run_id, status)
         db.close()
+        if summary.delivery_errors and not summary.failed:
+            raise StageFailed(summary.delivery_errors[0], summary)
         if status == "failed" and not self.keep_going:
             bad = summary.failed[0]
             raise StageFailed(
                 f"stage {bad.id} failed: {bad.error}\n"
                 f"  {sum(o.status in ('rendered', 'cached') for o in summary.stages)} stages "
                 f"are done and kept; fix the cause and run `moldbatch render {self.plan.file}` "
-                f"again to resume (details in {self.workdir / 'logs'})"
+                f"again to resume (details in {self.workdir / 'logs'})",
+                summary,
             )
         return summary
 
@@ -258,7 +277,7 @@ class Executor:
         bar.done(stage)
         return True
 
-    def _deliver(self, found: dict[str, Artifact], db: StateDB) -> list[str]:
+    def _deliver(self, found: dict[str, Artifact], db: StateDB, summary: Summary) -> list[str]:
         """Copy each finished shot and the film to its output path (only complete ones).
 
         A file already there that moldbatch did not write is kept, renamed aside: nothing a
@@ -271,25 +290,37 @@ class Executor:
             src = art.file(art.meta["file"])
             want = art.manifest["files"][art.meta["file"]]["sha256"]
             dst = Path(stage.outputs["path"]).resolve()
+            try:
+                self._deliver_one(src, dst, want, db)
+            except OSError as e:
+                summary.delivery_errors.append(
+                    f"cannot write {display_path(dst)}: {e.strerror or e}; the render is kept "
+                    "in the work folder: fix the path and run the same command again"
+                )
+                continue
             paths.append(str(dst))
-            if dst.is_file():
-                st, ours = dst.stat(), db.delivered(dst)
-                if ours and (ours[1], ours[2]) == (st.st_size, st.st_mtime_ns):
-                    have = ours[0]  # untouched since we wrote it: no need to read it again
-                else:
-                    have = sha256_file(dst)
-                if have == want:
-                    continue
-                if not ours or ours[0] != have:
-                    aside = _free_name(dst)
-                    os.replace(dst, aside)
-                    self.console.print(
-                        f"[yellow]![/] {display_path(dst)} was not written by moldbatch; "
-                        f"kept as {display_path(aside)}"
-                    )
-            atomic_copy(src, dst)
-            db.record_delivery(dst, want)
         return paths
+
+    def _deliver_one(self, src: Path, dst: Path, want: str, db: StateDB) -> None:
+        if dst.exists() and not dst.is_file():
+            raise IsADirectoryError(21, "a folder is in the way")
+        if dst.is_file():
+            st, ours = dst.stat(), db.delivered(dst)
+            if ours and (ours[1], ours[2]) == (st.st_size, st.st_mtime_ns):
+                have = ours[0]  # untouched since we wrote it: no need to read it again
+            else:
+                have = sha256_file(dst)
+            if have == want:
+                return
+            if not ours or ours[0] != have:
+                aside = _free_name(dst)
+                os.replace(dst, aside)
+                self.console.print(
+                    f"[yellow]![/] {display_path(dst)} was not written by moldbatch; "
+                    f"kept as {display_path(aside)}"
+                )
+        atomic_copy(src, dst)
+        db.record_delivery(dst, want)
 
     def _report(self, summary: Summary) -> None:
         shots = {s.id: s for s in self.plan.shots}
@@ -307,6 +338,13 @@ class Executor:
             self.console.print(f"[green]✓[/] Saved: {display_path(Path(path))} ({what})")
         rendered = sum(o.status == "rendered" for o in summary.stages)
         cached = sum(o.status == "cached" for o in summary.stages)
+        if not summary.ok:
+            failed = len(summary.failed) + len(summary.delivery_errors)
+            self.console.print(
+                f"[red]✗[/] Failed after {summary.seconds:.1f}s: {failed} "
+                f"failed, {rendered} stages rendered, {cached} cached"
+            )
+            return
         self.console.print(
             f"[green]✓[/] Done in {summary.seconds:.1f}s: {rendered} stages "
             f"rendered, {cached} cached"

@@ -37,9 +37,17 @@ CREATE TABLE IF NOT EXISTS stages (
 
 
 class StateDB:
-    def __init__(self, workdir: Path):
-        workdir.mkdir(parents=True, exist_ok=True)
+    def __init__(self, workdir: Path, readonly: bool = False):
         self.path = workdir / "state.sqlite"
+        if readonly:  # `status` only reads: it must work on a folder it cannot write
+            self.db = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?mode=ro",
+                uri=True,
+                isolation_level=None,
+                timeout=10,
+            )
+            return
+        workdir.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
@@ -93,6 +101,14 @@ class StateDB:
             "INSERT OR REPLACE INTO deliveries (path, sha256, bytes, mtime_ns) VALUES (?,?,?,?)",
             (str(path), sha256, st.st_size, st.st_mtime_ns),
         )
+
+    def interrupt_run(self, run_id: int) -> None:
+        with self.db:
+            self.db.execute(
+                "UPDATE stages SET status='interrupted' WHERE run_id=? AND status='running'",
+                (run_id,),
+            )
+            self.finish_run(run_id, "interrupted")
 
     def finish_run(self, run_id: int, status: str) -> None:
         self.db.execute(

@@ -142,16 +142,23 @@ class ArtifactStore:
             manifest = json.loads((d / MANIFEST).read_text())
         except (OSError, ValueError):
             return None
-        if manifest.get("key") != key:
+        if not isinstance(manifest, dict) or manifest.get("key") != key:
             return None
-        for name, info in manifest.get("files", {}).items():
+        files, meta = manifest.get("files"), manifest.get("meta", {})
+        if not isinstance(files, dict) or not isinstance(meta, dict):
+            return None
+        if "file" in meta and meta["file"] not in files:
+            return None
+        for name, info in files.items():
+            if not isinstance(info, dict) or "/" in name or name.startswith("."):
+                return None
             path = d / name
             try:
-                if path.stat().st_size != info["bytes"]:
+                if path.stat().st_size != info.get("bytes"):
+                    return None
+                if verify and sha256_file(path) != info.get("sha256"):
                     return None
             except OSError:
-                return None
-            if verify and sha256_file(path) != info["sha256"]:
                 return None
         return Artifact(key, d, manifest)
 
@@ -169,15 +176,28 @@ class ArtifactStore:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def collect_garbage(plans, workdir: Path | None, dry_run: bool = False) -> tuple[int, int]:
-    """Remove every artifact whose key no stage of `plans` has. Returns (count, bytes)."""
+def collect_garbage(plans, workdir: Path | None, dry_run: bool = False):
+    """Remove every artifact no stage needs: of `plans`, or of any other spec that rendered
+    into this work folder and still exists (work folders are shared by the specs beside
+    them). Returns (count, bytes, other specs whose artifacts were kept)."""
+    import contextlib
+
     from moldbatch.execute.lock import WorkdirLock
+    from moldbatch.plan.planner import plan_file
 
     workdir = workdir or default_workdir(plans[0].path)
     store = ArtifactStore(workdir)
     keep = {s.key for p in plans for s in p.stages}
+    given = {str(p.path.resolve()) for p in plans}
+    others = []
+    for spec in _specs_rendered_in(workdir):
+        if spec not in given and Path(spec).is_file():
+            other = plan_file(Path(spec), workdir=workdir)
+            if other.valid:
+                keep |= {s.key for s in other.stages}
+                others.append(spec)
     removed = freed = 0
-    with WorkdirLock(workdir):
+    with contextlib.nullcontext() if dry_run else WorkdirLock(workdir):
         for key in store.keys():
             if key in keep:
                 continue
@@ -188,4 +208,20 @@ def collect_garbage(plans, workdir: Path | None, dry_run: bool = False) -> tuple
                 shutil.rmtree(d, ignore_errors=True)
         if not dry_run:
             store.clean_tmp()
-    return removed, freed
+    return removed, freed, others
+
+
+def _specs_rendered_in(workdir: Path) -> list[str]:
+    import sqlite3
+
+    db = workdir / "state.sqlite"
+    if not db.is_file():
+        return []
+    try:
+        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            return [row[0] for row in con.execute("SELECT DISTINCT spec FROM runs")]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return []

@@ -4,6 +4,7 @@ probing the files it names; the executor is the only place that writes."""
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from moldbatch.spec.source import PathKey, Source, SourceError, read_source
 
 FORMATS = ("mp4", "gif", "apng", "webp")
 SILENT_FORMATS = ("gif", "apng", "webp")
+MAX_CLIPS = 1000  # per shot: far beyond any real chain, and it bounds a plan's size
 IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
 
 
@@ -102,6 +104,7 @@ class Settings:
     values: dict
     origin: dict = field(default_factory=dict)  # field -> path in the document
     shot_path: PathKey = ()
+    broken: set = field(default_factory=set)  # fields whose errors are already reported
 
     def __getitem__(self, name):
         return self.values.get(name)
@@ -136,11 +139,12 @@ class Planner:
     def __init__(self, src: Source, out_dir: Path | None = None):
         self.src = src
         self.root = src.path.parent.resolve()
-        self.out_dir = out_dir
+        self.out_dir = out_dir.resolve() if out_dir is not None else None
         self.diags: list[Diagnostic] = []
         self.digest = FileDigests()
         self._probes: dict[Path, object] = {}
         self._shot_settings: dict[str, Settings] = {}
+        self._broken: dict[PathKey, set] = {}  # fields dropped for errors already reported
         self._paths: dict[str, Path] = {}  # each distinct path resolved and checked once
         self._is_file: dict[Path, bool] = {}
         self._heads: dict[Path, bytes] = {}
@@ -199,7 +203,9 @@ class Planner:
         return plan
 
     def _plan(self, name, shots=(), output=None) -> Plan:
-        diags = sorted(self.diags, key=lambda d: (d.line, d.column, d.severity != "error"))
+        # a finding about `defaults` is made once per shot that inherits it: say it once
+        unique = list(dict.fromkeys(self.diags))
+        diags = sorted(unique, key=lambda d: (d.line, d.column, d.severity != "error"))
         return Plan(self.src.file, self.src.path, name, list(shots), [], output, diags)
 
     def _settings_model(self, raw, where: PathKey, model):
@@ -216,12 +222,14 @@ class Planner:
                 bad = {err["loc"][0] for err in e.errors() if err["loc"]}
                 if not bad or "id" in bad:
                     return None
+                self._broken.setdefault(where, set()).update(bad)
                 raw = {k: v for k, v in raw.items() if k not in bad}
         return None
 
     # --- one shot ---------------------------------------------------------------------
     def _merge(self, i: int, shot: Shot, defaults: ShotSettings) -> Settings:
         s = Settings({}, {}, ("shots", i))
+        s.broken = self._broken.get(("shots", i), set()) | self._broken.get(("defaults",), set())
         for name in SETTING_FIELDS:
             own, common = getattr(shot, name), getattr(defaults, name)
             if own is not None:
@@ -273,8 +281,14 @@ class Planner:
             else self._planned_chain(s, model, pipeline, fps, grid)
         )
         keyframes = self._keyframes(s, chain.total, pipeline) if chain else []
+        if chain is not None and temporal:
+            self._check_half_rate(s, chain, keyframes)
         self._check_media(s, pipeline, model)
-        if len([d for d in self.diags if d.severity == "error"]) > before or chain is None:
+        errors = len([d for d in self.diags if d.severity == "error"])
+        if chain is None and not any(d.severity == "error" for d in self.diags):
+            # never drop a shot without saying why
+            self.error(s.shot_path, "this shot cannot be planned; see the warnings above")
+        if errors > before or chain is None:
             return None
 
         self._shot_settings[shot.id] = s
@@ -319,12 +333,35 @@ class Planner:
             output_path=str((self.out_dir or self.root / "renders") / f"{shot.id}.{fmt}"),
         )
 
+    def _check_half_rate(self, s: Settings, chain: _Chain, keyframes) -> None:
+        """With temporal x2 every rendered frame becomes two: tails and keyframes must fit."""
+        if any(kind == "smooth" and n % 2 for kind, n in chain.seams):
+            t = s["motion_tail"]
+            self.error(
+                s.where("motion_tail"),
+                f"with temporal_upscale x2 the motion tail must be even (each rendered frame "
+                f"becomes two): use {t - 1} or {t + 1}",
+            )
+        seen: dict[tuple[int, int], int] = {}
+        for k, (frame, _) in enumerate(keyframes):
+            idx, local = locate_frame(chain.spans, frame)
+            if (idx, local // 2) in seen:
+                self.error(
+                    s.where("keyframes", k, "frame"),
+                    f"keyframes at frames {seen[(idx, local // 2)]} and {frame} land on the "
+                    "same rendered frame with temporal_upscale x2 (rendered at half rate); "
+                    "move one",
+                )
+            seen.setdefault((idx, local // 2), frame)
+
     def _planned_chain(
         self, s: Settings, model: ModelInfo, pipeline: str, fps: float, grid: int
     ) -> _Chain | None:
         """A shot of `frames`/`duration` split into clips by the chain arithmetic."""
         total, exact = self._length(s, fps, pipeline)
         clip = self._clip_frames(s, model, grid)
+        if total is None and exact:
+            total = clip
         transition = s["transition"]
         overlap = {"smooth": s["motion_tail"], "fade": s["fade_frames"], "cut": 0}[transition]
         if transition == "smooth" and not 0 <= overlap < clip:
@@ -349,6 +386,14 @@ class Planner:
                 f"{total} frames is off the {grid}k+1 frame grid: use "
                 f"{lo} or {hi} (or give `duration` to have the shot trimmed exactly)",
             )
+        count = 1 if total <= clip else 1 + math.ceil((total - clip) / (clip - overlap))
+        if count > MAX_CLIPS:
+            self.error(
+                s.where("frames") if s["frames"] is not None else s.where("duration"),
+                f"this shot would need {count} clips; at most {MAX_CLIPS} per shot: "
+                "raise clip_frames, lower motion_tail, or split it into shots",
+            )
+            return None
         spans = chain_clips(total, clip, overlap, s["last_clip"], grid)
         if transition == "fade" and len(spans) > 2 and 2 * overlap > clip:
             # an inner clip fades in from its predecessor and out into its successor
@@ -438,17 +483,16 @@ class Planner:
                 image = self._image_path(s, "image")
             seed = s["seed"] ^ clip.seed_offset if clip.seed_offset is not None else s["seed"] + i
             drafts.append(_Draft(prompt, seed, image, clip.negative_prompt))
-        # a clip between two fades needs frames for both
+        # a clip's frames must hold the overlap before it and the fade after it (the stitch's rule)
         for i in range(1, len(spans) - 1):
-            if (
-                seams[i - 1][0] == "fade"
-                and seams[i][0] == "fade"
-                and seams[i - 1][1] + seams[i][1] > spans[i].frames
-            ):
+            head = seams[i - 1][1] if seams[i - 1][0] != "cut" else 0
+            tail = seams[i][1] if seams[i][0] == "fade" else 0
+            if head and tail and head + tail > spans[i].frames:
                 self.error(
                     base + (i, "frames"),
                     f"clip {i} has {spans[i].frames} frames, "
-                    f"fewer than the {seams[i - 1][1] + seams[i][1]} its two fades need",
+                    f"fewer than the {head + tail} its seams need ({head} overlapping "
+                    f"the clip before, {tail} fading into the clip after)",
                 )
                 ok = False
         if not ok:
@@ -534,7 +578,13 @@ class Planner:
             info = self._probe(s, "video")
             if info is not None:
                 return max(1, round(info.duration * fps)), False
-        return None, False
+            self.error(
+                s.where("video"),
+                "cannot tell how long the retake is: give `frames` or "
+                "`duration` (the source could not be read)",
+            )
+            return None, False
+        return None, True  # one clip of clip_frames, the documented default
 
     def _clip_frames(self, s: Settings, model: ModelInfo, grid: int) -> int:
         clip = s["clip_frames"]
@@ -577,6 +627,8 @@ class Planner:
                 return None
             return list(prompts)
         if prompt is None:
+            if s.broken & {"prompt", "prompts"}:
+                return None  # its type error is already reported
             self.error(
                 s.shot_path,
                 "missing `prompt`: say what the shot shows (or give `prompts`, one per clip)",
@@ -622,8 +674,12 @@ class Planner:
         if path is None:
             return None
         if path not in self._heads:
-            with path.open("rb") as f:
-                self._heads[path] = f.read(8)
+            try:
+                with path.open("rb") as f:
+                    self._heads[path] = f.read(8)
+            except OSError as e:
+                self.error(where, f"cannot read '{value}': {e.strerror or e}")
+                return None
         if not any(self._heads[path].startswith(m) for m in IMAGE_MAGIC):
             self.error(where, f"'{value}' is not a PNG or JPEG image")
             return None
@@ -637,7 +693,10 @@ class Planner:
     def _file(self, where: PathKey, value: str) -> Path | None:
         path = self._resolve(value)
         if path not in self._is_file:
-            self._is_file[path] = path.is_file()
+            self._is_file[path] = path.is_file() and os.access(path, os.R_OK)
+            if path.is_file() and not self._is_file[path]:
+                self.error(where, f"cannot read '{value}': permission denied")
+                return None
         if not self._is_file[path]:
             hint = (
                 ""
@@ -760,6 +819,9 @@ class Planner:
             )
             return None
         film = (self.root / path).resolve() if not path.is_absolute() else path
+        if film.is_dir():
+            self.error(("output",), f"the film's output {output} is a folder: name a file")
+            return None
         for shot in shots:
             if Path(shot.output_path) == film:
                 self.error(
@@ -775,7 +837,7 @@ class Planner:
         stages: list[Stage] = []
         for shot in shots:
             stages += self._shot_stages(shot)
-        if output is not None:
+        if output is not None and shots:
             fmt = Path(output).suffix.lower().lstrip(".")
             fmt = "apng" if fmt == "png" else fmt
             audio = fmt == "mp4" and any(p.audio for p in shots)
@@ -828,9 +890,7 @@ class Planner:
             common["retake"] = {"start": s["retake"].start, "end": s["retake"].end}
         finals = []
         for clip in shot.clips:
-            params = dict(
-                common, prompt=clip.prompt, seed=clip.seed, frames=clip.frames, index=clip.index
-            )
+            params = dict(common, prompt=clip.prompt, seed=clip.seed, frames=clip.frames)
             if clip.negative_prompt is not None:
                 params["negative_prompt"] = clip.negative_prompt
             params["image"] = self._file_ref(clip.image)
@@ -845,7 +905,8 @@ class Planner:
             seam = shot.seams[clip.index - 1] if clip.index > 0 else None
             if seam is not None and seam[0] == "smooth" and seam[1] > 0:
                 # the seam carries the previous clip's tail: this clip needs its latents
-                params["carry_tail"] = seam[1]
+                # (in rendered frames: with temporal x2 a tail of T frames is T / 2 rendered)
+                params["carry_tail"] = seam[1] // 2 if shot.temporal_upscale else seam[1]
                 needs = [prev.id]
             stage = Stage(
                 f"{shot.id}/clip-{clip.index}",

@@ -19,14 +19,17 @@ def did_you_mean(word: str, choices) -> str:
 
 def _show(value) -> str:
     if isinstance(value, str):
-        return repr(value)
+        return repr(value if len(value) <= 60 else value[:57] + "...")
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:
         return "nothing"
     if isinstance(value, (dict, list)):
         return "a mapping" if isinstance(value, dict) else "a list"
-    return str(value)
+    if isinstance(value, int) and not -(10**30) < value < 10**30:
+        return "a number of more than 30 digits"
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def pydantic_diagnostics(src: Source, base: tuple, exc, known_fields) -> list:
@@ -77,6 +80,8 @@ def pydantic_diagnostics(src: Source, base: tuple, exc, known_fields) -> list:
             msg = f"must be {op} {bound}, got {_show(value)}"
         elif kind == "too_short":
             msg = "must not be empty" if field != "shots" else "a film needs at least one shot"
+        elif kind == "value_error":
+            msg = str(ctx.get("error", err["msg"]))
         elif kind in ("finite_number",):
             msg = f"must be a finite number, got {_show(value)}"
         else:

@@ -61,7 +61,7 @@ class MoldChain(_Strict):
     height: StrictInt = Field(704, ge=32)
     fps: StrictInt = Field(24, ge=1, le=120)
     seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED)
-    steps: StrictInt = Field(8, ge=1, le=100)
+    steps: StrictInt = Field(8, ge=2, le=100)
     guidance: float = Field(3.0, ge=0, le=30)
     strength: float = Field(1.0, ge=0, le=1)
     motion_tail_frames: StrictInt = Field(4, ge=0)
@@ -217,10 +217,14 @@ def _decode_image(b64: str, inline_dir: Path) -> Path | str:
         return "the decoded image is not a PNG or JPEG"
     path = inline_dir / f"{hashlib.sha256(raw).hexdigest()[:32]}{suffix}"
     if not path.is_file():
-        inline_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_bytes(raw)
-        os.replace(tmp, path)
+        try:
+            inline_dir.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(raw)
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            return f"cannot decode the image into {inline_dir}: {e.strerror or e} (--workdir)"
     return path
 
 

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
 
 from moldbatch.models import CAMERA_PRESETS
 
@@ -85,7 +93,9 @@ class ShotSettings(_Strict):
     last_clip: Literal["tight", "full"] | None = Field(
         None, description="tight: the last clip renders only what is needed; full: a whole clip"
     )
-    steps: StrictInt | None = Field(None, ge=1, le=100, description="denoising steps")
+    steps: StrictInt | None = Field(
+        None, ge=2, le=100, description="denoising steps (the flow schedule needs at least 2)"
+    )
     guidance: float | None = Field(None, ge=0, le=30, description="classifier-free guidance")
     loras: list[LoraSpec] | None = None
     camera_control: CameraPreset | None = Field(  # type: ignore[valid-type]
@@ -135,13 +145,20 @@ class Shot(ShotSettings):
 class Film(_Strict):
     """One film: defaults for every shot, the shots in order, and where the joined film goes."""
 
-    version: Literal[1] = Field(description="spec language version")
+    version: StrictInt = Field(description="spec language version", json_schema_extra={"const": 1})
     name: StrictStr | None = Field(None, description="film name; defaults to the file's stem")
     defaults: ShotSettings | None = None
     output: StrictStr | None = Field(
         None, description="all shots joined in order into one file (optional)"
     )
     shots: list[Shot] = Field(min_length=1)
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, v: int) -> int:
+        if v != 1:
+            raise ValueError(f"unsupported spec version {v}: this moldbatch reads version 1")
+        return v
 
 
 SETTING_FIELDS = tuple(ShotSettings.model_fields)

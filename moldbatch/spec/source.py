@@ -19,8 +19,18 @@ import yaml
 from moldbatch.errors import Diagnostic
 
 PathKey = tuple  # ("shots", 2, "frames")
-# libyaml's parser when PyYAML was built with it (several times faster); same nodes and marks
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _LOADER(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # noqa: N801
+    """libyaml's parser when PyYAML was built with it (several times faster; same nodes and
+    marks), reading `5e-1` and `1e2` as numbers as YAML 1.2 does (1.1 wants a dot)."""
+
+
+_LOADER.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 @dataclass
@@ -100,7 +110,7 @@ def _read_yaml(text: str, path: Path, file: str) -> Source:
             if node is None:
                 src.data = None
                 return src
-            src.data = _walk_yaml(node, (), src, loader)
+            src.data = _YamlWalk(src, loader).walk(node, ())
         finally:
             loader.dispose()
     except yaml.MarkedYAMLError as e:
@@ -115,39 +125,62 @@ def _read_yaml(text: str, path: Path, file: str) -> Source:
     return src
 
 
-def _walk_yaml(node, path: PathKey, src: Source, loader):
-    src.positions[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
-    if isinstance(node, yaml.MappingNode):
-        out = {}
-        loader.flatten_mapping(node)  # resolves YAML merge keys (<<)
-        for knode, vnode in node.value:
-            key = loader.construct_object(knode, deep=True)
+class _YamlWalk:
+    """Builds the data from the node tree, recording where every value and key stands."""
+
+    # aliases can make a small file expand without limit ("billion laughs"): stop well before
+    MAX_NODES = 200_000
+
+    def __init__(self, src: Source, loader):
+        self.src, self.loader, self.nodes = src, loader, 0
+
+    def fail(self, node, path: PathKey, message: str):
+        line, col = node.start_mark.line + 1, node.start_mark.column + 1
+        return SourceError(Diagnostic(self.src.file, line, col, format_path(path), message))
+
+    def scalar(self, node, path: PathKey):
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, KeyError, AttributeError, TypeError, OverflowError):
+            # an explicit tag whose value does not fit it (`!!int abc`), or a number too long
+            shown = node.value if len(str(node.value)) < 40 else str(node.value)[:37] + "..."
+            message = f"cannot read {shown!r} as {node.tag.rsplit(':', 1)[-1]}"
+            raise self.fail(node, path, message) from None
+
+    def walk(self, node, path: PathKey):
+        self.nodes += 1
+        if self.nodes > self.MAX_NODES:
+            raise self.fail(node, path, "the document expands to too many values (aliases?)")
+        self.src.positions[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.walk(v, path + (i,)) for i, v in enumerate(node.value)]
+        if not isinstance(node, yaml.MappingNode):
+            return self.scalar(node, path)
+        explicit = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
+        self.loader.flatten_mapping(node)  # resolves merge keys (<<): merged pairs come first
+        first_explicit = len(node.value) - explicit
+        out, merged = {}, set()
+        for n, (knode, vnode) in enumerate(node.value):
+            key = self.scalar(knode, path)
             if not isinstance(key, (str, int, float, bool)) or key is None:
-                line, col = knode.start_mark.line + 1, knode.start_mark.column + 1
-                raise SourceError(
-                    Diagnostic(src.file, line, col, _fmt(path), "keys must be plain names")
-                )
+                raise self.fail(knode, path, "keys must be plain names")
             key = str(key) if not isinstance(key, str) else key
-            if key in out:
-                line, col = knode.start_mark.line + 1, knode.start_mark.column + 1
-                raise SourceError(
-                    Diagnostic(
-                        src.file,
-                        line,
-                        col,
-                        _fmt(path + (key,)),
-                        f"duplicate key '{key}': each key may appear once",
-                    )
+            if key in out and key not in merged:
+                raise self.fail(
+                    knode, path + (key,), f"duplicate key '{key}': each key may appear once"
                 )
-            src.key_positions[path + (key,)] = (
+            if n < first_explicit:
+                merged.add(key)  # a key written explicitly may override a merged one
+            else:
+                merged.discard(key)
+            self.src.key_positions[path + (key,)] = (
                 knode.start_mark.line + 1,
                 knode.start_mark.column + 1,
             )
-            out[key] = _walk_yaml(vnode, path + (key,), src, loader)
+            out[key] = self.walk(vnode, path + (key,))
         return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_walk_yaml(v, path + (i,), src, loader) for i, v in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
 
 
 def _fmt(path: PathKey) -> str:
@@ -167,7 +200,13 @@ _INLINE_KEY = re.compile(r'([A-Za-z0-9_-]+|"[^"]*")\s*=\s*')
 def _read_toml(text: str, path: Path, file: str) -> Source:
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
+    except ValueError as e:  # TOMLDecodeError, or an integer too long to convert
+        if not isinstance(e, tomllib.TOMLDecodeError):
+            raise SourceError(
+                Diagnostic(
+                    file, 1, 1, "", "invalid TOML: a number is far too long (over 4300 digits)"
+                )
+            ) from None
         msg = str(e)
         m = _TOML_ERR.search(msg)
         line, col = (int(m.group(1)), int(m.group(2))) if m else (1, 1)
@@ -201,7 +240,8 @@ class _TomlScanner:
     def __init__(self, src: Source):
         self.src = src
         self.table: PathKey = ()
-        self.counts: dict[PathKey, int] = {}
+        self.counts: dict[PathKey, int] = {}  # array table -> how many entries so far
+        self.current: dict[PathKey, int] = {}  # array table -> the entry being filled
         self.stack: list[_Open] = []
         self.multiline: str | None = None
 
@@ -216,17 +256,28 @@ class _TomlScanner:
             else:
                 self.statement(line, lineno)
 
+    def _resolve(self, name: PathKey) -> PathKey:
+        """A header's path, with the current entry of each enclosing array table:
+        `[[shots.clips]]` under the third `[[shots]]` is ("shots", 2, "clips")."""
+        path: PathKey = ()
+        for i, key in enumerate(name):
+            path += (key,)
+            if i < len(name) - 1 and path in self.current:
+                path += (self.current[path],)
+        return path
+
     def statement(self, line: str, lineno: int) -> None:
         src = self.src
         m = _HEADER.match(line)
         if m and not _KEY.match(line):
-            name = tuple(_split_dotted(m.group(2)))
+            path = self._resolve(tuple(_split_dotted(m.group(2))))
             if m.group(1) == "[[":
-                idx = self.counts.get(name, 0)
-                self.counts[name] = idx + 1
-                self.table = name + (idx,)
+                idx = self.counts.get(path, 0)
+                self.counts[path] = idx + 1
+                self.current[path] = idx
+                self.table = path + (idx,)
             else:
-                self.table = name
+                self.table = path
             pos = (lineno, line.index("[") + 1)
             for i in range(1, len(self.table) + 1):
                 src.positions.setdefault(self.table[:i], pos)

@@ -69,3 +69,62 @@ def test_out_and_workdir_options_place_files(tmp_path: Path):
     assert (tmp_path / "deliver" / "a.mp4").is_file()
     assert (tmp_path / "cache" / "state.sqlite").is_file()
     assert not (tmp_path / "renders").exists()
+
+
+def test_an_output_path_that_is_a_folder_fails_the_run_in_one_line(tmp_path: Path):
+    write(tmp_path, "film.yaml", SPEC)
+    (tmp_path / "renders" / "a.mp4").mkdir(parents=True)
+    res = moldbatch("render", "film.yaml", "--json", cwd=tmp_path)
+    assert res.returncode == 3
+    assert "cannot write renders/a.mp4" in res.stderr and "Traceback" not in res.stderr
+    summary = json.loads(res.stdout)  # --json still says what was done and kept
+    assert summary["ok"] is False and summary["rendered"] == 6
+    (tmp_path / "renders" / "a.mp4").rmdir()
+    again = json.loads(moldbatch("render", "film.yaml", "--json", cwd=tmp_path).stdout)
+    assert again["ok"] and again["rendered"] == 0  # nothing re-renders: it is delivered
+
+
+def test_gc_during_a_render_is_refused_in_one_line(tmp_path: Path):
+    from moldbatch.execute.lock import WorkdirLock
+
+    write(tmp_path, "film.yaml", SPEC)
+    with WorkdirLock(tmp_path / ".moldbatch"):
+        res = moldbatch("gc", "film.yaml", cwd=tmp_path)
+        dry = moldbatch("gc", "film.yaml", "--dry-run", cwd=tmp_path)
+    assert res.returncode == 3 and "in use by another moldbatch process" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert dry.returncode == 0  # a dry run only reads
+
+
+def test_a_malformed_manifest_counts_as_missing(tmp_path: Path):
+    write(tmp_path, "film.yaml", SPEC)
+    assert moldbatch("render", "film.yaml", cwd=tmp_path).returncode == 0
+    manifests = sorted((tmp_path / ".moldbatch" / "artifacts").glob("*/*/manifest.json"))
+    manifests[0].write_text("[]")
+    bad = {"key": manifests[1].parent.name, "files": {}, "meta": {"file": "x"}}
+    manifests[1].write_text(json.dumps(bad))
+    res = moldbatch("render", "film.yaml", "--json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["ok"]
+
+
+def test_status_says_interrupted_after_a_kill(tmp_path: Path):
+    import os
+    import signal
+    import time
+
+    write(tmp_path, "film.yaml", SPEC.replace("steps: 2", "steps: 30"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moldbatch", "render", "film.yaml"],
+        cwd=tmp_path,
+        stderr=subprocess.DEVNULL,
+    )
+    db = tmp_path / ".moldbatch" / "state.sqlite"
+    deadline = time.monotonic() + 60
+    while not db.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGINT)  # Ctrl-C: a clean stop with exit 130
+    assert proc.wait(60) == 130
+    status = json.loads(moldbatch("status", "--json", "film.yaml", cwd=tmp_path).stdout)
+    assert status["last_run"]["status"] == "interrupted"
