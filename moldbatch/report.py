@@ -33,9 +33,7 @@ def print_plan(plan, cached: dict[str, bool], cost=None) -> None:
     for col in ("shot", "model", "pipeline", "frames", "size", "fps", "format", "clips"):
         shots.add_column(col)
     for s in plan.shots:
-        clips = " + ".join(str(c.frames) for c in s.clips)
-        if len(s.clips) > 1:
-            clips += f" ({s.transition}, overlap {s.overlap})"
+        clips = _clips_cell(s)
         shots.add_row(
             s.id,
             s.model,
@@ -87,6 +85,22 @@ def print_plan(plan, cached: dict[str, bool], cost=None) -> None:
             f"{format_seconds(cost.gpu_seconds)} for the whole film (an estimate: see "
             "moldbatch/review/cost.py)"
         )
+
+
+def _clips_cell(shot) -> str:
+    """`97 + 97 + 33 (smooth, overlap 4)`, or each seam named when they differ."""
+    frames = [str(c.frames) for c in shot.clips]
+    kinds = {tuple(seam) for seam in shot.seams}
+    if len(kinds) <= 1:
+        text = " + ".join(frames)
+        if kinds:
+            kind, n = kinds.pop()
+            text += f" ({kind}, overlap {n})" if kind != "cut" else " (cut)"
+        return text
+    parts = [frames[0]]
+    for (kind, n), f in zip(shot.seams, frames[1:], strict=True):
+        parts.append(f"{'cut' if kind == 'cut' else f'{kind} {n}'}→ {f}")
+    return " ".join(parts)
 
 
 def status_doc(plan, workdir: Path | None) -> dict:
