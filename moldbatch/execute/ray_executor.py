@@ -32,6 +32,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 import traceback
@@ -120,7 +121,8 @@ def render_plan_ray(
     sent again after its worker died. `timings`, when given, receives one dict per worker stage
     (wall seconds from dispatch to commit, seconds inside the worker, attempts)."""
     workdir = (workdir or default_workdir(plan.path)).resolve()
-    with WorkdirLock(workdir), ray_session(address):
+    # Ray's own messages (a worker died, ...) go to stderr: stdout stays for --json
+    with WorkdirLock(workdir), contextlib.redirect_stdout(sys.stderr), ray_session(address):
         ex = RayExecutor(plan, workdir, keep_going, device, progress, workers, retries)
         try:
             return ex.run()
@@ -338,17 +340,17 @@ class _Run:
             result = {"lost": _one_line(e)}
         if result is not None and "lost" in result:
             slot.pid = None
-            if task.attempt < self.retries:
+            if task.attempt < self.ex.retries:
                 self.ex.console.print(
                     f"[yellow]![/] {stage.id}: worker {slot.index} lost ({result['lost']}); "
-                    f"retrying ({task.attempt + 1} of {self.retries})"
+                    f"retrying ({task.attempt + 1} of {self.ex.retries})"
                 )
                 log.warning("ray: %s: worker %d lost; retrying", stage.id, slot.index)
                 self._submit(slot, stage, task.attempt + 1, task.started)
                 return
             error = WorkerLost(
                 f"its worker died {task.attempt + 1} times "
-                f"(last: {result['lost']}); --retries is {self.retries}"
+                f"(last: {result['lost']}); --retries is {self.ex.retries}"
             )
         elif result is not None and "error" in result:
             error = RemoteStageError(f"{result['error']}\n{result['traceback']}")
@@ -488,7 +490,9 @@ class StageWorker:
 
         if device == "cpu":
             # Ray caps a worker's threads at its CPU share; results on CPU depend on the thread
-            # count, so use what a local render on this machine uses, and match it bit for bit
+            # count, so use what a local render on this machine uses, and match it bit for bit.
+            # Several such workers share the cores: idle OpenMP threads must sleep, not spin.
+            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
             import torch
 
             torch.set_num_threads(len(os.sched_getaffinity(0)))
