@@ -7,6 +7,7 @@ locked by another render), 4 a render over its --max-gpu-minutes budget.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -152,6 +153,13 @@ def plan(
     help="Refuse (exit 4) before starting when the estimated GPU time of what is not cached "
     "is above this.",
 )
+@click.option(
+    "--models-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Read real models' files from this folder (as written by `moldbatch pull "
+    "--models-dir`) before the Hugging Face cache (default: $MOLDBATCH_MODELS).",
+)
 def render(
     file: str,
     workdir: Path | None,
@@ -164,6 +172,7 @@ def render(
     workers: int | None,
     retries: int,
     max_gpu_minutes: float | None,
+    models_dir: Path | None,
 ) -> None:
     """Render a film: every stage not already cached, then the shot files and the film."""
     p = _plan(file, False, out, workdir)
@@ -179,6 +188,16 @@ def render(
         if refusal:
             click.echo(f"moldbatch: {refusal}", err=True)
             sys.exit(4)
+    if models_dir is not None:  # the loader (this process and its children) reads it from here
+        os.environ["MOLDBATCH_MODELS"] = str(models_dir)
+    from moldbatch.runtime.files import check_plan
+
+    missing = check_plan(p, workdir)  # real models render from local files only: check first
+    if missing:
+        if as_json:
+            click.echo(json.dumps({"ok": False, "error": missing}, indent=2))
+        click.echo(f"moldbatch: {missing}", err=True)
+        sys.exit(3)
     from moldbatch.execute.executor import render_plan
 
     try:
@@ -330,6 +349,55 @@ def schema() -> None:
     from moldbatch.spec.schema import json_schema
 
     click.echo(json.dumps(json_schema(), indent=2))
+
+
+@cli.command()
+@click.argument("model")
+@click.option(
+    "--with",
+    "extras",
+    multiple=True,
+    metavar="LIST",
+    help="Extras, comma-separated: spatial-x2, spatial-x1.5, temporal-x2, distilled-lora, "
+    "camera:<preset>, camera:all, or all.",
+)
+@click.option(
+    "--models-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write plain copies under DIR/<org>/<name>/ instead of the Hugging Face cache "
+    "(default: $MOLDBATCH_MODELS when set).",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="List the files and which are present; fetch nothing."
+)
+def pull(model: str, extras: tuple[str, ...], models_dir: Path | None, dry_run: bool) -> None:
+    """Download a model's files (resumable), so that `render` can run offline."""
+    from moldbatch.models import MODELS
+    from moldbatch.runtime.files import UnknownExtra, missing_files, model_files, parse_extras
+
+    if model not in MODELS:
+        click.echo(f"moldbatch: unknown model {model!r}; known: {', '.join(MODELS)}", err=True)
+        sys.exit(2)
+    try:
+        chosen = parse_extras(MODELS[model], extras)
+    except UnknownExtra as e:
+        click.echo(f"moldbatch: {e}", err=True)
+        sys.exit(2)
+    if dry_run:
+        files = model_files(model, chosen)
+        missing = set(missing_files(files, models_dir))
+        for f in files:
+            state = "optional" if f.kind == "optional" else "missing" if f in missing else "present"
+            click.echo(f"{state:8}  {f.role:14}  {f.label}")
+        sys.exit(0)
+    from moldbatch.runtime.pull import pull as do_pull
+
+    try:
+        do_pull(model, chosen, models_dir, say=lambda line: click.echo(line, err=True))
+    except MoldbatchError as e:
+        click.echo(f"moldbatch: {e}", err=True)
+        sys.exit(e.exit_code)
 
 
 @cli.command()

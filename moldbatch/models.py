@@ -144,7 +144,7 @@ MODELS: dict[str, ModelInfo] = {
             default_steps=2,
             spatial_upscales=("x2",),
             temporal_upscales=(),
-            pipelines=("distilled", "keyframe"),
+            pipelines=("distilled", "keyframe", "a2vid", "retake"),
             max_sequence_length=32,
         ),
     ]

@@ -103,6 +103,7 @@ def run_clip(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
         loras=loras,
         carry=carry,
         image_strength=p.get("image_strength", 1.0),
+        **_clip_media(p),
     )
     result = ctx.runtime(p["model"]).render_clip(req, on_step=ctx.on_step)
     latents = {"video": result.video_latents.contiguous()}
@@ -110,6 +111,40 @@ def run_clip(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
         latents["audio"] = result.audio_latents.contiguous()
     save_file(latents, str(out.path(LATENTS)))
     save_media(out, result.frames, result.audio, result.sample_rate, p["fps"])
+
+
+def _clip_media(p: dict) -> dict:
+    """ClipRequest fields for the media a clip follows: the audio of a2vid (the whole file,
+    the clip starting at its `audio_window`), or the source of a retake (the clip's own
+    frames of it, its audio, and the retake window in clip-local seconds)."""
+    import math
+
+    from moldbatch.media.probe import probe, read_audio, read_video
+
+    pipeline = p.get("pipeline")
+    if pipeline == "a2vid" and p.get("audio_file"):
+        audio, rate = read_audio(p["audio_file"]["path"])
+        window = p.get("audio_window") or [0.0, p["frames"] / p["fps"]]
+        return {"audio_input": audio, "audio_input_rate": rate, "audio_input_start": window[0]}
+    if pipeline == "retake" and p.get("video") and p.get("retake"):
+        path = p["video"]["path"]
+        frames, audio, rate = read_video(path)
+        source_fps = float(probe(path).fps) or p["fps"]
+        # This clip's stretch of the source (shot time is source time), frame by frame at the
+        # render rate: the source frame showing at each clip frame's time.
+        start = (p.get("source_window") or [0.0])[0]
+        index = [
+            min(math.floor((start + i / p["fps"]) * source_fps + 0.5), len(frames) - 1)
+            for i in range(p["frames"])
+        ]
+        media = {
+            "source_frames": frames[index],
+            "retake_window": (p["retake"]["start"] - start, p["retake"]["end"] - start),
+        }
+        if audio is not None and audio.shape[1] > 0:
+            media.update(audio_input=audio, audio_input_rate=rate, audio_input_start=start)
+        return media
+    return {}
 
 
 def run_upscale(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:

@@ -24,6 +24,8 @@ FORMATS = ("mp4", "gif", "apng", "webp")
 _SUFFIX_FORMATS = {".mp4": "mp4", ".gif": "gif", ".png": "apng", ".apng": "apng", ".webp": "webp"}
 _MUXERS = {"mp4": "mp4", "gif": "gif", "apng": "apng", "webp": "webp"}
 _LAYOUTS = {1: "mono", 2: "stereo", 3: "3.0", 4: "quad", 5: "5.0", 6: "5.1", 8: "7.1"}
+X264_THREADS = 4
+_MBTREE_MIN_SIZE = 256
 _AAC_FRAME = 1024  # AAC-LC always codes 1024 samples per frame
 _WEBP_QUALITY = 90
 
@@ -179,8 +181,16 @@ def _encode_mp4(
     video.pix_fmt = "yuv420p"
     video.time_base = 1 / rate
     video.options = {"crf": str(crf), "preset": preset}
+    if min(w, h) < _MBTREE_MIN_SIZE:
+        # x264's macroblock-tree rate control does not repeat itself on frames this small
+        # (seen at 64x64: the same frames encoded to different bytes run to run); renders must.
+        video.options = {**video.options, "x264-params": "no-mbtree=1"}
     cc = video.codec_context
-    cc.thread_count = 0  # libx264 picks its thread count from the CPU count
+    # A fixed thread count: x264 output depends on it, and "auto" follows the CPUs this
+    # process may use, so the same frames would encode differently on another machine or
+    # under another CPU affinity (a Ray worker, a container). Encoding costs little next to
+    # rendering.
+    cc.thread_count = X264_THREADS
     cc.thread_type = "AUTO"
     # Tag what we convert with, so players do not guess BT.601 for small frames.
     cc.colorspace, cc.color_range = Colorspace.ITU709, ColorRange.MPEG

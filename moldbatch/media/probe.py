@@ -248,3 +248,38 @@ def read_video(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray | N
             stated = round(Fraction(audio.duration) * audio.time_base * rate)
             sound = sound[:, :stated]
         return frames, np.ascontiguousarray(sound), rate
+
+
+def read_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
+    """Decode the first audio stream of `path` (wav, mp3, flac, m4a, an mp4's track, ...) to
+    (float32 [C, S], sample_rate), with priming removed and trimmed to the stated duration
+    like `read_video`. A file without audio is a ValueError."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            raise ValueError(f"{path} has no audio stream")
+        stream = container.streams.audio[0]
+        chunks: list[np.ndarray] = []
+        resampler = None
+        for frame in container.decode(stream):
+            if resampler is None:
+                resampler = av.AudioResampler(
+                    format="fltp", layout=frame.layout, rate=frame.sample_rate
+                )
+            chunks.extend(f.to_ndarray() for f in resampler.resample(frame))
+        if resampler is not None:
+            chunks.extend(f.to_ndarray() for f in resampler.resample(None))
+        rate = stream.codec_context.sample_rate
+        if not chunks:
+            raise ValueError(f"{path} has no decodable audio")
+        sound = np.concatenate(chunks, axis=1).astype(np.float32, copy=False)
+        if stream.duration:
+            stated = round(Fraction(stream.duration) * stream.time_base * rate)
+            sound = sound[:, :stated]
+        return np.ascontiguousarray(sound), rate

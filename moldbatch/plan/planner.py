@@ -901,6 +901,10 @@ class Planner:
             ]
             if clip.audio_window is not None:
                 params["audio_window"] = clip.audio_window
+            if shot.pipeline == "retake":
+                # the seconds of the source this clip re-renders (shot time is source time)
+                begin = clip.start / shot.fps
+                params["source_window"] = [begin, begin + clip.frames / shot.render_fps]
             needs = []
             seam = shot.seams[clip.index - 1] if clip.index > 0 else None
             if seam is not None and seam[0] == "smooth" and seam[1] > 0:

@@ -1,4 +1,7 @@
-"""Hugging Face Hub access with failures turned into one-line `RuntimeLoadError`s that say what to do."""
+"""Hub and loader failures turned into one-line `RuntimeLoadError`s that say what to do.
+
+Nothing here downloads: `moldbatch pull` (pull.py) does, and rendering reads local files only.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +12,7 @@ from moldbatch.runtime.errors import RuntimeLoadError
 
 
 def _hint(repo: str) -> str:
-    return (
-        f"pre-download it on a connected machine with `hf download {repo}` (then HF_HUB_OFFLINE=1 works), "
-        "or check the network"
-    )
+    return f"fetch the model's files with `moldbatch pull MODEL` ({repo} is one of them)"
 
 
 @contextlib.contextmanager
@@ -59,40 +59,3 @@ def hub_errors(repo: str, what: str) -> Iterator[None]:
         raise RuntimeLoadError(
             f"could not load {what} from {repo}: {message}; {_hint(repo)}"
         ) from exc
-
-
-def download(repo: str, filename: str) -> str:
-    """Local path of `filename` in `repo`, downloading it into the Hub cache if needed."""
-    from huggingface_hub import hf_hub_download
-
-    with hub_errors(repo, filename):
-        return hf_hub_download(repo_id=repo, filename=filename)
-
-
-def preflight(repos: list[str]) -> None:
-    """Fail fast, before any large download, when a repo is gated, missing or the Hub unreachable.
-
-    Skipped in offline mode (HF_HUB_OFFLINE=1), where everything must come from the local cache.
-    """
-    from huggingface_hub import auth_check, constants
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
-
-    if constants.HF_HUB_OFFLINE:
-        return
-    for repo in repos:
-        try:
-            auth_check(repo)
-        except (GatedRepoError, RepositoryNotFoundError):
-            with hub_errors(repo, "access check"):
-                raise
-        except HfHubHTTPError as exc:
-            raise RuntimeLoadError(
-                f"the Hub refused access to {repo} ({exc}); set HF_TOKEN if it needs one"
-            ) from exc
-        except (
-            Exception
-        ) as exc:  # network failures come from the HTTP client (httpx), not as OSError
-            raise RuntimeLoadError(
-                f"cannot reach the Hugging Face Hub to check {repo} ({exc}); if the models are already downloaded "
-                f"set HF_HUB_OFFLINE=1, otherwise pre-download them on a connected machine (`hf download {repo}`)"
-            ) from exc

@@ -11,7 +11,6 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from moldbatch.models import CAMERA_PRESETS
 from moldbatch.runtime.errors import RuntimeFeatureError, RuntimeLoadError
 from moldbatch.runtime.registry import ModelSpec
 from moldbatch.runtime.types import Lora
@@ -20,20 +19,13 @@ CAMERA_PREFIX = "camera-control:"
 
 
 def camera_lora_location(spec: ModelSpec, preset: str) -> tuple[str, str]:
-    """(repo, file) of a camera-control LoRA preset; LTX-2 19B only."""
-    if spec.camera_lora_repo_prefix is None:
-        raise RuntimeFeatureError(
-            f"camera-control presets exist for LTX-2 19B only, not {spec.name}; pass an explicit .safetensors LoRA path"
-        )
-    if preset not in CAMERA_PRESETS:
-        raise RuntimeFeatureError(
-            f"unknown camera preset {preset!r}; presets: {', '.join(CAMERA_PRESETS)}"
-        )
-    title = "-".join(part.capitalize() for part in preset.split("-"))
-    return (
-        f"{spec.camera_lora_repo_prefix}{title}",
-        f"ltx-2-19b-lora-camera-control-{preset}.safetensors",
-    )
+    """(repo, file) of a camera-control LoRA preset; LTX-2 19B only (see files.py)."""
+    from moldbatch.runtime.files import UnknownExtra, camera_location
+
+    try:
+        return camera_location(spec, preset)
+    except UnknownExtra as exc:
+        raise RuntimeFeatureError(str(exc)) from None
 
 
 class LoraSwitch:
@@ -85,10 +77,17 @@ class LoraSwitch:
 
     def _resolve(self, path: str) -> str:
         if path.startswith(CAMERA_PREFIX):
-            repo, filename = camera_lora_location(self._spec, path[len(CAMERA_PREFIX) :])
-            from moldbatch.runtime.hub import download
+            preset = path[len(CAMERA_PREFIX) :]
+            repo, filename = camera_lora_location(self._spec, preset)
+            from moldbatch.runtime.files import locate, missing_message
 
-            return download(repo, filename)
+            found = locate(repo, filename)
+            if found is None:  # never downloaded at render time: `moldbatch pull` fetches it
+                raise RuntimeLoadError(
+                    missing_message({self._spec.name: [f"camera:{preset}"]})
+                    or f"camera LoRA {repo}/{filename} is not on this machine"
+                )
+            return str(found)
         file = Path(path).expanduser()
         if file.suffix != ".safetensors":
             raise RuntimeFeatureError(f"LoRA {path!r} must be a .safetensors file")

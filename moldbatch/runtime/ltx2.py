@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 
 from moldbatch.runtime import carry as carry_math
+from moldbatch.runtime import sources
 from moldbatch.runtime.errors import RuntimeFeatureError, RuntimeLoadError
 from moldbatch.runtime.loading import load, load_latent_upsampler
 from moldbatch.runtime.lora import LoraSwitch
@@ -158,15 +160,18 @@ class Runtime:
             dtype=torch.float32,
             device=self.device,
         )
+        holds = self._holds(req, carry, latent_frames, audio_frames)
         # A CPU generator draws the same noise whatever the device.
         generator = torch.Generator(device="cpu").manual_seed(req.seed)
         sampling = self._sampling_kwargs(req)
         total = len(sampling["sigmas"]) if sampling.get("sigmas") is not None else req.steps
 
         with pipe.conditioned(
-            carry_video=None if carry is None else carry.video,
-            carry_audio=None if carry is None else carry.audio,
+            carry_video=holds.video,
+            carry_audio=holds.audio,
             keyframe_pixel_frames=keyframe_frames,
+            video_frames=holds.video_frames,
+            audio_frames=holds.audio_frames,
         ):
             video_latents, audio_latents = pipe(
                 conditions=conditions or None,
@@ -191,7 +196,24 @@ class Runtime:
         video_latents = video_latents.float().cpu()
         audio_latents = audio_latents.float().cpu()
         frames = self.decode_video(video_latents)
-        audio = self.decode_audio(audio_latents, req.frames, req.fps) if req.audio else None
+        if holds.source_frames is not None:
+            # A retake keeps the source outside its window: those frames are the source's own
+            # pixels, not their VAE round trip (their latents were held, so the regenerated
+            # frames continue from them).
+            keep = np.ones(req.frames, dtype=bool)
+            if holds.pixel_window is not None:
+                keep[holds.pixel_window[0] : holds.pixel_window[1] + 1] = False
+            frames[keep] = holds.source_frames[keep]
+        audio = None
+        if req.audio:
+            if holds.output_audio is not None and not holds.retake:
+                audio = holds.output_audio  # a2vid: the input itself, in sync with the video
+            else:
+                audio = self.decode_audio(audio_latents, req.frames, req.fps)
+                if holds.output_audio is not None:
+                    audio = _splice(
+                        audio, holds.output_audio, holds.pixel_window, req.fps, self.sample_rate
+                    )
         self.clips_rendered += 1
         return ClipResult(
             video_latents=video_latents,
@@ -199,6 +221,113 @@ class Runtime:
             frames=frames,
             audio=audio,
             sample_rate=self.sample_rate if req.audio else None,
+        )
+
+    # -- held latents: chain carries, the audio of a2vid, the source outside a retake window
+
+    def _holds(
+        self, req: ClipRequest, carry: Carry | None, latent_frames: int, audio_frames: int
+    ) -> _Holds:
+        """The latents held fixed while the rest of the clip is denoised, and where they go."""
+        holds = _Holds(retake=req.retake_window is not None)
+        video_shape, audio_shape = self.latent_shapes(req.frames, req.width, req.height, req.fps)
+        video = torch.zeros(video_shape)
+        video_held = np.zeros(latent_frames, dtype=bool)
+        audio = torch.zeros(audio_shape)
+        audio_held = np.zeros(audio_frames, dtype=bool)
+        if carry is not None:
+            k = carry.video.shape[2]
+            video[:, :, :k] = carry.video.float().cpu()
+            video_held[:k] = True
+            if carry.audio is not None:
+                n = carry.audio.shape[2]
+                audio[:, :, :n] = carry.audio.float().cpu()
+                audio_held[:n] = True
+
+        regenerate_audio: list[int] = []
+        if holds.retake:
+            src = sources.fit_frames(np.asarray(req.source_frames), req.width, req.height)
+            if src.shape[0] < req.frames:  # a source shorter than the clip: hold its last frame
+                src = np.concatenate([src, np.repeat(src[-1:], req.frames - src.shape[0], 0)])
+            holds.source_frames = np.ascontiguousarray(src[: req.frames])
+            holds.pixel_window = sources.retake_pixel_window(req.retake_window, req.fps, req.frames)
+            regenerate = set(sources.regenerated_latent_frames(holds.pixel_window, latent_frames))
+            encoded = self.encode_video(holds.source_frames)
+            for j in range(latent_frames):
+                if j not in regenerate:
+                    video[:, :, j] = encoded[:, :, j]
+                    video_held[j] = True
+            if holds.pixel_window is not None:
+                first, last = holds.pixel_window
+                regenerate_audio = sources.regenerated_audio_latents(
+                    (first / req.fps, (last + 1) / req.fps),
+                    self.audio_latents_per_second,
+                    audio_frames,
+                )
+
+        if req.audio_input is not None:
+            wave = sources.stereo(req.audio_input)
+            rate = int(req.audio_input_rate)
+            encoded_audio = self.encode_audio(wave, rate, req.audio_input_start, audio_frames)
+            skip = set(regenerate_audio)
+            for j in range(audio_frames):
+                if j not in skip:
+                    audio[:, :, j] = encoded_audio[:, :, j]
+                    audio_held[j] = True
+            holds.output_audio = self._cut_audio(
+                wave, rate, req.audio_input_start, req.frames, req.fps
+            )
+
+        if video_held.any():
+            index = np.flatnonzero(video_held).tolist()
+            holds.video = video[:, :, index].to(self.device)
+            holds.video_frames = index
+        if audio_held.any():
+            index = np.flatnonzero(audio_held).tolist()
+            holds.audio = audio[:, :, index].to(self.device)
+            holds.audio_frames = index
+        return holds
+
+    @torch.no_grad()
+    def encode_video(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 frames [F, H, W, 3] (F = 8k+1, H and W the render size) -> raw latents [1, C, F', H', W'] (cpu)."""
+        vae = self.pipe.vae
+        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)[None]
+        x = (x.float() / 127.5 - 1.0).to(device=self.device, dtype=vae.dtype)
+        return vae.encode(x).latent_dist.mode().float().cpu()
+
+    @torch.no_grad()
+    def encode_audio(
+        self, audio: np.ndarray, sample_rate: int, start: float, length: int
+    ) -> torch.Tensor:
+        """float32 [C, S] audio -> raw audio latents [1, C', length, M] for the `length` latents
+        from `start` seconds: resampled to the audio VAE's rate, log-mel, VAE-encoded (mode)."""
+        from moldbatch.media.encode import resample_audio
+
+        pipe = self.pipe
+        rate, hop = int(pipe.audio_sampling_rate), int(pipe.audio_hop_length)
+        ratio = int(pipe.audio_vae_temporal_compression_ratio)
+        wave = resample_audio(sources.stereo(audio), int(sample_rate), rate)
+        # `length` causal latents come from ratio * (length - 1) + 1 mel frames; centred frames
+        # every `hop` samples make that ratio * (length - 1) * hop samples.
+        piece = sources.cut(wave, round(start * rate), ratio * (length - 1) * hop)
+        mel = sources.log_mel(piece, rate, hop, int(pipe.audio_mel_bins))
+        vae = pipe.audio_vae
+        latents = vae.encode(mel.to(device=self.device, dtype=vae.dtype)).latent_dist.mode()
+        latents = latents.float().cpu()[:, :, :length]
+        if latents.shape[2] < length:
+            latents = torch.nn.functional.pad(latents, (0, 0, 0, length - latents.shape[2]))
+        return latents
+
+    def _cut_audio(
+        self, audio: np.ndarray, sample_rate: int, start: float, frames: int, fps: float
+    ) -> np.ndarray:
+        """The clip's stretch of `audio` at the output rate: exactly frames / fps long."""
+        from moldbatch.media.encode import resample_audio
+
+        out = resample_audio(audio, int(sample_rate), self.sample_rate)
+        return sources.cut(
+            out, round(start * self.sample_rate), round(frames / fps * self.sample_rate)
         )
 
     # -- decoding and upscaling
@@ -326,6 +455,17 @@ class Runtime:
             )
         if req.steps < 1:
             raise RuntimeFeatureError(f"steps must be at least 1, got {req.steps}")
+        if req.audio_input is not None and not req.audio_input_rate:
+            raise RuntimeFeatureError("audio_input needs audio_input_rate, its sample rate")
+        if req.retake_window is not None:
+            if req.source_frames is None or len(req.source_frames) == 0:
+                raise RuntimeFeatureError(
+                    "a retake needs source_frames, the clip to regenerate part of"
+                )
+            if not req.retake_window[0] < req.retake_window[1]:
+                raise RuntimeFeatureError(
+                    f"retake window {tuple(req.retake_window)} must end after it starts"
+                )
         for frame, _ in req.keyframes:
             if not 0 <= frame < req.frames:
                 raise RuntimeFeatureError(
@@ -414,6 +554,37 @@ class Runtime:
             "use_cross_timestep": spec.use_cross_timestep,
             "sigmas": None,
         }
+
+
+@dataclass
+class _Holds:
+    """What `_holds` worked out for one clip (see Runtime._holds)."""
+
+    retake: bool = False
+    video: torch.Tensor | None = None  # raw latents of the held frames, in order
+    video_frames: list[int] | None = None  # the latent frame each one lands on
+    audio: torch.Tensor | None = None
+    audio_frames: list[int] | None = None
+    source_frames: np.ndarray | None = None  # retake: the source at the render size
+    pixel_window: tuple[int, int] | None = None  # retake: first and last regenerated frame
+    output_audio: np.ndarray | None = None  # the given audio, cut to the clip, output rate
+
+
+def _splice(
+    generated: np.ndarray,
+    source: np.ndarray,
+    window: tuple[int, int] | None,
+    fps: float,
+    sample_rate: int,
+) -> np.ndarray:
+    """The source audio with the retake window's stretch taken from the generated audio."""
+    out = source.copy()
+    if window is not None:
+        a = round(window[0] / fps * sample_rate)
+        b = round((window[1] + 1) / fps * sample_rate)
+        channels = min(out.shape[0], generated.shape[0])
+        out[:channels, a:b] = generated[:channels, a:b]
+    return out
 
 
 def _load_image(path: Path) -> Any:

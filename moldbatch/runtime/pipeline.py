@@ -9,6 +9,8 @@
    the carried audio tokens get timestep zero (a forward pre-hook on the transformer turns the
    scalar `audio_timestep` into a per-token one, which the transformer accepts as it does for
    video) and are reset to their clean value after every scheduler step (step-end callback).
+   Held latents need not be at the start: the same two mechanisms hold any latent frames (the
+   whole audio track for audio-to-video, everything outside the window for a retake).
 2. Keyframes at their exact pixel frame. diffusers places an appended keyframe at the first
    pixel frame of its latent group; ltx-core positions keyframes by pixel frame, so the exact
    frame is substituted when the positional coordinates are built.
@@ -31,7 +33,11 @@ from diffusers.pipelines.ltx2 import LTX2ConditionPipeline
 class _CarryState:
     video: torch.Tensor | None  # raw (denormalised) latents [1, C, k, H', W']
     audio: torch.Tensor | None  # raw latents [1, C, K, M]
+    # The latent frame (video) / latent step (audio) each held frame lands on, in order.
+    video_frames: list[int] | None = None
+    audio_frames: list[int] | None = None
     audio_tokens: torch.Tensor | None = None  # packed, normalised: filled in prepare_audio_latents
+    audio_index: torch.Tensor | None = None  # token positions of `audio_tokens` in the sequence
 
 
 class MoldConditionPipeline(LTX2ConditionPipeline):
@@ -52,18 +58,39 @@ class MoldConditionPipeline(LTX2ConditionPipeline):
         carry_video: torch.Tensor | None = None,
         carry_audio: torch.Tensor | None = None,
         keyframe_pixel_frames: list[int] | None = None,
+        *,
+        video_frames: list[int] | None = None,
+        audio_frames: list[int] | None = None,
     ) -> Iterator[None]:
-        """Within this block, calls start from the carried latents and place keyframes exactly.
+        """Within this block, calls hold the given latents fixed and place keyframes exactly.
 
+        `carry_video` [1, C, k, H', W'] and `carry_audio` [1, C, K, M] are raw latents held
+        clean while everything else is denoised. By default they are a chain carry and land on
+        the first k latent frames / K audio latents; `video_frames` / `audio_frames` name the
+        latent frame (audio latent step) each of them lands on instead, in order, so any set of
+        frames can be held: a whole audio track (a2vid), everything outside a retake window.
         `keyframe_pixel_frames` lists, in the order of the non-first-frame conditions passed to
         the call, the pixel frame each one stands for.
         """
-        self._mold_carry = (
-            _CarryState(carry_video, carry_audio) if carry_video is not None else None
-        )
+        state = None
+        if carry_video is not None or carry_audio is not None:
+            state = _CarryState(carry_video, carry_audio)
+            if carry_video is not None:
+                state.video_frames = list(
+                    range(carry_video.shape[2]) if video_frames is None else video_frames
+                )
+                if len(state.video_frames) != carry_video.shape[2]:
+                    raise ValueError("video_frames must name one latent frame per held frame")
+            if carry_audio is not None:
+                state.audio_frames = list(
+                    range(carry_audio.shape[2]) if audio_frames is None else audio_frames
+                )
+                if len(state.audio_frames) != carry_audio.shape[2]:
+                    raise ValueError("audio_frames must name one latent step per held latent")
+        self._mold_carry = state
         self._mold_keyframe_frames = list(keyframe_pixel_frames or [])
         hook = None
-        if self._mold_carry is not None and carry_audio is not None:
+        if state is not None and carry_audio is not None:
             hook = self.transformer.register_forward_pre_hook(
                 self._audio_timestep_hook, with_kwargs=True
             )
@@ -85,7 +112,8 @@ class MoldConditionPipeline(LTX2ConditionPipeline):
             if state is not None and state.audio_tokens is not None:
                 audio = tensors["audio_latents"]
                 # In place: the pipeline keeps using this very tensor for the next step.
-                audio[:, : state.audio_tokens.shape[1]] = state.audio_tokens.to(audio.dtype)
+                index = state.audio_index.to(audio.device)
+                audio[:, index] = state.audio_tokens.to(device=audio.device, dtype=audio.dtype)
             if on_step is not None:
                 on_step(i + 1, total)
             return {}
@@ -125,10 +153,17 @@ class MoldConditionPipeline(LTX2ConditionPipeline):
         tokens = self._pack_latents(
             carried, self.transformer_spatial_patch_size, self.transformer_temporal_patch_size
         )
-        n = tokens.shape[1]
-        latents[:, :n] = tokens
-        conditioning_mask[:, :n] = 1.0
-        clean_latents[:, :n] = tokens
+        # Tokens are ordered frame-major (F', H', W'): latent frame f owns a run of H'*W' tokens.
+        per_frame = tokens.shape[1] // carried.shape[2]
+        frames = torch.tensor(state.video_frames, device=latents.device, dtype=torch.long)
+        index = (
+            frames[:, None] * per_frame + torch.arange(per_frame, device=latents.device)
+        ).reshape(-1)
+        if int(index.max()) >= latents.shape[1]:
+            raise ValueError("held video latents reach past the end of the clip")
+        latents[:, index] = tokens
+        conditioning_mask[:, index] = 1.0
+        clean_latents[:, index] = tokens
         return latents, conditioning_mask, clean_latents
 
     # -- audio carry: clean tokens at the start, timestep zero, re-pinned after each step
@@ -143,8 +178,12 @@ class MoldConditionPipeline(LTX2ConditionPipeline):
         tokens = self._normalize_audio_latents(
             tokens, self.audio_vae.latents_mean, self.audio_vae.latents_std
         )
-        latents[:, : tokens.shape[1]] = tokens
+        index = torch.tensor(state.audio_frames, device=latents.device, dtype=torch.long)
+        if int(index.max()) >= latents.shape[1]:
+            raise ValueError("held audio latents reach past the end of the clip")
+        latents[:, index] = tokens
         state.audio_tokens = tokens
+        state.audio_index = index
         return latents
 
     def _audio_timestep_hook(
@@ -162,7 +201,7 @@ class MoldConditionPipeline(LTX2ConditionPipeline):
         ):
             return args, kwargs
         per_token = timestep[:, None].expand(audio.shape[0], audio.shape[1]).clone()
-        per_token[:, : state.audio_tokens.shape[1]] = 0
+        per_token[:, state.audio_index.to(per_token.device)] = 0
         kwargs["audio_timestep"] = per_token
         return args, kwargs
 

@@ -45,6 +45,19 @@ class ClipRequest:
     loras: list[Lora] = field(default_factory=list)
     carry: Carry | None = None
     image_strength: float = 1.0  # conditioning strength of `image` (1: the frame is kept)
+    # a2vid: the audio the clip follows, float32 [channels, samples] at `audio_input_rate`,
+    # the clip starting `audio_input_start` seconds into it. It is held fixed while the video
+    # is denoised, and the clip's output audio is this waveform itself (resampled), not a
+    # VAE round trip. With `retake_window` it is the source's audio instead (see below).
+    audio_input: Any | None = None  # np.ndarray
+    audio_input_rate: int | None = None
+    audio_input_start: float = 0.0
+    # retake: the source clip's frames, uint8 [frames, H, W, 3], one per frame of this clip
+    # (any size: cover-resized and center-cropped to the render size), and the clip-local
+    # seconds [start, end) to regenerate. Everything outside the window is kept: its latents
+    # are held, its output frames (and audio, from `audio_input`) are the source's.
+    source_frames: Any | None = None  # np.ndarray
+    retake_window: tuple[float, float] | None = None
 
 
 @dataclass

@@ -389,3 +389,36 @@ shots:
     plan = plan_file(spec)
     assert not plan.valid
     assert "the film's output is also shot 'a''s file" in str(plan.errors[0])
+
+
+def test_a_shot_encodes_to_the_same_bytes_every_time(tmp_path, runtimes):
+    # resumed and distributed renders compare delivered files byte for byte; with its
+    # defaults x264 is not repeatable on the tiny model's small noisy frames
+    import hashlib
+
+    from moldbatch.execute.stages import load_media
+    from moldbatch.execute.store import ArtifactStore
+    from moldbatch.media.encode import write_video
+
+    spec = write(
+        tmp_path,
+        "film.yaml",
+        HEAD.replace("steps: 2", "steps: 4")
+        + """\
+shots:
+  - {id: rain, prompt: rain on a neon window, frames: 40, clip_frames: 17, transition: cut}
+""",
+    )
+    assert render(spec, runtimes).ok
+    plan = plan_file(spec)
+    art = ArtifactStore(tmp_path / ".moldbatch").get(plan.stage("rain/stitch").key)
+    frames, audio, rate = load_media(art)
+    digests = {
+        hashlib.sha256(
+            write_video(
+                tmp_path / f"take{i}.mp4", frames, 24, audio=audio, sample_rate=rate
+            ).read_bytes()
+        ).hexdigest()
+        for i in range(8)
+    }
+    assert len(digests) == 1

@@ -1,0 +1,403 @@
+"""GPU benchmark: the real LTX-2 19B and LTX-2.3 22B transformers at full size, random weights.
+
+    python benchmarks/gpu.py              # on a CUDA machine (about 45 GB of GPU memory)
+    python benchmarks/gpu.py --dry-run    # anywhere: print the configs and shapes, build nothing
+    python benchmarks/gpu.py --smoke      # anywhere: the same code on a shrunk config, on CPU
+
+Nothing is downloaded: the architectures are diffusers' LTX2VideoTransformer3DModel with the
+configs of the LTX-2.0 and LTX-2.3 diffusers conversions, written out below, and random
+weights, built in bf16 straight on the GPU. For each model it reports:
+
+* seconds per transformer forward at 1216x704x97 (latent 13x22x38 = 10868 video tokens, plus
+  101 audio tokens for 97 frames at 24 fps), batch 1 (a distilled step) and batch 2 (a
+  guided step: conditional + unconditional), then per 97-frame clip: 8 steps for the distilled
+  model, 30 guided steps for the dev model (spatio-temporal guidance adds one more batch-1
+  pass per step on top). Transformer only: no text encoder, no VAE decode.
+* the same with fp8 weight storage (`enable_layerwise_casting`, bf16 compute), as the
+  runtime loads the real checkpoints;
+* peak GPU memory of each;
+* the executor's overhead: a tiny-model film rendered through `render_plan` on the GPU, its
+  wall time against the time spent inside the runtime's calls (the bare pipeline work).
+
+Without CUDA it prints one line, "skipped: no CUDA GPU", and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# The video VAE compresses 8x in time and 32x in space; the audio latents run at
+# sampling_rate / hop_length / audio_scale_factor = 16000 / 160 / 4 = 25 per second.
+WIDTH, HEIGHT, FRAMES, FPS = 1216, 704, 97, 24
+LATENT = ((FRAMES - 1) // 8 + 1, HEIGHT // 32, WIDTH // 32)  # (13, 22, 38)
+AUDIO_TOKENS = round(FRAMES / FPS * 16000 / 160 / 4)  # 101
+TEXT_TOKENS = 1024  # max_sequence_length of the real models
+
+_COMMON = {
+    "in_channels": 128,
+    "out_channels": 128,
+    "patch_size": 1,
+    "patch_size_t": 1,
+    "num_attention_heads": 32,
+    "attention_head_dim": 128,
+    "cross_attention_dim": 4096,
+    "vae_scale_factors": (8, 32, 32),
+    "pos_embed_max_pos": 20,
+    "base_height": 2048,
+    "base_width": 2048,
+    "audio_in_channels": 128,
+    "audio_out_channels": 128,
+    "audio_patch_size": 1,
+    "audio_patch_size_t": 1,
+    "audio_num_attention_heads": 32,
+    "audio_attention_head_dim": 64,
+    "audio_cross_attention_dim": 2048,
+    "audio_scale_factor": 4,
+    "audio_pos_embed_max_pos": 20,
+    "audio_sampling_rate": 16000,
+    "audio_hop_length": 160,
+    "num_layers": 48,
+    "activation_fn": "gelu-approximate",
+    "qk_norm": "rms_norm_across_heads",
+    "norm_elementwise_affine": False,
+    "norm_eps": 1e-6,
+    "caption_channels": 3840,
+    "attention_bias": True,
+    "attention_out_bias": True,
+    "rope_theta": 10000.0,
+    "rope_double_precision": True,
+    "causal_offset": 1,
+    "timestep_scale_multiplier": 1000,
+    "cross_attn_timestep_scale_multiplier": 1000,
+    "rope_type": "split",
+}
+# LTX-2.0 (19B): text features go through the transformer's caption projection.
+LTX2_19B = {
+    **_COMMON,
+    "gated_attn": False,
+    "cross_attn_mod": False,
+    "audio_gated_attn": False,
+    "audio_cross_attn_mod": False,
+    "use_prompt_embeddings": True,
+    "perturbed_attn": False,
+}
+# LTX-2.3 (22B): gated attention, timestep-modulated cross-attention; the connectors project
+# text to each modality's width, so the transformer has no caption projection.
+LTX23_22B = {
+    **_COMMON,
+    "gated_attn": True,
+    "cross_attn_mod": True,
+    "audio_gated_attn": True,
+    "audio_cross_attn_mod": True,
+    "use_prompt_embeddings": False,
+    "perturbed_attn": True,
+}
+MODELS = {
+    "ltx-2-19b": {"config": LTX2_19B, "cross_timestep": False, "steps": (8, 30)},
+    "ltx-2.3-22b": {"config": LTX23_22B, "cross_timestep": True, "steps": (8, 30)},
+}
+
+TINY_FILM = """\
+version: 1
+name: gpu-overhead
+defaults: {model: ltx-2-tiny:random, width: 128, height: 96, fps: 24, steps: 4}
+shots:
+  - {id: one, prompt: rain on a neon window, frames: 49}
+  - id: chain
+    frames: 120
+    clip_frames: 49
+    prompts: [a forest path, a lake, fireflies]
+"""
+
+
+def shrink(config: dict) -> dict:
+    """The same architecture flags at toy width and depth, for --smoke."""
+    return {
+        **config,
+        "num_attention_heads": 2,
+        "attention_head_dim": 8,
+        "cross_attention_dim": 16,
+        "audio_num_attention_heads": 2,
+        "audio_attention_head_dim": 4,
+        "audio_cross_attention_dim": 8,
+        "caption_channels": 16,
+        "num_layers": 1,
+    }
+
+
+def context_dims(config: dict) -> tuple[int, int]:
+    """Widths of the video and audio text features the transformer takes."""
+    if config.get("use_prompt_embeddings", True):
+        return config["caption_channels"], config["caption_channels"]
+    return config["cross_attention_dim"], config["audio_cross_attention_dim"]
+
+
+def inputs(config: dict, latent, audio_tokens, text_tokens, batch, device, dtype, cross) -> dict:
+    import torch
+
+    f, h, w = latent
+    n = f * h * w
+    vdim, adim = context_dims(config)
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
+
+    sigma = torch.full((batch,), 0.5, device=device, dtype=dtype)
+    t = sigma * config["timestep_scale_multiplier"]
+    kw = {
+        "hidden_states": rand(batch, n, config["in_channels"]),
+        "audio_hidden_states": rand(batch, audio_tokens, config["audio_in_channels"]),
+        "encoder_hidden_states": rand(batch, text_tokens, vdim),
+        "audio_encoder_hidden_states": rand(batch, text_tokens, adim),
+        "timestep": t[:, None].expand(batch, n),
+        "audio_timestep": t,
+        "encoder_attention_mask": torch.ones(batch, text_tokens, device=device, dtype=dtype),
+        "audio_encoder_attention_mask": torch.ones(batch, text_tokens, device=device, dtype=dtype),
+        "num_frames": f,
+        "height": h,
+        "width": w,
+        "fps": float(FPS),
+        "audio_num_frames": audio_tokens,
+        "use_cross_timestep": cross,
+        "return_dict": False,
+    }
+    if cross:
+        kw["sigma"] = sigma
+    return kw
+
+
+def time_forward(model, kw: dict, repeat: int, sync) -> float:
+    import torch
+
+    with torch.inference_mode():
+        model(**kw)  # warm-up: kernels, autotuning, layerwise-casting hooks
+        sync()
+        t = time.perf_counter()
+        for _ in range(repeat):
+            model(**kw)
+        sync()
+    return (time.perf_counter() - t) / repeat
+
+
+def bench_model(name: str, spec: dict, args, device: str, smoke: bool) -> dict:
+    import torch
+    from diffusers import LTX2VideoTransformer3DModel
+
+    config = shrink(spec["config"]) if smoke else spec["config"]
+    latent = (2, 2, 3) if smoke else LATENT
+    audio_tokens = 4 if smoke else AUDIO_TOKENS
+    text_tokens = 8 if smoke else TEXT_TOKENS
+    dtype = torch.float32 if smoke else torch.bfloat16
+    cuda = device == "cuda"
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # parameters born in bf16 on the GPU: no fp32 copy
+    try:
+        with torch.device(device):
+            model = LTX2VideoTransformer3DModel(**config)
+    finally:
+        torch.set_default_dtype(previous)
+    model.eval()
+    out = {
+        "model": name,
+        "params_b": round(sum(p.numel() for p in model.parameters()) / 1e9, 3),
+        "video_tokens": latent[0] * latent[1] * latent[2],
+        "audio_tokens": audio_tokens,
+        "text_tokens": text_tokens,
+    }
+    distilled_steps, dev_steps = spec["steps"]
+    modes = [("bf16", None)]
+    if not args.no_fp8:
+        modes.append(("fp8", torch.float8_e4m3fn))
+    for label, storage in modes:
+        if storage is not None:
+            try:
+                model.enable_layerwise_casting(storage_dtype=storage, compute_dtype=dtype)
+            except Exception as exc:  # report and go on: bf16 numbers stand on their own
+                out[f"{label}_error"] = f"{type(exc).__name__}: {exc}"
+                continue
+            if cuda:
+                torch.cuda.empty_cache()
+        for batch in (1, 2):
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            kw = inputs(
+                config,
+                latent,
+                audio_tokens,
+                text_tokens,
+                batch,
+                device,
+                dtype,
+                spec["cross_timestep"],
+            )
+            try:
+                seconds = time_forward(model, kw, args.repeat, sync)
+            except Exception as exc:  # e.g. out of memory at batch 2: say so, keep the rest
+                out[f"{label}_b{batch}_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+                del kw
+                continue
+            out[f"{label}_b{batch}_s_per_forward"] = round(seconds, 4)
+            if cuda:
+                out[f"{label}_b{batch}_peak_gib"] = round(
+                    torch.cuda.max_memory_allocated() / 2**30, 2
+                )
+            del kw
+        b1 = out.get(f"{label}_b1_s_per_forward")
+        b2 = out.get(f"{label}_b2_s_per_forward")
+        if b1 is not None:
+            out[f"{label}_distilled_s_per_step"] = b1
+            out[f"{label}_distilled_s_per_clip"] = round(b1 * distilled_steps, 2)
+        if b2 is not None:
+            out[f"{label}_dev_s_per_step"] = b2
+            out[f"{label}_dev_s_per_clip"] = round(b2 * dev_steps, 2)
+            if b1 is not None:
+                out[f"{label}_dev_stg_s_per_clip"] = round((b2 + b1) * dev_steps, 2)
+    del model
+    if cuda:
+        torch.cuda.empty_cache()
+    return out
+
+
+class Timed:
+    """Wraps a runtime and adds up the seconds spent inside its calls (synchronised)."""
+
+    TIMED = ("render_clip", "decode_video", "decode_audio", "upscale", "upscale_spatial")
+
+    def __init__(self, runtime, sync):
+        self.runtime, self.sync, self.seconds, self.calls = runtime, sync, 0.0, 0
+
+    def __getattr__(self, name):
+        value = getattr(self.runtime, name)
+        if name not in self.TIMED or not callable(value):
+            return value
+
+        def timed(*a, **kw):
+            self.sync()
+            t = time.perf_counter()
+            try:
+                return value(*a, **kw)
+            finally:
+                self.sync()
+                self.seconds += time.perf_counter() - t
+                self.calls += 1
+
+        return timed
+
+
+def bench_overhead(device: str) -> dict:
+    import torch
+
+    from moldbatch.execute.executor import render_plan
+    from moldbatch.plan.planner import plan_file
+    from moldbatch.runtime import Runtime
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    with tempfile.TemporaryDirectory() as d:
+        spec = Path(d) / "film.yaml"
+        spec.write_text(TINY_FILM)
+        plan = plan_file(spec)
+        assert plan.valid, [str(x) for x in plan.diagnostics]
+        t = time.perf_counter()
+        runtime = Timed(Runtime("ltx-2-tiny:random", device=device), sync)
+        load = time.perf_counter() - t
+        summary = render_plan(
+            plan, progress=False, device=device, runtimes={plan.shots[0].model: runtime}
+        )
+        wall = summary.seconds
+    return {
+        "device": device,
+        "clips": sum(1 for s in plan.stages if s.kind == "clip"),
+        "runtime_load_s": round(load, 3),
+        "render_wall_s": round(wall, 3),
+        "inside_runtime_s": round(runtime.seconds, 3),
+        "runtime_calls": runtime.calls,
+        "executor_overhead_s": round(wall - runtime.seconds, 3),
+        "executor_overhead_pct": round(100 * (wall - runtime.seconds) / wall, 1) if wall else None,
+    }
+
+
+def dry_run(names: list[str]) -> None:
+    f, h, w = LATENT
+    print(
+        f"clip: {WIDTH}x{HEIGHT}x{FRAMES} at {FPS} fps -> latent {f}x{h}x{w} = {f * h * w} video "
+        f"tokens, {AUDIO_TOKENS} audio tokens, {TEXT_TOKENS} text tokens"
+    )
+    for name in names:
+        spec = MODELS[name]
+        vdim, adim = context_dims(spec["config"])
+        print(
+            f"{name}: LTX2VideoTransformer3DModel, text features {vdim}/{adim} (video/audio), "
+            f"use_cross_timestep={spec['cross_timestep']}, steps per clip "
+            f"{spec['steps'][0]} distilled / {spec['steps'][1]} dev"
+        )
+        print(json.dumps(spec["config"], sort_keys=True))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dry-run", action="store_true", help="print the configs; build nothing")
+    ap.add_argument(
+        "--smoke", action="store_true", help="run the code path on shrunk configs on CPU"
+    )
+    ap.add_argument(
+        "--models", default=",".join(MODELS), help="comma-separated: " + ", ".join(MODELS)
+    )
+    ap.add_argument("--repeat", type=int, default=3, help="timed forwards per measurement")
+    ap.add_argument("--no-fp8", action="store_true", help="skip the fp8-storage runs")
+    ap.add_argument("--no-overhead", action="store_true", help="skip the executor-overhead run")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args(argv)
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        ap.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
+    if args.dry_run:
+        dry_run(names)
+        return 0
+    try:
+        import torch
+    except ImportError:
+        print("skipped: no CUDA GPU (torch is not installed)")
+        return 0
+    if args.smoke:
+        device = "cpu"
+    elif not torch.cuda.is_available():
+        print("skipped: no CUDA GPU")
+        return 0
+    else:
+        device = "cuda"
+        torch.backends.cuda.matmul.allow_tf32 = True
+    results: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
+    results["models"] = []
+    for name in names:
+        r = bench_model(name, MODELS[name], args, device, args.smoke)
+        results["models"].append(r)
+        print(json.dumps(r))
+        sys.stdout.flush()
+    if not args.no_overhead:
+        results["overhead"] = bench_overhead(device)
+        print(json.dumps(results["overhead"]))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
