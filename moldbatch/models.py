@@ -143,7 +143,7 @@ MODELS: dict[str, ModelInfo] = {
             "distilled",
             default_steps=2,
             spatial_upscales=("x2",),
-            temporal_upscales=(),
+            temporal_upscales=("x2",),
             pipelines=("distilled", "keyframe", "a2vid", "retake"),
             max_sequence_length=32,
         ),

@@ -164,6 +164,9 @@ def run_upscale(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
         frames=frames,
         audio=audio,
         sample_rate=rate,
+        width=p["width"],
+        height=p["height"],
+        fps=p["fps"],
     )
     save_media(out, result.frames, result.audio, result.sample_rate, p["fps"])
 

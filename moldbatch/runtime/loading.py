@@ -10,13 +10,15 @@ diffusers' documented API.)
 * transformer: the fp8 single file of the model (`from_single_file`, with the architecture
   config of the family's diffusers-format repo), kept in fp8 storage on CUDA via layerwise casting;
 * VAEs, vocoder, connectors and scheduler: the family's diffusers-format repo;
-* latent upsampler (x2): the same repo's `latent_upsampler` folder, loaded on first use.
+* latent upsamplers, loaded on first use: spatial x2 from the same repo's `latent_upsampler`
+  folder; spatial x1.5 (LTX-2.3) and temporal x2 from Lightricks' single upsampler files
+  (`load_latent_upsampler`).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +34,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Loaded:
-    """A model ready to render: the pipeline and how to get its latent upsampler."""
+    """A model ready to render: the pipeline and the latent upsamplers already built."""
 
     pipe: MoldConditionPipeline
-    latent_upsampler: Any | None  # None: load lazily with `load_latent_upsampler`
+    # role ("spatial-x2", "spatial-x1.5", "temporal-x2") -> LTX2LatentUpsamplerModel; a role
+    # not here is loaded lazily with `load_latent_upsampler`
+    upsamplers: dict[str, Any] = field(default_factory=dict)
 
 
 def load(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> Loaded:
@@ -49,14 +53,20 @@ def _load_tiny(device: torch.device, dtype: torch.dtype) -> Loaded:
 
     components = build_components()
     pipe = MoldConditionPipeline(**components.pipeline_kwargs())
-    upsampler = components.latent_upsampler
+    upsamplers = {
+        "spatial-x2": components.latent_upsampler,
+        "spatial-x1.5": components.spatial_upsampler_x1_5,
+        "temporal-x2": components.temporal_upsampler,
+    }
     if dtype != torch.float32:  # built in float32; cast only when the device wants another dtype
         pipe.to(dtype=dtype)
-        upsampler.to(dtype=dtype)
+        for upsampler in upsamplers.values():
+            upsampler.to(dtype=dtype)
     pipe.to(device)
-    upsampler.to(device)
+    for upsampler in upsamplers.values():
+        upsampler.to(device)
     pipe.set_progress_bar_config(disable=True)
-    return Loaded(pipe=pipe, latent_upsampler=upsampler)
+    return Loaded(pipe=pipe, upsamplers=upsamplers)
 
 
 def local_root(repo: str) -> str:
@@ -78,8 +88,26 @@ def require_files(spec: ModelSpec, extras: list[str] | tuple[str, ...] = ()) -> 
         raise RuntimeLoadError(message)
 
 
+def load_transformer(checkpoint: str | Path, config_root: str | Path, dtype: torch.dtype) -> Any:
+    """The LTX-2 transformer from its original single-file checkpoint, read locally.
+
+    `checkpoint` holds the original (ltx-core) key names, `model.diffusion_model.*`, which
+    diffusers' single-file conversion renames; `config_root` is a diffusers-format folder whose
+    `transformer/config.json` gives the architecture. Nothing is downloaded.
+    """
+    from diffusers import LTX2VideoTransformer3DModel
+
+    return LTX2VideoTransformer3DModel.from_single_file(
+        str(checkpoint),
+        config=str(config_root),
+        subfolder="transformer",
+        torch_dtype=dtype,
+        local_files_only=True,
+    )
+
+
 def _load_real(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> Loaded:
-    from diffusers import FlowMatchEulerDiscreteScheduler, LTX2VideoTransformer3DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler
     from transformers import AutoTokenizer, Gemma3ForConditionalGeneration
 
     assert spec.diffusers_repo and spec.transformer_repo and spec.transformer_file
@@ -95,13 +123,7 @@ def _load_real(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> Loa
         )
 
     with hub_errors(spec.diffusers_repo, "the transformer configuration"):
-        transformer = LTX2VideoTransformer3DModel.from_single_file(
-            checkpoint,
-            config=components,
-            subfolder="transformer",
-            torch_dtype=dtype,
-            local_files_only=True,
-        )
+        transformer = load_transformer(checkpoint, components, dtype)
     if device.type == "cuda":
         # Keep the 19B/22B weights in fp8 (as shipped) and compute in bf16, layer by layer.
         transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
@@ -128,27 +150,82 @@ def _load_real(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> Loa
     # Full-size clips (1216x704x97) decode in tiles to bound VAE memory.
     pipe.vae.enable_tiling()
     pipe.set_progress_bar_config(disable=True)
-    return Loaded(pipe=pipe, latent_upsampler=None)
+    return Loaded(pipe=pipe)
 
 
 def load_latent_upsampler(
-    spec: ModelSpec, scale: float, device: torch.device, dtype: torch.dtype
+    spec: ModelSpec, role: str, device: torch.device, dtype: torch.dtype
 ) -> Any:
-    """The family's spatial latent upsampler for `scale` (x2 only for now)."""
-    if scale != 2.0:
-        raise RuntimeFeatureError(
-            f"spatial x{scale:g} latent upscaling is not available in this runtime (only x2 is); "
-            "render at the final size instead"
-        )
+    """The family's latent upsampler for `role`: "spatial-x2", "spatial-x1.5" or "temporal-x2".
+
+    Spatial x2 is the diffusers-format `latent_upsampler` folder of the components repo. The
+    others are Lightricks' single upsampler files (the registry's extras of those names), read
+    into diffusers' LTX2LatentUpsamplerModel: its module names are those of the original
+    upsampler, and the architecture comes from the file's "config" metadata, or else from the
+    weight shapes. (Written to diffusers' API; not run against the real files here.)
+    """
     from diffusers.pipelines.ltx2 import LTX2LatentUpsamplerModel
 
-    assert spec.diffusers_repo
-    require_files(spec, ["spatial-x2"])
-    with hub_errors(spec.diffusers_repo, "the spatial x2 latent upsampler"):
-        model = LTX2LatentUpsamplerModel.from_pretrained(
-            local_root(spec.diffusers_repo),
-            subfolder="latent_upsampler",
-            torch_dtype=dtype,
-            local_files_only=True,
+    if role not in spec.files:
+        raise RuntimeFeatureError(
+            f"{role} latent upscaling is not available for {spec.name}"
+            + (" (x1.5 exists for ltx-2.3 models only)" if role == "spatial-x1.5" else "")
         )
-    return model.to(device).eval()
+    assert spec.diffusers_repo
+    require_files(spec, [role])
+    if role == "spatial-x2":
+        with hub_errors(spec.diffusers_repo, "the spatial x2 latent upsampler"):
+            model = LTX2LatentUpsamplerModel.from_pretrained(
+                local_root(spec.diffusers_repo),
+                subfolder="latent_upsampler",
+                torch_dtype=dtype,
+                local_files_only=True,
+            )
+        return model.to(device).eval()
+    from moldbatch.runtime.files import _split, locate
+
+    repo, name = _split(spec.files[role], spec.transformer_repo or "")
+    path = locate(repo, name)
+    if path is None:
+        raise RuntimeLoadError(f"{repo}/{name} is no longer on this machine; pull the model again")
+    model = _upsampler_from_file(path, role)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def _upsampler_from_file(path: Path, role: str) -> Any:
+    """An LTX2LatentUpsamplerModel with the weights of one original-format upsampler file."""
+    import json
+
+    from diffusers.pipelines.ltx2 import LTX2LatentUpsamplerModel
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        weights = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - any read failure is a load error
+        raise RuntimeLoadError(f"cannot read the {role} latent upsampler {path}: {exc}") from exc
+    config = json.loads(meta["config"]) if "config" in meta else {}
+    first = weights["initial_conv.weight"]
+    blocks = {k.split(".")[1] for k in weights if k.startswith("res_blocks.")}
+    kwargs = {
+        "in_channels": int(config.get("in_channels", first.shape[1])),
+        "mid_channels": int(config.get("mid_channels", first.shape[0])),
+        "num_blocks_per_stage": int(config.get("num_blocks_per_stage", len(blocks))),
+        "dims": int(config.get("dims", first.ndim - 2)),
+        "spatial_upsample": role.startswith("spatial"),
+        "temporal_upsample": role.startswith("temporal"),
+    }
+    if role == "spatial-x1.5":
+        kwargs.update(rational_spatial_scale=1.5, use_rational_resampler=True)
+    model = LTX2LatentUpsamplerModel(**kwargs)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    # The blur kernel of the rational resampler is a fixed buffer a file may leave out.
+    missing = [k for k in missing if not k.endswith("blur_down.kernel")]
+    if missing or unexpected:
+        raise RuntimeLoadError(
+            f"the {role} latent upsampler {path.name} does not fit diffusers' "
+            f"LTX2LatentUpsamplerModel (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    return model

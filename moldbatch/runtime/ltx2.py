@@ -58,8 +58,7 @@ class Runtime:
         started = time.perf_counter()
         loaded = load(self.spec, self.device, self.dtype)
         self.pipe = loaded.pipe
-        self._latent_upsampler = loaded.latent_upsampler
-        self._upsample_pipe: Any | None = None
+        self._upsamplers: dict[str, Any] = dict(loaded.upsamplers)  # role -> upsampler model
         self._loras = LoraSwitch(self.pipe, self.spec)
         self.load_seconds = time.perf_counter() - started
         self.clips_rendered = 0
@@ -361,39 +360,103 @@ class Runtime:
             wave = np.pad(wave, ((0, 0), (0, want - wave.shape[1])))
         return np.ascontiguousarray(wave[:, :want], dtype=np.float32)
 
+    def upsampler(self, role: str) -> Any:
+        """The latent upsampler for `role` ("spatial-x2", "spatial-x1.5", "temporal-x2"),
+        loaded on first use and kept."""
+        if role not in self._upsamplers:
+            self._upsamplers[role] = load_latent_upsampler(self.spec, role, self.device, self.dtype)
+        return self._upsamplers[role]
+
     @torch.no_grad()
+    def _upsample(self, role: str, video_latents: torch.Tensor) -> torch.Tensor:
+        # What LTX2LatentUpsamplePipeline does for raw latents and output_type="latent": the
+        # upsampler works on raw (not normalized) VAE latents.
+        model = self.upsampler(role)
+        latents = video_latents.to(device=self.device, dtype=model.dtype)
+        return model(latents).float().cpu()
+
     def upscale_spatial(self, video_latents: torch.Tensor, scale: float = 2.0) -> torch.Tensor:
         """Raw video latents [1, C, F', H', W'] -> raw latents [1, C, F', H'*scale, W'*scale] (cpu, float32).
 
-        Only the latent upsampler runs here (LTX2LatentUpsamplePipeline); decode the result with
-        `decode_video`. A two-stage render would also re-denoise it at the high size.
+        x2 or x1.5 (LTX-2.3 and the tiny model). x1.5 of an odd latent size rounds up
+        (3 -> 5), so decode and crop. Only the latent upsampler runs; decode with `decode_video`.
         """
-        if scale != 2.0:
+        if scale not in (2.0, 1.5):
             raise RuntimeFeatureError(
-                f"spatial x{scale:g} latent upscaling is not supported by this runtime (x2 only)"
+                f"spatial x{scale:g} latent upscaling is not supported (x2 and x1.5 only)"
             )
-        if self._latent_upsampler is None:
-            self._latent_upsampler = load_latent_upsampler(
-                self.spec, scale, self.device, self.dtype
-            )
-        if self._upsample_pipe is None:
-            from diffusers.pipelines.ltx2 import LTX2LatentUpsamplePipeline
+        return self._upsample(f"spatial-x{scale:g}", video_latents)
 
-            self._upsample_pipe = LTX2LatentUpsamplePipeline(
-                vae=self.pipe.vae, latent_upsampler=self._latent_upsampler
-            )
-            self._upsample_pipe.set_progress_bar_config(disable=True)
-        latents = video_latents.to(device=self.device, dtype=torch.float32)
-        (upscaled,) = self._upsample_pipe(
-            latents=latents,
-            latents_normalized=False,
-            height=latents.shape[3] * self.pipe.vae_spatial_compression_ratio,
-            width=latents.shape[4] * self.pipe.vae_spatial_compression_ratio,
-            num_frames=(latents.shape[2] - 1) * FRAME_GRID + 1,
-            output_type="latent",
-            return_dict=False,
+    def upscale_temporal(self, video_latents: torch.Tensor) -> torch.Tensor:
+        """Raw video latents [1, C, F', H', W'] -> [1, C, 2F'-1, H', W']: a clip of 8k+1 frames
+        becomes one of 16k+1 (17 -> 33), at twice the frame rate."""
+        return self._upsample("temporal-x2", video_latents)
+
+    def refine(
+        self,
+        video_latents: torch.Tensor,
+        prompt: str,
+        *,
+        fps: float,
+        seed: int = 0,
+        negative_prompt: str | None = None,
+        guidance: float = 1.0,
+        sigmas: list[float] | None = None,
+        audio_latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Re-denoise upscaled raw video latents from a low noise level: the second stage of
+        diffusers' two-stage LTX-2 recipe. The latents are noised to `sigmas[0]` and denoised
+        over `sigmas` (default diffusers' STAGE_2_DISTILLED_SIGMA_VALUES, 3 steps) with the
+        clip's prompt. `audio_latents`, when given, are held fixed (the audio is unchanged).
+        Returns refined raw latents of the same shape (cpu, float32). Same inputs -> same output.
+        """
+        from diffusers.pipelines.ltx2.utils import STAGE_2_DISTILLED_SIGMA_VALUES
+
+        pipe = self.pipe
+        sigmas = list(sigmas or STAGE_2_DISTILLED_SIGMA_VALUES)
+        _, _, f, h, w = video_latents.shape
+        frames = (f - 1) * FRAME_GRID + 1
+        _, audio_shape = self.latent_shapes(frames, w * SIZE_GRID, h * SIZE_GRID, fps)
+        held = None
+        if audio_latents is not None:
+            held = audio_latents.float().to(self.device)
+            audio_shape = tuple(held.shape)
+        audio_init = torch.zeros(audio_shape, device=self.device)
+        req = ClipRequest(
+            model=self.model,
+            prompt=prompt,
+            width=w * SIZE_GRID,
+            height=h * SIZE_GRID,
+            frames=frames,
+            fps=fps,
+            seed=seed,
+            steps=len(sigmas),
+            guidance=guidance,
         )
-        return upscaled.float().cpu()
+        sampling = self._sampling_kwargs(req)
+        sampling["sigmas"] = sigmas
+        with pipe.conditioned(
+            carry_audio=held,
+            audio_frames=None if held is None else list(range(held.shape[2])),
+        ):
+            video, _ = pipe(
+                prompt=prompt,
+                negative_prompt=negative_prompt or "",
+                height=h * SIZE_GRID,
+                width=w * SIZE_GRID,
+                num_frames=frames,
+                frame_rate=fps,
+                num_inference_steps=len(sigmas),
+                noise_scale=sigmas[0],
+                latents=video_latents.to(device=self.device, dtype=torch.float32),
+                audio_latents=audio_init,
+                generator=torch.Generator(device="cpu").manual_seed(seed),
+                output_type="latent",
+                return_dict=False,
+                max_sequence_length=self.spec.max_sequence_length,
+                **sampling,
+            )
+        return video.float().cpu()
 
     def upscale(
         self,
@@ -404,29 +467,48 @@ class Runtime:
         frames: np.ndarray | None = None,
         audio: np.ndarray | None = None,
         sample_rate: int | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        fps: float | None = None,
     ) -> ClipResult:
         """Upscale a rendered clip: its video latents (tensor or a safetensors file with a
-        "video" entry) go through `upscale_spatial` and are decoded; audio passes through.
+        "video" entry) go through the spatial, then the temporal latent upsampler and are
+        decoded. No denoising pass follows (no refine stage yet).
 
-        `spatial`/`temporal` are "x2"-style names or factors. Temporal upscaling and spatial
-        x1.5 raise RuntimeFeatureError. `frames` (the clip's decoded frames) is accepted for
-        interface symmetry and unused: the upscale works in latent space.
+        `spatial`/`temporal` are "x2"-style names or factors (spatial x2 / x1.5, temporal x2).
+        Temporal x2 turns F rendered frames into 2F - 1. The audio passes through, trimmed to
+        the new clip's duration: a clip of F frames at fps/2 lasts one output frame longer than
+        2F - 1 frames at `fps` (given `fps`, the output rate, it is cut to frames / fps
+        exactly). `width`/`height`, when given, center-crop frames an x1.5 rounding made larger.
+        `frames` (the clip's decoded frames) is unused: the upscale works in latent space.
         """
-        if _factor(temporal) not in (None, 1.0):
-            raise RuntimeFeatureError(
-                f"temporal upscaling ({temporal}) is not available in this runtime; "
-                "render the clip at the full frame rate instead"
-            )
+        time_factor = _factor(temporal)
+        if time_factor not in (None, 1.0, 2.0):
+            raise RuntimeFeatureError(f"temporal upscale {temporal} is not supported (x2 only)")
         if isinstance(latents, (str, Path)):
             from safetensors.torch import load_file
 
             latents = load_file(str(latents))["video"]
+        video = latents.float().cpu()
+        rendered = (video.shape[2] - 1) * FRAME_GRID + 1
         scale = _factor(spatial)
-        video = latents if scale in (None, 1.0) else self.upscale_spatial(latents, scale)
+        if scale not in (None, 1.0):
+            video = self.upscale_spatial(video, scale)
+        if time_factor == 2.0:
+            video = self.upscale_temporal(video)
+        out = self.decode_video(video)
+        if width is not None and height is not None:
+            out = _center_crop(out, width, height)
+        if audio is not None and time_factor == 2.0:
+            if fps and sample_rate:
+                want = round(out.shape[0] / fps * sample_rate)
+            else:
+                want = round(audio.shape[1] * out.shape[0] / (2 * rendered))
+            audio = np.ascontiguousarray(audio[:, :want])
         return ClipResult(
             video_latents=video,
             audio_latents=None,
-            frames=self.decode_video(video),
+            frames=out,
             audio=audio,
             sample_rate=sample_rate if audio is not None else None,
         )
@@ -435,8 +517,7 @@ class Runtime:
         """Drop adapters and free device memory (the object is unusable afterwards)."""
         self._loras.unload()
         self.pipe = None  # type: ignore[assignment]
-        self._latent_upsampler = None
-        self._upsample_pipe = None
+        self._upsamplers = {}
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -585,6 +666,13 @@ def _splice(
         channels = min(out.shape[0], generated.shape[0])
         out[:channels, a:b] = generated[:channels, a:b]
     return out
+
+
+def _center_crop(frames: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Frames [F, H, W, 3] cropped about the centre to at most height x width."""
+    top = max(0, (frames.shape[1] - height) // 2)
+    left = max(0, (frames.shape[2] - width) // 2)
+    return np.ascontiguousarray(frames[:, top : top + height, left : left + width])
 
 
 def _load_image(path: Path) -> Any:

@@ -53,7 +53,9 @@ class TinyComponents:
     text_encoder: Any
     tokenizer: Any
     scheduler: Any
-    latent_upsampler: Any
+    latent_upsampler: Any  # spatial x2
+    temporal_upsampler: Any  # temporal x2
+    spatial_upsampler_x1_5: Any  # spatial x1.5
 
     def pipeline_kwargs(self) -> dict[str, Any]:
         """Keyword arguments every LTX-2 pipeline class takes, sharing these same objects."""
@@ -215,6 +217,27 @@ def build_components(seed: int = TINY_SEED) -> TinyComponents:
             temporal_upsample=False,
         )
 
+        # Built from their own seeds so adding them left every weight above unchanged.
+        torch.manual_seed(seed + 1)
+        temporal_upsampler = LTX2LatentUpsamplerModel(
+            in_channels=_VIDEO_LATENT_CHANNELS,
+            mid_channels=32,
+            num_blocks_per_stage=1,
+            dims=3,
+            spatial_upsample=False,
+            temporal_upsample=True,  # F' latent frames -> 2F' - 1: 8k+1 pixel frames -> 16k+1
+        )
+        torch.manual_seed(seed + 2)
+        spatial_upsampler_x1_5 = LTX2LatentUpsamplerModel(
+            in_channels=_VIDEO_LATENT_CHANNELS,
+            mid_channels=32,
+            num_blocks_per_stage=1,
+            dims=3,
+            spatial_upsample=True,
+            temporal_upsample=False,
+            rational_spatial_scale=1.5,  # x3 pixel shuffle, then a blurred stride-2 downsample
+        )
+
         scheduler = FlowMatchEulerDiscreteScheduler(
             use_dynamic_shifting=True,
             base_shift=0.95,
@@ -232,6 +255,8 @@ def build_components(seed: int = TINY_SEED) -> TinyComponents:
         audio_vae,
         vocoder,
         latent_upsampler,
+        temporal_upsampler,
+        spatial_upsampler_x1_5,
     ):
         module.eval().requires_grad_(False)
 
@@ -245,4 +270,6 @@ def build_components(seed: int = TINY_SEED) -> TinyComponents:
         tokenizer=tokenizer,
         scheduler=scheduler,
         latent_upsampler=latent_upsampler,
+        temporal_upsampler=temporal_upsampler,
+        spatial_upsampler_x1_5=spatial_upsampler_x1_5,
     )

@@ -138,7 +138,9 @@ def test_components_are_loaded_once_and_shared(rt: Runtime, base: ClipRequest, f
     rt.upscale_spatial(first.video_latents)
     assert tiny.build_count == builds  # rendering and upscaling build nothing new
     assert rt.pipe.transformer is transformer and rt.pipe.vae is vae
-    assert rt._upsample_pipe.vae is vae
+    upsampler = rt.upsampler("spatial-x2")
+    rt.upscale_spatial(first.video_latents)
+    assert rt.upsampler("spatial-x2") is upsampler  # built with the runtime, kept
     Runtime.load(MODEL)
     assert tiny.build_count == builds + 1  # one build per Runtime, none per clip
 
@@ -252,31 +254,62 @@ def test_keyframes_change_the_clip(rt: Runtime, base: ClipRequest, first, image_
     assert [pixel_to_latent_index(f) for f in (0, 1, 8, 9, 16, 96)] == [0, 1, 1, 2, 2, 12]
 
 
-def test_lora_applies_per_clip_and_switches_off(
-    rt: Runtime, base: ClipRequest, tmp_path: Path
-) -> None:
-    pytest.importorskip("peft")
+def _write_lora(rt: Runtime, path: Path, suffix: str, seed: int) -> str:
+    """A rank-4 PEFT LoRA on every tiny transformer Linear named `*suffix`, as `load_lora_weights` reads it."""
     from safetensors.torch import save_file
 
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)
     state = {}
     for name, module in rt.pipe.transformer.named_modules():
-        if name.endswith("attn1.to_q"):
+        if name.endswith(suffix):
             state[f"transformer.{name}.lora_A.weight"] = torch.randn(
                 4, module.in_features, generator=gen
             )
             state[f"transformer.{name}.lora_B.weight"] = torch.randn(
                 module.out_features, 4, generator=gen
             )
-    save_file(state, tmp_path / "style.safetensors")
+    assert state, suffix
+    save_file(state, path)
+    return str(path)
+
+
+def test_lora_applies_per_clip_and_switches_off(
+    rt: Runtime, base: ClipRequest, tmp_path: Path
+) -> None:
+    pytest.importorskip("peft")
+    style = _write_lora(rt, tmp_path / "style.safetensors", "attn1.to_q", seed=0)
     short = dataclasses.replace(base, frames=9)
     plain = rt.render_clip(short)
-    styled = rt.render_clip(
-        dataclasses.replace(short, loras=[Lora(str(tmp_path / "style.safetensors"), 1.0)])
-    )
+    styled = rt.render_clip(dataclasses.replace(short, loras=[Lora(style, 1.0)]))
     after = rt.render_clip(short)
     assert not np.array_equal(plain.frames, styled.frames)
     assert np.array_equal(plain.frames, after.frames)
+
+
+def test_stacked_loras_combine_and_scale_zero_is_the_base(
+    rt: Runtime, base: ClipRequest, tmp_path: Path
+) -> None:
+    pytest.importorskip("peft")
+    style = _write_lora(rt, tmp_path / "style.safetensors", "attn1.to_q", seed=1)
+    motion = _write_lora(rt, tmp_path / "motion.safetensors", "ff.net.2", seed=2)
+    short = dataclasses.replace(base, frames=9)
+
+    def render(*loras: Lora):
+        return rt.render_clip(dataclasses.replace(short, loras=list(loras))).frames
+
+    plain = render()
+    alone_style, alone_motion = render(Lora(style, 1.0)), render(Lora(motion, 0.8))
+    stacked = render(Lora(style, 1.0), Lora(motion, 0.8))
+    outputs = [plain, alone_style, alone_motion, stacked]
+    for i, a in enumerate(outputs):  # all four differ from each other
+        for b in outputs[i + 1 :]:
+            assert np.abs(a.astype(int) - b.astype(int)).mean() > 0.1
+    # The stack is both: dropping one LoRA from it gives the other alone, bit for bit.
+    assert np.array_equal(render(Lora(style, 1.0), Lora(motion, 0.0)), alone_style)
+    # Scale 0 contributes nothing: exactly the base weights' output.
+    assert np.array_equal(render(Lora(style, 0.0), Lora(motion, 0.0)), plain)
+    assert np.array_equal(render(Lora(style, 0.0)), plain)
+    assert rt._loras.loaded.keys() >= {str(Path(style).resolve()), str(Path(motion).resolve())}
 
 
 # -- upscaling and errors
@@ -287,7 +320,7 @@ def test_spatial_x2_upscale_then_decode(rt: Runtime, first) -> None:
     assert tuple(up.shape) == (1, 8, 3, 4, 4)
     assert rt.decode_video(up).shape == (17, 128, 128, 3)
     with pytest.raises(RuntimeFeatureError):
-        rt.upscale_spatial(first.video_latents, 1.5)
+        rt.upscale_spatial(first.video_latents, 3.0)
 
 
 def test_upscale_stage_entry_point_reads_saved_latents(rt: Runtime, first, tmp_path: Path) -> None:
@@ -304,7 +337,7 @@ def test_upscale_stage_entry_point_reads_saved_latents(rt: Runtime, first, tmp_p
     )
     assert result.frames.shape == (17, 128, 128, 3) and result.audio is first.audio
     with pytest.raises(RuntimeFeatureError, match="temporal"):
-        rt.upscale(first.video_latents, spatial=None, temporal="x2")
+        rt.upscale(first.video_latents, spatial=None, temporal="x4")
 
 
 def test_bad_requests_and_models_raise_clear_errors(rt: Runtime, base: ClipRequest) -> None:
