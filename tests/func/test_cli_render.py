@@ -111,19 +111,37 @@ def test_a_malformed_manifest_counts_as_missing(tmp_path: Path):
 def test_status_says_interrupted_after_a_kill(tmp_path: Path):
     import os
     import signal
+    import sqlite3
     import time
 
-    write(tmp_path, "film.yaml", SPEC.replace("steps: 2", "steps: 30"))
+    # a chain long enough that Ctrl-C lands mid-run: 8 clips of 30 steps
+    write(
+        tmp_path,
+        "film.yaml",
+        SPEC.replace("steps: 2", "steps: 30")
+        + """\
+  - {id: long, prompt: a long walk, frames: 68, clip_frames: 9, motion_tail: 1}
+""",
+    )
     proc = subprocess.Popen(
         [sys.executable, "-m", "moldbatch", "render", "film.yaml"],
         cwd=tmp_path,
         stderr=subprocess.DEVNULL,
     )
     db = tmp_path / ".moldbatch" / "state.sqlite"
-    deadline = time.monotonic() + 60
-    while not db.exists() and time.monotonic() < deadline:
+    deadline = time.monotonic() + 90
+    rendered = 0
+    while rendered < 1 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.5)
+        if db.exists():
+            try:
+                with sqlite3.connect(db) as con:
+                    rendered = con.execute(
+                        "SELECT COUNT(*) FROM stages WHERE status='rendered'"
+                    ).fetchone()[0]
+            except sqlite3.Error:
+                pass
+    assert proc.poll() is None, "the render finished before it could be interrupted"
     os.kill(proc.pid, signal.SIGINT)  # Ctrl-C: a clean stop with exit 130
     assert proc.wait(60) == 130
     status = json.loads(moldbatch("status", "--json", "film.yaml", cwd=tmp_path).stdout)
