@@ -69,9 +69,16 @@ def run_clip(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
     from safetensors.torch import load_file, save_file
 
     from moldbatch.runtime.carry import carry_from
+    from moldbatch.runtime.errors import RuntimeFeatureError
     from moldbatch.runtime.types import ClipRequest, Lora
 
     p = stage.params
+    if p.get("pipeline") == "ic-lora":
+        # rendering it as plain text-to-video would ignore `video`: fail closed instead
+        raise RuntimeFeatureError(
+            "the ic-lora pipeline is planned but not rendered yet in this version; "
+            "remove `pipeline: ic-lora` / `video` from the shot to render without it"
+        )
     carry = None
     if p.get("carry_tail") and stage.needs:
         prev = ctx.inputs[stage.needs[0]]
