@@ -288,7 +288,7 @@ def export() -> None:
 )
 def export_mold(file: str, shot_id: str | None, output: Path | None) -> None:
     """Write a shot as a mold.chain.v1 script, or say which field mold cannot express."""
-    from moldbatch.execute.store import write_text_atomic
+    from moldbatch.fsio import atomic_write
     from moldbatch.spec.mold import CannotExport, mold_script
 
     p = _plan(file)
@@ -312,7 +312,7 @@ def export_mold(file: str, shot_id: str | None, output: Path | None) -> None:
     if output is None:
         click.echo(text, nl=False)
     else:
-        write_text_atomic(output, text)
+        atomic_write(output, text)
         click.echo(f"wrote {display_path(output)}", err=True)
 
 

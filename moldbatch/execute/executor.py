@@ -21,13 +21,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from moldbatch.errors import MoldbatchError, StageFailed, display_path
 from moldbatch.execute.lock import WorkdirLock
 from moldbatch.execute.state import StateDB
-from moldbatch.execute.store import (
-    Artifact,
-    ArtifactStore,
-    atomic_copy,
-    default_workdir,
-    sha256_file,
-)
+from moldbatch.execute.store import Artifact, ArtifactStore, default_workdir
+from moldbatch.fsio import atomic_copy, sha256_file
 from moldbatch.plan.model import Plan, Stage
 
 log = logging.getLogger("moldbatch")

@@ -44,7 +44,8 @@ from pathlib import Path
 from moldbatch.errors import MoldbatchError
 from moldbatch.execute.executor import Executor, Summary, _Bars, _one_line
 from moldbatch.execute.lock import WorkdirLock
-from moldbatch.execute.store import Artifact, ArtifactStore, default_workdir, sha256_file
+from moldbatch.execute.store import Artifact, ArtifactStore, default_workdir
+from moldbatch.fsio import sha256_file
 from moldbatch.plan.model import Plan, Stage
 
 log = logging.getLogger("moldbatch")

@@ -8,7 +8,6 @@ that no longer matches its manifest checksum makes the artifact count as missing
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,55 +16,13 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from moldbatch.fsio import fsync_dir, fsync_file, sha256_file
+
 MANIFEST = "manifest.json"
 
 
 def default_workdir(spec_path: Path) -> Path:
     return spec_path.resolve().parent / ".moldbatch"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_copy(src: Path, dst: Path) -> None:
-    """Copy `src` onto `dst` so that `dst` is either the old file or the whole new one."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    try:
-        shutil.copyfile(src, tmp)
-        with tmp.open("rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-        fsync_dir(dst.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a small text file so that `path` is either the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass
@@ -97,8 +54,7 @@ class ArtifactWriter:
     def commit(self) -> Artifact:
         files = {}
         for path in sorted(self.dir.iterdir()):
-            with path.open("rb+") as f:
-                os.fsync(f.fileno())
+            fsync_file(path)
             files[path.name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
         manifest = {
             "key": self.key,

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from moldbatch.fsio import fsync_dir, fsync_file
 from moldbatch.media.timing import fps_fraction, samples_for_frames
 
 if TYPE_CHECKING:
@@ -316,15 +317,6 @@ def _mp4_timescale(rate: Fraction) -> int:
 # --------------------------------------------------------------------------- atomic write
 
 
-def _fsync_path(path: Path, directory: bool = False) -> None:
-    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
-    fd = os.open(path, flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_video(
     path: str | os.PathLike[str],
     frames: FramesLike,
@@ -393,7 +385,7 @@ def write_video(
             _encode_simple(out, frames, h, w, rate, "libwebp_anim", "bgra", opts)
         out.close()  # writes the trailer (and the faststart rewrite) before we fsync
         out = None
-        _fsync_path(tmp)
+        fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         if out is not None:
@@ -404,5 +396,5 @@ def write_video(
         raise
     # Make the rename itself durable; not every filesystem lets a directory be fsynced.
     with contextlib.suppress(OSError):
-        _fsync_path(path.parent, directory=True)
+        fsync_dir(path.parent)
     return path

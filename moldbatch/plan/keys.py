@@ -6,6 +6,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from moldbatch.fsio import sha256_file
+
 # Bump when a change to moldbatch changes what a stage produces for the same inputs, so that
 # old artifacts are not taken for new ones.
 KEY_VERSION = "moldbatch-stage-1"
@@ -29,11 +31,7 @@ class FileDigests:
 
     def __call__(self, path: Path) -> str:
         if path not in self._cache:
-            h = hashlib.sha256()
-            with path.open("rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-            self._cache[path] = h.hexdigest()
+            self._cache[path] = sha256_file(path)
         return self._cache[path]
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from safetensors import safe_open
 
-from moldbatch.review.page import atomic_write
+from moldbatch.fsio import atomic_write
 
 MEDIA = "media.safetensors"  # the media artifact of clip and upscale stages (execute/stages.py)
 THUMB_W = 192

@@ -29,6 +29,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from moldbatch.fsio import atomic_write
 from moldbatch.models import FRAME_GRID, SIZE_GRID
 
 ENV_TABLE = "MOLDBATCH_COST_TABLE"
@@ -85,9 +86,7 @@ def calibrate(
     table = json.loads(path.read_text()) if path.is_file() else {}
     rate = Rate(seconds / token_steps, source or f"measured: {seconds:.1f} s / {token_steps:.0f}")
     table[model] = {"seconds_per_token_step": rate.seconds_per_token_step, "source": rate.source}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(table, indent=2, sort_keys=True) + "\n")
     return rate
 
 

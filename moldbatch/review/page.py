@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
 from pathlib import Path
 
 MIME = {b"\x89PNG\r\n\x1a\n": "image/png", b"\xff\xd8\xff": "image/jpeg"}
@@ -33,20 +32,6 @@ def json_script(element_id: str, doc) -> str:
     """JSON for the page's script, safe inside <script>."""
     text = json.dumps(doc, ensure_ascii=False).replace("</", "<\\/")
     return f'<script type="application/json" id="{element_id}">{text}</script>'
-
-
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write `path` so that it is either the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 CSS = """

@@ -13,8 +13,9 @@ import os
 import sys
 from pathlib import Path
 
+from moldbatch.fsio import atomic_write
 from moldbatch.review.cost import estimate, format_seconds
-from moldbatch.review.page import CSS, atomic_write, esc
+from moldbatch.review.page import CSS, esc
 
 REPORT = "report.html"
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from moldbatch.fsio import atomic_write
 from moldbatch.review.cost import PlanCost, estimate, format_seconds
-from moldbatch.review.page import CSS, atomic_write, data_uri, esc, json_script
+from moldbatch.review.page import CSS, data_uri, esc, json_script
 
 
 def _state(cached: dict[str, bool], stage_id: str) -> str:

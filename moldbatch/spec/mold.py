@@ -19,6 +19,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from moldbatch.errors import Diagnostic
+from moldbatch.fsio import atomic_write
 from moldbatch.spec.messages import pydantic_diagnostics
 from moldbatch.spec.schema import MAX_SEED
 from moldbatch.spec.source import PathKey, Source
@@ -217,13 +218,9 @@ def _decode_image(b64: str, inline_dir: Path) -> Path | str:
         return "the decoded image is not a PNG or JPEG"
     path = inline_dir / f"{hashlib.sha256(raw).hexdigest()[:32]}{suffix}"
     if not path.is_file():
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
-            inline_dir.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(raw)
-            os.replace(tmp, path)
+            atomic_write(path, raw)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
             return f"cannot decode the image into {inline_dir}: {e.strerror or e} (--workdir)"
     return path
 
