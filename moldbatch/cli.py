@@ -25,6 +25,21 @@ def _plan(file: str, strict: bool = False, out: Path | None = None, workdir: Pat
     )
 
 
+def _workdir_option(what: str):
+    return click.option(
+        "--workdir",
+        type=click.Path(file_okay=False, path_type=Path),
+        help=f"Work folder {what} (default: .moldbatch/ beside the spec).",
+    )
+
+
+_out_option = click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where shot files go (default: renders/ beside the spec).",
+)
+
+
 def _print_diagnostics(plan, stream=None) -> None:
     for d in plan.diagnostics:
         click.echo(str(d), file=stream or sys.stderr)
@@ -53,16 +68,8 @@ def validate(files: tuple[str, ...], strict: bool) -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
-@click.option(
-    "--workdir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Work folder whose cache to compare against (default: .moldbatch/ beside the spec).",
-)
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Where shot files go (default: renders/ beside the spec).",
-)
+@_workdir_option("whose cache to compare against")
+@_out_option
 @click.option(
     "--html",
     "html_path",
@@ -106,16 +113,8 @@ def plan(
 
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option(
-    "--workdir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Work folder for artifacts and state (default: .moldbatch/ beside the spec).",
-)
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Where shot files go (default: renders/ beside the spec).",
-)
+@_workdir_option("for artifacts and state")
+@_out_option
 @click.option(
     "--keep-going", "-k", is_flag=True, help="After a failed stage, render the other shots."
 )
@@ -231,7 +230,7 @@ def render(
 
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path))
+@_workdir_option("of the render")
 @click.option("--json", "as_json", is_flag=True)
 def status(file: str, workdir: Path | None, as_json: bool) -> None:
     """Show the progress of the last render of a spec."""
@@ -250,7 +249,7 @@ def status(file: str, workdir: Path | None, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path))
+@_workdir_option("to clean")
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 def gc(files: tuple[str, ...], workdir: Path | None, dry_run: bool) -> None:
     """Remove artifacts that no stage of the given specs needs."""

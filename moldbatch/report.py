@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from moldbatch.execute.lock import render_running
 from moldbatch.execute.store import ArtifactStore, default_workdir
 from moldbatch.models import MODELS
 
@@ -115,7 +116,7 @@ def status_doc(plan, workdir: Path | None) -> dict:
             last = db.last_run(str(plan.path.resolve()))
         finally:
             db.close()
-        if last and last["status"] == "running" and not _render_running(workdir):
+        if last and last["status"] == "running" and not render_running(workdir):
             # the process that ran it is gone (killed): say so rather than "running" forever
             last["status"] = "interrupted"
             for stage in last["stages"]:
@@ -129,24 +130,6 @@ def status_doc(plan, workdir: Path | None) -> dict:
         "last_run": last,
         "plan": [{"id": s.id, "cached": cached[s.id]} for s in plan.stages],
     }
-
-
-def _render_running(workdir: Path) -> bool:
-    """Whether a render holds the work folder's lock right now."""
-    import fcntl
-    import os
-
-    try:
-        fd = os.open(workdir / "lock", os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def print_status(doc: dict) -> None:

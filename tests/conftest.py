@@ -9,6 +9,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "specs" / "conformance" / "assets"
+# the head of a spec on the tiny model at the smallest size: renders in a fraction of a second
+TINY_HEAD = """\
+version: 1
+defaults:
+  model: ltx-2-tiny:random
+  width: 64
+  height: 64
+  fps: 24
+  steps: 2
+"""
 
 
 @pytest.fixture

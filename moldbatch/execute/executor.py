@@ -21,12 +21,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from moldbatch.errors import MoldbatchError, StageFailed, display_path
 from moldbatch.execute.lock import WorkdirLock
 from moldbatch.execute.state import StateDB
-from moldbatch.execute.store import Artifact, ArtifactStore, default_workdir
+from moldbatch.execute.store import TERMINAL, Artifact, ArtifactStore, default_workdir, resolve
 from moldbatch.fsio import atomic_copy, sha256_file
 from moldbatch.plan.model import Plan, Stage
 
 log = logging.getLogger("moldbatch")
-TERMINAL = ("export", "join")
 
 
 @dataclass
@@ -144,27 +143,6 @@ class Executor:
         self.ctx = StageContext(device=device, inputs={}, runtimes=runtimes or {})
 
     # --- what to run ------------------------------------------------------------------
-    def _resolve(self) -> tuple[list[Stage], dict[str, Artifact]]:
-        """The stages to run (in plan order) and the intact artifacts found on the way."""
-        found: dict[str, Artifact] = {}
-        todo: set[str] = set()
-
-        def need(stage: Stage) -> None:
-            if stage.id in todo or stage.id in found:
-                return
-            art = self.store.get(stage.key)
-            if art is not None:
-                found[stage.id] = art
-                return
-            todo.add(stage.id)
-            for dep in stage.needs:
-                need(self.by_id[dep])
-
-        for stage in self.plan.stages:
-            if stage.kind in TERMINAL:
-                need(stage)
-        return [s for s in self.plan.stages if s.id in todo], found
-
     # --- the run ----------------------------------------------------------------------
     def run(self) -> Summary:
         t0 = time.perf_counter()
@@ -172,7 +150,7 @@ class Executor:
         db = StateDB(self.workdir)
         spec = str(self.plan.path.resolve())
         run_id = db.start_run(spec, self.plan.stages)
-        todo, found = self._resolve()
+        todo, found = resolve(self.plan, self.store)
         todo_ids = {s.id for s in todo}
         outcomes = {s.id: StageOutcome(s.id, s.kind, "pending") for s in self.plan.stages}
         for sid in found:

@@ -9,6 +9,21 @@ from pathlib import Path
 from moldbatch.errors import WorkdirLocked
 
 
+def render_running(workdir: Path) -> bool:
+    """Whether a moldbatch process holds the work folder's lock right now."""
+    try:
+        fd = os.open(workdir / "lock", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 class WorkdirLock:
     def __init__(self, workdir: Path):
         self.path = workdir / "lock"

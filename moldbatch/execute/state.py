@@ -115,6 +115,10 @@ class StateDB:
             "UPDATE runs SET status=?, finished=? WHERE id=?", (status, time.time(), run_id)
         )
 
+    def specs(self) -> list[str]:
+        """Every spec that has rendered into this work folder."""
+        return [row[0] for row in self.db.execute("SELECT DISTINCT spec FROM runs")]
+
     def last_run(self, spec: str) -> dict | None:
         row = self.db.execute(
             "SELECT id, started, finished, status, pid FROM runs WHERE spec=? "

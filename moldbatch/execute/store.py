@@ -19,6 +19,7 @@ from pathlib import Path
 from moldbatch.fsio import fsync_dir, fsync_file, sha256_file
 
 MANIFEST = "manifest.json"
+TERMINAL = ("export", "join")  # the stages whose results leave the work folder
 
 
 def default_workdir(spec_path: Path) -> Path:
@@ -132,6 +133,31 @@ class ArtifactStore:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def resolve(plan, store: ArtifactStore, *, verify: bool = True):
+    """What a render of `plan` runs: pulled from the outputs, a stage whose artifact is present
+    (and, with `verify`, intact) is not run, and nothing upstream of it is looked at.
+    Returns (the stages to run, in plan order; stage id -> artifact found on the way)."""
+    by_id = {s.id: s for s in plan.stages}
+    found: dict[str, Artifact] = {}
+    todo: set[str] = set()
+
+    def need(stage) -> None:
+        if stage.id in todo or stage.id in found:
+            return
+        art = store.get(stage.key, verify=verify)
+        if art is not None:
+            found[stage.id] = art
+            return
+        todo.add(stage.id)
+        for dep in stage.needs:
+            need(by_id[dep])
+
+    for stage in plan.stages:
+        if stage.kind in TERMINAL:
+            need(stage)
+    return [s for s in plan.stages if s.id in todo], found
+
+
 def collect_garbage(plans, workdir: Path | None, dry_run: bool = False):
     """Remove every artifact no stage needs: of `plans`, or of any other spec that rendered
     into this work folder and still exists (work folders are shared by the specs beside
@@ -170,14 +196,15 @@ def collect_garbage(plans, workdir: Path | None, dry_run: bool = False):
 def _specs_rendered_in(workdir: Path) -> list[str]:
     import sqlite3
 
-    db = workdir / "state.sqlite"
-    if not db.is_file():
+    from moldbatch.execute.state import StateDB
+
+    if not (workdir / "state.sqlite").is_file():
         return []
     try:
-        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+        db = StateDB(workdir, readonly=True)
         try:
-            return [row[0] for row in con.execute("SELECT DISTINCT spec FROM runs")]
+            return db.specs()
         finally:
-            con.close()
+            db.close()
     except sqlite3.Error:
         return []

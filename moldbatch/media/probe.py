@@ -216,8 +216,7 @@ def read_video(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray | N
         if audio is not None:
             streams.append(audio)
         images: list[np.ndarray] = []
-        chunks: list[np.ndarray] = []
-        resampler = None
+        sound = _AudioTrack(audio) if audio is not None else None
         for packet in container.demux(streams):
             for frame in packet.decode():
                 if packet.stream is video:
@@ -225,36 +224,19 @@ def read_video(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray | N
                     # against swscale's default (which is built for speed, not fidelity).
                     images.append(frame.to_ndarray(format="rgb24", interpolation=decode_flags))
                 else:
-                    if resampler is None:
-                        # Normalise whatever the decoder gives (s16, fltp, ...) to planar float.
-                        resampler = av.AudioResampler(
-                            format="fltp", layout=frame.layout, rate=frame.sample_rate
-                        )
-                    chunks.extend(f.to_ndarray() for f in resampler.resample(frame))
-        if resampler is not None:
-            chunks.extend(f.to_ndarray() for f in resampler.resample(None))
+                    sound.add(frame)
         if not images:
             raise ValueError(f"{path} has no decodable video frames")
         frames = np.stack(images)
-        if audio is None:
+        if sound is None:
             return frames, None, None
-        rate = audio.codec_context.sample_rate
-        sound = (
-            np.concatenate(chunks, axis=1).astype(np.float32, copy=False)
-            if chunks
-            else np.zeros((audio.codec_context.channels, 0), np.float32)
-        )
-        if audio.duration:
-            stated = round(Fraction(audio.duration) * audio.time_base * rate)
-            sound = sound[:, :stated]
-        return frames, np.ascontiguousarray(sound), rate
+        return frames, sound.samples(), sound.rate
 
 
 def read_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
     """Decode the first audio stream of `path` (wav, mp3, flac, m4a, an mp4's track, ...) to
     (float32 [C, S], sample_rate), with priming removed and trimmed to the stated duration
     like `read_video`. A file without audio is a ValueError."""
-    import numpy as np
 
     path = Path(path)
     if not path.is_file():
@@ -264,22 +246,47 @@ def read_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
     with av.open(str(path)) as container:
         if not container.streams.audio:
             raise ValueError(f"{path} has no audio stream")
-        stream = container.streams.audio[0]
-        chunks: list[np.ndarray] = []
-        resampler = None
-        for frame in container.decode(stream):
-            if resampler is None:
-                resampler = av.AudioResampler(
-                    format="fltp", layout=frame.layout, rate=frame.sample_rate
-                )
-            chunks.extend(f.to_ndarray() for f in resampler.resample(frame))
-        if resampler is not None:
-            chunks.extend(f.to_ndarray() for f in resampler.resample(None))
-        rate = stream.codec_context.sample_rate
-        if not chunks:
+        sound = _AudioTrack(container.streams.audio[0])
+        for frame in container.decode(sound.stream):
+            sound.add(frame)
+        samples = sound.samples()
+        if not sound.chunks:
             raise ValueError(f"{path} has no decodable audio")
-        sound = np.concatenate(chunks, axis=1).astype(np.float32, copy=False)
-        if stream.duration:
-            stated = round(Fraction(stream.duration) * stream.time_base * rate)
+        return samples, sound.rate
+
+
+class _AudioTrack:
+    """A stream's decoded audio as planar float32 [C, S], trimmed to its stated duration (the
+    last AAC frame is padded past it)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.rate = stream.codec_context.sample_rate
+        self.chunks: list = []
+        self._resampler = None
+
+    def add(self, frame) -> None:
+        import av
+
+        if self._resampler is None:
+            # Normalise whatever the decoder gives (s16, fltp, ...) to planar float.
+            self._resampler = av.AudioResampler(
+                format="fltp", layout=frame.layout, rate=frame.sample_rate
+            )
+        self.chunks.extend(f.to_ndarray() for f in self._resampler.resample(frame))
+
+    def samples(self):
+        import numpy as np
+
+        if self._resampler is not None:
+            self.chunks.extend(f.to_ndarray() for f in self._resampler.resample(None))
+            self._resampler = None
+        sound = (
+            np.concatenate(self.chunks, axis=1).astype(np.float32, copy=False)
+            if self.chunks
+            else np.zeros((self.stream.codec_context.channels, 0), np.float32)
+        )
+        if self.stream.duration:
+            stated = round(Fraction(self.stream.duration) * self.stream.time_base * self.rate)
             sound = sound[:, :stated]
-        return np.ascontiguousarray(sound), rate
+        return np.ascontiguousarray(sound)

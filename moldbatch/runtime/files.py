@@ -366,30 +366,10 @@ def plan_needs(stages: Iterable) -> dict[str, list[str]]:
 
 
 def stages_to_run(plan, workdir: Path | None) -> list:
-    """The stages a render would run: those whose artifact (or a downstream one) is missing,
-    found the way the executor does (`pull from the outputs`), without verifying sums."""
-    from moldbatch.execute.store import ArtifactStore, default_workdir
+    """The stages a render would run, found as the executor does, without verifying sums."""
+    from moldbatch.execute.store import ArtifactStore, default_workdir, resolve
 
-    store = ArtifactStore(workdir or default_workdir(plan.path))
-    have_store = store.root.is_dir()
-    by_id = {s.id: s for s in plan.stages}
-    todo: set[str] = set()
-    found: set[str] = set()
-
-    def need(stage) -> None:
-        if stage.id in todo or stage.id in found:
-            return
-        if have_store and store.get(stage.key, verify=False) is not None:
-            found.add(stage.id)
-            return
-        todo.add(stage.id)
-        for dep in stage.needs:
-            need(by_id[dep])
-
-    for stage in plan.stages:
-        if stage.kind in ("export", "join"):
-            need(stage)
-    return [s for s in plan.stages if s.id in todo]
+    return resolve(plan, ArtifactStore(workdir or default_workdir(plan.path)), verify=False)[0]
 
 
 def check_plan(plan, workdir: Path | None, mdir: str | os.PathLike | None = None) -> str | None:

@@ -15,6 +15,15 @@ def _hint(repo: str) -> str:
     return f"fetch the model's files with `moldbatch pull MODEL` ({repo} is one of them)"
 
 
+def gated_message(repo: str) -> str:
+    """What to do about a gated repo (Gemma 3 is one), for loading and pulling alike."""
+    return (
+        f"{repo} is gated: accept its licence at https://huggingface.co/{repo} with your "
+        "Hugging Face account, then log in with `hf auth login` (or set HF_TOKEN) and run "
+        "the same command again"
+    )
+
+
 @contextlib.contextmanager
 def hub_errors(repo: str, what: str) -> Iterator[None]:
     """Translate Hub/network failures while fetching `what` from `repo` into RuntimeLoadError."""
@@ -29,10 +38,7 @@ def hub_errors(repo: str, what: str) -> Iterator[None]:
     try:
         yield
     except GatedRepoError as exc:
-        raise RuntimeLoadError(
-            f"{repo} is gated: accept its licence at https://huggingface.co/{repo} with your account, then set "
-            "HF_TOKEN (or run `hf auth login`) and retry"
-        ) from exc
+        raise RuntimeLoadError(gated_message(repo)) from exc
     except RepositoryNotFoundError as exc:
         raise RuntimeLoadError(
             f"{repo} was not found or needs authorisation for {what}: check the name, set HF_TOKEN if it is private"
@@ -53,9 +59,7 @@ def hub_errors(repo: str, what: str) -> Iterator[None]:
         # transformers/diffusers wrap Hub failures in OSError with their own message.
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "gated" in message.lower() or "401" in message or "403" in message:
-            raise RuntimeLoadError(
-                f"{repo} is gated: accept its licence at https://huggingface.co/{repo}, then set HF_TOKEN and retry"
-            ) from exc
+            raise RuntimeLoadError(gated_message(repo)) from exc
         raise RuntimeLoadError(
             f"could not load {what} from {repo}: {message}; {_hint(repo)}"
         ) from exc

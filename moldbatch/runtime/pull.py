@@ -24,20 +24,13 @@ from moldbatch.runtime.files import (
     models_dir,
     pull_command,
 )
+from moldbatch.runtime.hub import gated_message
 
 
 class PullError(RuntimeLoadError):
     """A pull that cannot finish; one line that says what to do."""
 
     exit_code = 3
-
-
-def _gated(repo: str) -> str:
-    return (
-        f"{repo} is gated: accept its licence at https://huggingface.co/{repo} with your "
-        "Hugging Face account, then log in with `hf auth login` (or set HF_TOKEN) and run "
-        "the same command again"
-    )
 
 
 def _one_line(exc: BaseException) -> str:
@@ -69,10 +62,10 @@ def download_repo(repo: str, patterns: list[str], local_dir: Path | None) -> Non
             cache_dir=None if local_dir is not None else str(hub_cache_dir()),
         )
     except GatedRepoError as exc:
-        raise PullError(_gated(repo)) from exc
+        raise PullError(gated_message(repo)) from exc
     except RepositoryNotFoundError as exc:
         if _status(exc) in (401, 403):
-            raise PullError(_gated(repo)) from exc
+            raise PullError(gated_message(repo)) from exc
         raise PullError(
             f"{repo} was not found on the Hugging Face Hub, or it needs a login "
             "(`hf auth login` or HF_TOKEN)"
@@ -84,7 +77,7 @@ def download_repo(repo: str, patterns: list[str], local_dir: Path | None) -> Non
         ) from exc
     except HfHubHTTPError as exc:
         if _status(exc) in (401, 403):
-            raise PullError(_gated(repo)) from exc
+            raise PullError(gated_message(repo)) from exc
         raise PullError(f"the Hub refused a download from {repo}: {_one_line(exc)}") from exc
     except KeyboardInterrupt:
         raise

@@ -208,34 +208,25 @@ def build_components(seed: int = TINY_SEED) -> TinyComponents:
             output_sampling_rate=_VOCODER_RATE,
         )
 
-        latent_upsampler = LTX2LatentUpsamplerModel(
-            in_channels=_VIDEO_LATENT_CHANNELS,
-            mid_channels=32,
-            num_blocks_per_stage=1,
-            dims=3,
-            spatial_upsample=True,
-            temporal_upsample=False,
-        )
+        def upsampler(**kind):
+            return LTX2LatentUpsamplerModel(
+                in_channels=_VIDEO_LATENT_CHANNELS,
+                mid_channels=32,
+                num_blocks_per_stage=1,
+                dims=3,
+                **kind,
+            )
+
+        latent_upsampler = upsampler(spatial_upsample=True, temporal_upsample=False)
 
         # Built from their own seeds so adding them left every weight above unchanged.
         torch.manual_seed(seed + 1)
-        temporal_upsampler = LTX2LatentUpsamplerModel(
-            in_channels=_VIDEO_LATENT_CHANNELS,
-            mid_channels=32,
-            num_blocks_per_stage=1,
-            dims=3,
-            spatial_upsample=False,
-            temporal_upsample=True,  # F' latent frames -> 2F' - 1: 8k+1 pixel frames -> 16k+1
-        )
+        # F' latent frames -> 2F' - 1: 8k+1 pixel frames -> 16k+1
+        temporal_upsampler = upsampler(spatial_upsample=False, temporal_upsample=True)
         torch.manual_seed(seed + 2)
-        spatial_upsampler_x1_5 = LTX2LatentUpsamplerModel(
-            in_channels=_VIDEO_LATENT_CHANNELS,
-            mid_channels=32,
-            num_blocks_per_stage=1,
-            dims=3,
-            spatial_upsample=True,
-            temporal_upsample=False,
-            rational_spatial_scale=1.5,  # x3 pixel shuffle, then a blurred stride-2 downsample
+        # x3 pixel shuffle, then a blurred stride-2 downsample
+        spatial_upsampler_x1_5 = upsampler(
+            spatial_upsample=True, temporal_upsample=False, rational_spatial_scale=1.5
         )
 
         scheduler = FlowMatchEulerDiscreteScheduler(

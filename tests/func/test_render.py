@@ -23,17 +23,9 @@ from moldbatch.execute.lock import WorkdirLock
 from moldbatch.media.probe import probe, read_video
 from moldbatch.plan.planner import plan_file
 
+from conftest import TINY_HEAD as HEAD
 from conftest import write
 
-HEAD = """\
-version: 1
-defaults:
-  model: ltx-2-tiny:random
-  width: 64
-  height: 64
-  fps: 24
-  steps: 2
-"""
 CHAIN = (
     HEAD
     + """\

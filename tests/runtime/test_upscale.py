@@ -13,18 +13,10 @@ from moldbatch.media.probe import probe, read_video
 from moldbatch.plan.planner import plan_file
 from moldbatch.runtime import ClipRequest, Runtime, RuntimeFeatureError
 
+from conftest import TINY_HEAD as HEAD
 from conftest import write
 
 MODEL = "ltx-2-tiny:random"
-HEAD = """\
-version: 1
-defaults:
-  model: ltx-2-tiny:random
-  width: 64
-  height: 64
-  fps: 24
-  steps: 2
-"""
 
 
 @pytest.fixture(scope="module")
