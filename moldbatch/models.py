@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 FRAME_GRID = 8  # pixel frames are 8k+1: the video VAE compresses time 8x, frame 0 on its own
 SIZE_GRID = 32  # the video VAE compresses space 32x
+MIN_RENDER_SIZE = 2 * SIZE_GRID  # its decoder pads each side: one latent (32 px) is too small
 
 CAMERA_PRESETS = (
     "dolly-in",
@@ -144,7 +145,6 @@ MODELS: dict[str, ModelInfo] = {
             default_steps=2,
             spatial_upscales=("x2",),
             temporal_upscales=("x2",),
-            pipelines=("distilled", "keyframe", "a2vid", "retake"),
             max_sequence_length=32,
         ),
     ]
@@ -165,6 +165,12 @@ def grid_neighbours(frames: int, step: int = FRAME_GRID) -> tuple[int, int]:
 def grid_ceil(frames: int, step: int = FRAME_GRID) -> int:
     """The smallest step*k+1 count that is at least `frames`."""
     return grid_neighbours(max(frames, 1), step)[1]
+
+
+def first_pass_size(size: int) -> int:
+    """The two-stage pipeline's first-pass width or height for a render size: half of it,
+    rounded up to the size grid (1216 -> 608, 800 -> 416: its x2 upscale is then cropped)."""
+    return -(-size // (2 * SIZE_GRID)) * SIZE_GRID
 
 
 def latent_frames(frames: int) -> int:

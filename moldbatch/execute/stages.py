@@ -16,6 +16,7 @@ from safetensors.numpy import load_file as load_np
 from safetensors.numpy import save_file as save_np
 
 from moldbatch.execute.store import Artifact, ArtifactWriter
+from moldbatch.models import FRAME_GRID
 from moldbatch.plan.model import Stage
 
 MEDIA = "media.safetensors"
@@ -69,16 +70,9 @@ def run_clip(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
     from safetensors.torch import load_file, save_file
 
     from moldbatch.runtime.carry import carry_from
-    from moldbatch.runtime.errors import RuntimeFeatureError
-    from moldbatch.runtime.types import ClipRequest, Lora
+    from moldbatch.runtime.types import ClipRequest
 
     p = stage.params
-    if p.get("pipeline") == "ic-lora":
-        # rendering it as plain text-to-video would ignore `video`: fail closed instead
-        raise RuntimeFeatureError(
-            "the ic-lora pipeline is planned but not rendered yet in this version; "
-            "remove `pipeline: ic-lora` / `video` from the shot to render without it"
-        )
     carry = None
     if p.get("carry_tail") and stage.needs:
         prev = ctx.inputs[stage.needs[0]]
@@ -90,9 +84,6 @@ def run_clip(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
             frames=prev.meta["frames"],
             fps=p["fps"],
         )
-    loras = [Lora(lo["path"], lo["scale"]) for lo in p["loras"]]
-    if p.get("camera_control"):
-        loras.append(Lora(f"camera-control:{p['camera_control']}", 1.0))
     req = ClipRequest(
         model=p["model"],
         prompt=p["prompt"],
@@ -107,7 +98,7 @@ def run_clip(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
         audio=p["audio"],
         image=Path(p["image"]["path"]) if p.get("image") else None,
         keyframes=[(k["frame"], Path(k["path"])) for k in p["keyframes"]],
-        loras=loras,
+        loras=_loras(p),
         carry=carry,
         image_strength=p.get("image_strength", 1.0),
         **_clip_media(p),
@@ -122,11 +113,10 @@ def run_clip(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
 
 def _clip_media(p: dict) -> dict:
     """ClipRequest fields for the media a clip follows: the audio of a2vid (the whole file,
-    the clip starting at its `audio_window`), or the source of a retake (the clip's own
-    frames of it, its audio, and the retake window in clip-local seconds)."""
-    import math
-
-    from moldbatch.media.probe import probe, read_audio, read_video
+    the clip starting at its `audio_window`), the source of a retake (the clip's own
+    frames of it, its audio, and the retake window in clip-local seconds), or the reference
+    video of an IC-LoRA clip (its own frames of it)."""
+    from moldbatch.media.probe import read_audio
 
     pipeline = p.get("pipeline")
     if pipeline == "a2vid" and p.get("audio_file"):
@@ -134,37 +124,74 @@ def _clip_media(p: dict) -> dict:
         window = p.get("audio_window") or [0.0, p["frames"] / p["fps"]]
         return {"audio_input": audio, "audio_input_rate": rate, "audio_input_start": window[0]}
     if pipeline == "retake" and p.get("video") and p.get("retake"):
-        path = p["video"]["path"]
-        frames, audio, rate = read_video(path)
-        source_fps = float(probe(path).fps) or p["fps"]
-        # This clip's stretch of the source (shot time is source time), frame by frame at the
-        # render rate: the source frame showing at each clip frame's time.
-        start = (p.get("source_window") or [0.0])[0]
-        index = [
-            min(math.floor((start + i / p["fps"]) * source_fps + 0.5), len(frames) - 1)
-            for i in range(p["frames"])
-        ]
+        frames, audio, rate, start = _source_stretch(p)
         media = {
-            "source_frames": frames[index],
+            "source_frames": frames,
             "retake_window": (p["retake"]["start"] - start, p["retake"]["end"] - start),
         }
         if audio is not None and audio.shape[1] > 0:
             media.update(audio_input=audio, audio_input_rate=rate, audio_input_start=start)
         return media
+    if pipeline == "ic-lora" and p.get("video"):
+        return {"reference_frames": _source_stretch(p)[0]}
     return {}
 
 
+def _source_stretch(p: dict):
+    """The clip's stretch of the shot's source video (shot time is source time), frame by
+    frame at the render rate: the source frame showing at each clip frame's time. Returns
+    (frames, the source's whole audio or None, its rate, the clip's start in seconds)."""
+    import math
+
+    from moldbatch.media.probe import probe, read_video
+
+    path = p["video"]["path"]
+    frames, audio, rate = read_video(path)
+    source_fps = float(probe(path).fps) or p["fps"]
+    start = (p.get("source_window") or [0.0])[0]
+    index = [
+        min(math.floor((start + i / p["fps"]) * source_fps + 0.5), len(frames) - 1)
+        for i in range(p["frames"])
+    ]
+    return frames[index], audio, rate, start
+
+
 def run_upscale(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
+    """Latent upscale of one clip (`needs[0]`): spatial, refine, temporal, decode. With a
+    refine on a smooth seam, `needs[1]` is the previous clip's upscale, whose refined tail
+    is held at the start, as the first pass held the rendered one."""
+    from safetensors.torch import load_file, save_file
+
+    from moldbatch.runtime.carry import carry_from
+    from moldbatch.runtime.types import Refine
+
     p = stage.params
     source = ctx.inputs[stage.needs[0]]
     rt = ctx.runtime(p["model"])
     frames, audio, rate = load_media(source)
-    upscale = getattr(rt, "upscale", None)
-    if upscale is None:
-        from moldbatch.runtime.errors import RuntimeFeatureError
-
-        raise RuntimeFeatureError(f"{p['model']}: upscaling is not available in this runtime")
-    result = upscale(
+    refine = None
+    if p.get("refine"):
+        r = p["refine"]
+        carry = None
+        if r.get("carry_tail") and len(stage.needs) > 1:
+            previous = load_file(str(ctx.inputs[stage.needs[1]].file(LATENTS)))["video"]
+            carry = carry_from(
+                previous,
+                tail_frames=r["carry_tail"],
+                frames=(previous.shape[2] - 1) * FRAME_GRID + 1,
+                fps=p["fps"],
+            )
+        refine = Refine(
+            prompt=r["prompt"],
+            negative_prompt=r["negative_prompt"],
+            seed=r["seed"],
+            loras=_loras(r),
+            image=Path(r["image"]["path"]) if r.get("image") else None,
+            image_strength=r.get("image_strength", 1.0),
+            keyframes=[(k["frame"], Path(k["path"])) for k in r["keyframes"]],
+            carry=carry,
+        )
+    result = rt.upscale(
         source.file(LATENTS),
         spatial=p["spatial"],
         temporal=p["temporal"],
@@ -174,8 +201,24 @@ def run_upscale(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
         width=p["width"],
         height=p["height"],
         fps=p["fps"],
+        refine=refine,
+        on_step=ctx.on_step,
     )
+    latents = {"video": result.video_latents.contiguous()}
+    if result.audio_latents is not None:
+        latents["audio"] = result.audio_latents.contiguous()
+    save_file(latents, str(out.path(LATENTS)))
     save_media(out, result.frames, result.audio, result.sample_rate, p["fps"])
+
+
+def _loras(p: dict) -> list:
+    """The clip's LoRAs with their scales, and its camera preset's LoRA."""
+    from moldbatch.runtime.types import Lora
+
+    loras = [Lora(lo["path"], lo["scale"]) for lo in p["loras"]]
+    if p.get("camera_control"):
+        loras.append(Lora(f"camera-control:{p['camera_control']}", 1.0))
+    return loras
 
 
 def run_stitch(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:

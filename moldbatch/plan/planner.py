@@ -13,10 +13,12 @@ from pydantic import ValidationError
 from moldbatch.errors import Diagnostic
 from moldbatch.models import (
     FRAME_GRID,
+    MIN_RENDER_SIZE,
     MODELS,
     SIZE_GRID,
     SPATIAL_SCALES,
     ModelInfo,
+    first_pass_size,
     grid_ceil,
     grid_neighbours,
     on_frame_grid,
@@ -548,16 +550,31 @@ class Planner:
                     f"{name} {value} is off the size grid: the {how} must be a "
                     f"multiple of {SIZE_GRID}; nearest valid {name}s: {lo} or {hi}",
                 )
+            else:
+                # the smallest pass is the two-stage pipeline's first, at half the size
+                smallest = first_pass_size(int(rendered)) if pipeline == "two-stage" else rendered
+                if smallest < MIN_RENDER_SIZE:
+                    need = MIN_RENDER_SIZE * (2 if pipeline == "two-stage" else 1) * scale
+                    passes = "the two-stage first pass renders at half size; " * (
+                        pipeline == "two-stage"
+                    )
+                    self.error(
+                        s.where(name),
+                        f"{name} {value} is too small: {passes}the video VAE needs at least "
+                        f"{MIN_RENDER_SIZE} px ({MIN_RENDER_SIZE // SIZE_GRID} latents) per "
+                        f"side; use {name} >= {need:g}",
+                    )
             base.append(int(rendered))
         if (
             pipeline == "two-stage"
             and all(b % SIZE_GRID == 0 for b in base)
             and any(b % (2 * SIZE_GRID) for b in base)
         ):
+            first = f"{first_pass_size(base[0])}x{first_pass_size(base[1])}"
             self.warn(
                 s.where("width"),
-                f"the two-stage pipeline renders its first pass at half "
-                f"the size; a render size of {base[0]}x{base[1]} is rounded there "
+                f"the two-stage pipeline renders its first pass at half the size: "
+                f"{base[0]}x{base[1]} renders at {first} and its x2 upscale is cropped "
                 f"(multiples of {2 * SIZE_GRID} avoid it)",
             )
         return width, height, base[0], base[1]
@@ -868,12 +885,14 @@ class Planner:
             {"path": str(p), "sha256": self.digest(p), "scale": lo.scale}
             for lo, p in ((lo, self._resolve(lo.path)) for lo in s["loras"])
         ]
-        out, prev = [], None
+        out: list[Stage] = []
+        two_stage = shot.pipeline == "two-stage"
         common = {
             "model": shot.model,
             "pipeline": shot.pipeline,
-            "width": shot.render_width,
-            "height": shot.render_height,
+            # the two-stage pipeline's first pass renders at half the size
+            "width": first_pass_size(shot.render_width) if two_stage else shot.render_width,
+            "height": first_pass_size(shot.render_height) if two_stage else shot.render_height,
             "fps": shot.render_fps,
             "steps": s["steps"] or MODELS[shot.model].default_steps,
             "guidance": s["guidance"],
@@ -889,6 +908,7 @@ class Planner:
         if s["retake"] is not None:
             common["retake"] = {"start": s["retake"].start, "end": s["retake"].end}
         finals = []
+        last: dict[str, Stage] = {}  # the previous clip's stage of each step of the ladder
         for clip in shot.clips:
             params = dict(common, prompt=clip.prompt, seed=clip.seed, frames=clip.frames)
             if clip.negative_prompt is not None:
@@ -901,47 +921,50 @@ class Planner:
             ]
             if clip.audio_window is not None:
                 params["audio_window"] = clip.audio_window
-            if shot.pipeline == "retake":
-                # the seconds of the source this clip re-renders (shot time is source time)
+            if shot.pipeline in ("retake", "ic-lora"):
+                # the seconds of the source this clip follows (shot time is source time)
                 begin = clip.start / shot.fps
                 params["source_window"] = [begin, begin + clip.frames / shot.render_fps]
-            needs = []
             seam = shot.seams[clip.index - 1] if clip.index > 0 else None
+            carry_tail = 0
             if seam is not None and seam[0] == "smooth" and seam[1] > 0:
                 # the seam carries the previous clip's tail: this clip needs its latents
                 # (in rendered frames: with temporal x2 a tail of T frames is T / 2 rendered)
-                params["carry_tail"] = seam[1] // 2 if shot.temporal_upscale else seam[1]
-                needs = [prev.id]
-            stage = Stage(
-                f"{shot.id}/clip-{clip.index}",
-                "clip",
-                shot.id,
-                needs,
-                content_key("clip", params, [n.key for n in ([prev] if needs else [])]),
-                params,
+                carry_tail = seam[1] // 2 if shot.temporal_upscale else seam[1]
+                params["carry_tail"] = carry_tail
+            final = self._ladder_stage(
+                shot, "clip", clip.index, params, None, last, carry_tail, out
             )
-            out.append(stage)
-            prev = stage
-            final = stage
-            if shot.spatial_upscale or shot.temporal_upscale:
-                up = {
-                    "model": shot.model,
-                    "spatial": shot.spatial_upscale,
-                    "temporal": shot.temporal_upscale,
-                    "width": shot.width,
-                    "height": shot.height,
-                    "fps": shot.fps,
-                    "audio": shot.audio,
-                }
-                final = Stage(
-                    f"{shot.id}/upscale-{clip.index}",
-                    "upscale",
-                    shot.id,
-                    [stage.id],
-                    content_key("upscale", up, [stage.key]),
-                    up,
+            # what a refine pass needs of the clip: the same prompt, seed, LoRAs and conditions
+            refine = {
+                k: params[k]
+                for k in ("prompt", "negative_prompt", "seed", "loras", "camera_control")
+            }
+            refine.update(image=params["image"], keyframes=params["keyframes"])
+            if shot.pipeline == "ic-lora":
+                # an IC-LoRA works with its reference tokens, which the refine pass has not
+                refine["loras"] = []
+            if clip.image is not None:
+                refine["image_strength"] = params["image_strength"]
+            if carry_tail:
+                refine["carry_tail"] = carry_tail
+            if two_stage:
+                # stage 2: x2 latent upsample to the render size and a refine pass
+                up = self._upscale_params(shot, "x2", None, refine)
+                up.update(width=shot.render_width, height=shot.render_height, fps=shot.render_fps)
+                final = self._ladder_stage(
+                    shot, "refine", clip.index, up, final, last, carry_tail, out
                 )
-                out.append(final)
+            if shot.spatial_upscale or shot.temporal_upscale:
+                up = self._upscale_params(
+                    shot,
+                    shot.spatial_upscale,
+                    shot.temporal_upscale,
+                    refine if shot.spatial_upscale else None,
+                )
+                final = self._ladder_stage(
+                    shot, "upscale", clip.index, up, final, last, carry_tail, out
+                )
             finals.append(final)
         stitch = {
             "seams": shot.seams,
@@ -973,6 +996,48 @@ class Planner:
             )
         )
         return out
+
+    def _upscale_params(self, shot: ShotPlan, spatial, temporal, refine: dict | None) -> dict:
+        """An upscale stage's params; a spatial upscale is followed by a refine pass."""
+        return {
+            "model": shot.model,
+            "spatial": spatial,
+            "temporal": temporal,
+            "width": shot.width,
+            "height": shot.height,
+            "fps": shot.fps,
+            "audio": shot.audio,
+            "refine": refine,
+        }
+
+    @staticmethod
+    def _ladder_stage(
+        shot: ShotPlan,
+        step: str,
+        index: int,
+        params: dict,
+        source: Stage | None,
+        last: dict[str, Stage],
+        carry_tail: int,
+        out: list[Stage],
+    ) -> Stage:
+        """One clip's stage at one step of its ladder (clip -> refine -> upscale): it needs its
+        `source` (the step below), and on a carrying seam the previous clip's stage at the same
+        step, whose tail it holds (a clip needs its latents; a refine its refined latents)."""
+        needs = [source] if source is not None else []
+        if carry_tail and step in last and (step == "clip" or params.get("refine")):
+            needs.append(last[step])
+        stage = Stage(
+            f"{shot.id}/{step}-{index}",
+            "clip" if step == "clip" else "upscale",
+            shot.id,
+            [n.id for n in needs],
+            content_key("clip" if step == "clip" else "upscale", params, [n.key for n in needs]),
+            params,
+        )
+        out.append(stage)
+        last[step] = stage
+        return stage
 
     def _file_ref(self, path: str | None) -> dict | None:
         if path is None:

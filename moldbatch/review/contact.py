@@ -55,7 +55,11 @@ def _frames_at(path: Path, picks: list[int]) -> tuple[int, list[np.ndarray]]:
 
 def _final_stage(plan, shot_id: str, index: int):
     ids = {s.id: s for s in plan.stages}
-    return ids.get(f"{shot_id}/upscale-{index}") or ids.get(f"{shot_id}/clip-{index}")
+    return (
+        ids.get(f"{shot_id}/upscale-{index}")
+        or ids.get(f"{shot_id}/refine-{index}")
+        or ids.get(f"{shot_id}/clip-{index}")
+    )
 
 
 def clip_picks(plan, shot, store) -> list[tuple[object, list[Pick]]] | None:

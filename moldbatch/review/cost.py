@@ -7,7 +7,8 @@ compresses time 8x (frame 0 on its own: 97 frames -> 13 latent frames) and space
 
 Estimated seconds = token-steps x the model's seconds per token-step (table below), where a
 clip counts its steps plus one for decoding, and an upscale counts its output tokens once
-(latent upsampler + decode). Stitch, export and join run on the CPU and count zero.
+(latent upsampler + decode) plus, after a spatial upscale, the 3 steps of its refine pass
+(run without guidance: one transformer pass per step, where a dev rate counts ~3.5). Stitch, export and join run on the CPU and count zero.
 
 Where the numbers come from (an honest account): the four real-model rates are ESTIMATES,
 not measurements. They come from the transformer's size (about 2 x parameters FLOPs per
@@ -34,6 +35,7 @@ from moldbatch.models import FRAME_GRID, SIZE_GRID
 
 ENV_TABLE = "MOLDBATCH_COST_TABLE"
 DECODE_STEPS = 1  # the VAE decode of a clip, counted as one step over its tokens
+REFINE_STEPS = 3  # the refine pass after a spatial upscale: 3 steps, one pass each (no guidance)
 REFERENCE_GPU = "NVIDIA H100 80GB"
 
 
@@ -41,14 +43,15 @@ REFERENCE_GPU = "NVIDIA H100 80GB"
 class Rate:
     seconds_per_token_step: float
     source: str
+    passes_per_step: float = 1.0  # transformer passes per step the rate includes (guidance)
 
 
 _ESTIMATE = f"estimate from model size and guidance passes at ~40% of one {REFERENCE_GPU}"
 RATES: dict[str, Rate] = {
     "ltx-2-19b-distilled:fp8": Rate(1.0e-4, _ESTIMATE + " (1 pass per step)"),
-    "ltx-2-19b-dev:fp8": Rate(3.5e-4, _ESTIMATE + " (CFG + STG + modality: ~3.5 passes)"),
+    "ltx-2-19b-dev:fp8": Rate(3.5e-4, _ESTIMATE + " (CFG + STG + modality: ~3.5 passes)", 3.5),
     "ltx-2.3-22b-distilled:fp8": Rate(1.15e-4, _ESTIMATE + " (1 pass per step)"),
-    "ltx-2.3-22b-dev:fp8": Rate(4.0e-4, _ESTIMATE + " (CFG + STG + modality: ~3.5 passes)"),
+    "ltx-2.3-22b-dev:fp8": Rate(4.0e-4, _ESTIMATE + " (CFG + STG + modality: ~3.5 passes)", 3.5),
     "ltx-2-tiny:random": Rate(4.0e-3, "measured on a 2-core CPU (fixed overhead dominates)"),
 }
 UNKNOWN = Rate(4.0e-4, "no entry for this model: the slowest real model's rate")
@@ -69,11 +72,14 @@ def load_rates(path: str | Path | None = None) -> dict[str, Rate]:
     if not path or not Path(path).is_file():
         return rates
     for model, entry in json.loads(Path(path).read_text()).items():
+        passes = rates.get(model, UNKNOWN).passes_per_step
         if isinstance(entry, (int, float)):
-            rates[model] = Rate(float(entry), f"calibrated ({path})")
+            rates[model] = Rate(float(entry), f"calibrated ({path})", passes)
         else:
             rates[model] = Rate(
-                float(entry["seconds_per_token_step"]), entry.get("source", f"calibrated ({path})")
+                float(entry["seconds_per_token_step"]),
+                entry.get("source", f"calibrated ({path})"),
+                passes,
             )
     return rates
 
@@ -154,8 +160,17 @@ def estimate(plan, rates: dict[str, Rate] | None = None) -> PlanCost:
             src = out.stages[st.needs[0]].frames
             frames = (src - 1) * 2 + 1 if p.get("temporal") else src
             tokens = latent_tokens(frames, p["width"], p["height"])
+            seconds = tokens * rate.seconds_per_token_step
+            steps = 0
+            if p.get("refine"):
+                # at the size before any temporal x2, without guidance: one pass per step
+                steps = REFINE_STEPS
+                refined = latent_tokens(src, p["width"], p["height"])
+                seconds += (
+                    refined * steps * rate.seconds_per_token_step / max(rate.passes_per_step, 1.0)
+                )
             out.stages[st.id] = StageCost(
-                st.id, "upscale", frames, tokens, 0, tokens, tokens * rate.seconds_per_token_step
+                st.id, "upscale", frames, tokens, steps, tokens * (steps + 1), seconds
             )
         elif st.kind in ("stitch", "export"):
             out.stages[st.id] = StageCost(st.id, st.kind, shots[st.shot].frames)
@@ -177,13 +192,13 @@ def format_seconds(seconds: float) -> str:
 
 
 def over_budget(plan, workdir, max_gpu_minutes: float) -> str | None:
-    """Why a render of what is not cached would go over `max_gpu_minutes`, or None."""
-    from moldbatch.report import cache_status
+    """Why a render of what is not cached would go over `max_gpu_minutes`, or None. It counts
+    the stages a render would actually run (`execute.store.resolve`: nothing upstream of a
+    cached output), so a film whose intermediates were collected is not over-counted."""
+    from moldbatch.runtime.files import stages_to_run
 
-    cached = cache_status(plan, workdir)
-    cost = estimate(plan)
-    todo = [s.id for s in plan.stages if not cached.get(s.id)]
-    seconds = cost.seconds_for(todo)
+    todo = [s.id for s in stages_to_run(plan, workdir)]
+    seconds = estimate(plan).seconds_for(todo)
     if seconds <= max_gpu_minutes * 60:
         return None
     return (

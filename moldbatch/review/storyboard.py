@@ -81,20 +81,27 @@ def storyboard_doc(plan, cached: dict[str, bool], cost: PlanCost) -> dict:
                         "what": "keyframe",
                     }
                 )
-            if up_id in stages:
+            ups = [u for u in (f"{shot.id}/refine-{c.index}", up_id) if u in stages]
+            if ups:
+                # the clip's upscales as one bar: the two-stage refine, then the shot's upscale
+                what = (
+                    ["two-stage x2 + refine"] if ups[0].split("/")[-1].startswith("refine") else []
+                )
+                what += [
+                    f"{k} {v}"
+                    for k, v in (
+                        ("spatial", shot.spatial_upscale),
+                        ("temporal", shot.temporal_upscale),
+                    )
+                    if v
+                ]
+                states = [_state(cached, u) for u in ups]
                 clip["upscale"] = {
-                    "stage": up_id,
-                    "key": stages[up_id].key,
-                    "state": _state(cached, up_id),
-                    "what": " ".join(
-                        f"{k} {v}"
-                        for k, v in (
-                            ("spatial", shot.spatial_upscale),
-                            ("temporal", shot.temporal_upscale),
-                        )
-                        if v
-                    ),
-                    "gpu": format_seconds(cost.stages[up_id].gpu_seconds),
+                    "stage": ups[-1],
+                    "key": stages[ups[-1]].key,
+                    "state": next((st for st in states if st != "cached"), states[-1]),
+                    "what": ", ".join(what),
+                    "gpu": format_seconds(sum(cost.stages[u].gpu_seconds for u in ups)),
                 }
             clips.append(clip)
             axis = max(axis, clip["end"])

@@ -73,7 +73,7 @@ class UnknownExtra(ValueError):
 # --- the list ---------------------------------------------------------------------------------
 
 
-def _split(ref: str, default_repo: str) -> tuple[str, str]:
+def split_ref(ref: str, default_repo: str) -> tuple[str, str]:
     """A registry file reference, "file" (in the model's repo) or "org/name:file"."""
     if ":" in ref:
         repo, _, path = ref.partition(":")
@@ -179,7 +179,7 @@ def _extra_files(model: ModelInfo, extra: str) -> list[HubFile]:
     if extra.startswith("camera:"):
         repo, path = camera_location(model, extra.partition(":")[2])
         return [HubFile(repo, path, extra)]
-    repo, path = _split(model.files[extra], model.repo or "")
+    repo, path = split_ref(model.files[extra], model.repo or "")
     out = [HubFile(repo, path, extra)]
     if extra == "spatial-x2" and model.diffusers_repo:
         # The runtime's x2 upsampler is the diffusers-format `latent_upsampler` folder.
@@ -354,13 +354,16 @@ def plan_needs(stages: Iterable) -> dict[str, list[str]]:
         if st.kind == "clip":
             if p.get("camera_control"):
                 wanted.append(f"camera:{p['camera_control']}")
-            if p.get("pipeline") == "two-stage" and "distilled-lora" in model.files:
-                wanted.append("distilled-lora")
         else:
             if p.get("spatial"):
                 wanted.append(f"spatial-{p['spatial']}")
             if p.get("temporal"):
                 wanted.append(f"temporal-{p['temporal']}")
+            refine = p.get("refine") or {}
+            if refine.get("camera_control"):
+                wanted.append(f"camera:{refine['camera_control']}")
+            if refine and not model.distilled and "distilled-lora" in model.files:
+                wanted.append("distilled-lora")  # dev models refine with it
         extras += [w for w in wanted if w not in extras]
     return needs
 

@@ -182,9 +182,9 @@ def load_latent_upsampler(
                 local_files_only=True,
             )
         return model.to(device).eval()
-    from moldbatch.runtime.files import _split, locate
+    from moldbatch.runtime.files import locate, split_ref
 
-    repo, name = _split(spec.files[role], spec.transformer_repo or "")
+    repo, name = split_ref(spec.files[role], spec.transformer_repo or "")
     path = locate(repo, name)
     if path is None:
         raise RuntimeLoadError(f"{repo}/{name} is no longer on this machine; pull the model again")

@@ -16,6 +16,8 @@ from moldbatch.runtime.registry import ModelSpec
 from moldbatch.runtime.types import Lora
 
 CAMERA_PREFIX = "camera-control:"
+# The dev models' distilled LoRA (the registry's "distilled-lora" file), used by the refine pass.
+DISTILLED_LORA = "distilled-lora"
 
 
 def camera_lora_location(spec: ModelSpec, preset: str) -> tuple[str, str]:
@@ -26,6 +28,31 @@ def camera_lora_location(spec: ModelSpec, preset: str) -> tuple[str, str]:
         return camera_location(spec, preset)
     except UnknownExtra as exc:
         raise RuntimeFeatureError(str(exc)) from None
+
+
+def reference_downscale_factor(loras: list[Lora]) -> int:
+    """How much smaller than the render an IC-LoRA wants its reference video: the
+    `reference_downscale_factor` its file's metadata records (the first LoRA that has one),
+    else 1."""
+    from safetensors import safe_open
+
+    for lora in loras:
+        file = Path(lora.path).expanduser()
+        if lora.path.startswith(CAMERA_PREFIX) or lora.path == DISTILLED_LORA or not file.is_file():
+            continue
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                value = (f.metadata() or {}).get("reference_downscale_factor")
+        except Exception as exc:  # noqa: BLE001 - any read failure is a load error
+            raise RuntimeLoadError(f"cannot read LoRA {lora.path}: {exc}") from exc
+        if value is not None:
+            try:
+                return max(1, int(value))
+            except ValueError:
+                raise RuntimeLoadError(
+                    f"LoRA {lora.path}: reference_downscale_factor {value!r} is not a whole number"
+                ) from None
+    return 1
 
 
 class LoraSwitch:
@@ -66,8 +93,13 @@ class LoraSwitch:
         if name is None:
             # A stable name from the path, so logs and adapter lists read the same in every process.
             name = f"lora_{Path(file).stem[:40]}_{hashlib.sha1(file.encode()).hexdigest()[:8]}"
+            weights: Any = file
+            if path == DISTILLED_LORA and self._spec.family == "tiny":
+                from moldbatch.runtime.tiny import distilled_lora
+
+                weights = distilled_lora(self._pipe.transformer)
             try:
-                self._pipe.load_lora_weights(file, adapter_name=name)
+                self._pipe.load_lora_weights(weights, adapter_name=name)
             except ImportError as exc:  # diffusers raises this when peft is missing
                 raise RuntimeLoadError(
                     f"LoRAs need the `peft` package: pip install peft ({exc})"
@@ -76,6 +108,8 @@ class LoraSwitch:
         return name
 
     def _resolve(self, path: str) -> str:
+        if path == DISTILLED_LORA:
+            return self._distilled()
         if path.startswith(CAMERA_PREFIX):
             preset = path[len(CAMERA_PREFIX) :]
             repo, filename = camera_lora_location(self._spec, preset)
@@ -94,3 +128,22 @@ class LoraSwitch:
         if not file.is_file():
             raise RuntimeLoadError(f"LoRA file not found: {path}")
         return str(file.resolve())
+
+    def _distilled(self) -> str:
+        """The distilled LoRA's file (a name standing for the tiny model's in-memory one)."""
+        if self._spec.family == "tiny":
+            return f"{self._spec.name}:{DISTILLED_LORA}"
+        if DISTILLED_LORA not in self._spec.files:
+            raise RuntimeFeatureError(f"{self._spec.name} has no distilled LoRA (it needs none)")
+        from moldbatch.runtime.files import locate, missing_message, split_ref
+
+        repo, filename = split_ref(
+            self._spec.files[DISTILLED_LORA], self._spec.transformer_repo or ""
+        )
+        found = locate(repo, filename)
+        if found is None:  # never downloaded at render time: `moldbatch pull` fetches it
+            raise RuntimeLoadError(
+                missing_message({self._spec.name: [DISTILLED_LORA]})
+                or f"the distilled LoRA {repo}/{filename} is not on this machine"
+            )
+        return str(found)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,9 @@ from moldbatch.runtime import carry as carry_math
 from moldbatch.runtime import sources
 from moldbatch.runtime.errors import RuntimeFeatureError, RuntimeLoadError
 from moldbatch.runtime.loading import load, load_latent_upsampler
-from moldbatch.runtime.lora import LoraSwitch
+from moldbatch.runtime.lora import DISTILLED_LORA, LoraSwitch, reference_downscale_factor
 from moldbatch.runtime.registry import DISTILLED_STEPS, ModelSpec, model_spec
-from moldbatch.runtime.types import Carry, ClipRequest, ClipResult
+from moldbatch.runtime.types import Carry, ClipRequest, ClipResult, Lora, Refine
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ class Runtime:
         self.pipe = loaded.pipe
         self._upsamplers: dict[str, Any] = dict(loaded.upsamplers)  # role -> upsampler model
         self._loras = LoraSwitch(self.pipe, self.spec)
+        self._in_context: Any | None = None  # the IC-LoRA pipeline, sharing the components
         self.load_seconds = time.perf_counter() - started
         self.clips_rendered = 0
         log.info("loaded %s on %s in %.1f s", model, self.device, self.load_seconds)
@@ -135,7 +138,7 @@ class Runtime:
         """
         self._check_request(req)
         self._loras.apply(req.loras)
-        pipe = self.pipe
+        pipe = self.pipe if req.reference_frames is None else self.in_context_pipe
 
         conditions, keyframe_frames = self._conditions(req)
         latent_frames = carry_math.video_latent_frames(req.frames)
@@ -189,6 +192,7 @@ class Runtime:
                 callback_on_step_end=pipe.step_end_callback(on_step, total),
                 callback_on_step_end_tensor_inputs=["latents", "audio_latents"],
                 max_sequence_length=self.spec.max_sequence_length,
+                **self._reference(req),
                 **sampling,
             )
 
@@ -221,6 +225,31 @@ class Runtime:
             audio=audio,
             sample_rate=self.sample_rate if req.audio else None,
         )
+
+    @property
+    def in_context_pipe(self) -> Any:
+        """The IC-LoRA pipeline, built on first use from the same components (no new weights)."""
+        if self._in_context is None:
+            from moldbatch.runtime.pipeline import MoldInContextPipeline
+
+            wanted = inspect.signature(MoldInContextPipeline.__init__).parameters
+            parts = {k: v for k, v in self.pipe.components.items() if k in wanted}
+            self._in_context = MoldInContextPipeline(**parts)
+            self._in_context.set_progress_bar_config(disable=True)
+        return self._in_context
+
+    def _reference(self, req: ClipRequest) -> dict[str, Any]:
+        """The in-context pipeline's reference arguments for an IC-LoRA clip (else nothing)."""
+        if req.reference_frames is None:
+            return {}
+        from diffusers.pipelines.ltx2.pipeline_ltx2_ic_lora import LTX2ReferenceCondition
+        from PIL import Image
+
+        frames = [Image.fromarray(np.ascontiguousarray(f)) for f in req.reference_frames]
+        return {
+            "reference_conditions": [LTX2ReferenceCondition(frames, req.reference_strength)],
+            "reference_downscale_factor": reference_downscale_factor(req.loras),
+        }
 
     # -- held latents: chain carries, the audio of a2vid, the source outside a retake window
 
@@ -395,20 +424,21 @@ class Runtime:
     def refine(
         self,
         video_latents: torch.Tensor,
-        prompt: str,
+        refine: Refine,
         *,
         fps: float,
-        seed: int = 0,
-        negative_prompt: str | None = None,
-        guidance: float = 1.0,
-        sigmas: list[float] | None = None,
         audio_latents: torch.Tensor | None = None,
+        sigmas: list[float] | None = None,
+        on_step: Callable[[int, int], None] | None = None,
     ) -> torch.Tensor:
         """Re-denoise upscaled raw video latents from a low noise level: the second stage of
-        diffusers' two-stage LTX-2 recipe. The latents are noised to `sigmas[0]` and denoised
-        over `sigmas` (default diffusers' STAGE_2_DISTILLED_SIGMA_VALUES, 3 steps) with the
-        clip's prompt. `audio_latents`, when given, are held fixed (the audio is unchanged).
-        Returns refined raw latents of the same shape (cpu, float32). Same inputs -> same output.
+        LTX-2's two-stage recipe. The latents are noised to `sigmas[0]` and denoised over
+        `sigmas` (default diffusers' STAGE_2_DISTILLED_SIGMA_VALUES, 3 steps) without guidance,
+        with the clip's prompt, LoRAs and conditioning (`refine`); models that are not
+        distilled run it with their distilled LoRA on top. `audio_latents`, when given, are
+        held fixed (the audio is unchanged); `refine.carry` holds the previous clip's refined
+        tail at the start. Returns refined raw latents of the same shape (cpu, float32).
+        Same inputs -> same output.
         """
         from diffusers.pipelines.ltx2.utils import STAGE_2_DISTILLED_SIGMA_VALUES
 
@@ -424,24 +454,44 @@ class Runtime:
         audio_init = torch.zeros(audio_shape, device=self.device)
         req = ClipRequest(
             model=self.model,
-            prompt=prompt,
+            prompt=refine.prompt,
+            negative_prompt=refine.negative_prompt,
             width=w * SIZE_GRID,
             height=h * SIZE_GRID,
             frames=frames,
             fps=fps,
-            seed=seed,
+            seed=refine.seed,
             steps=len(sigmas),
-            guidance=guidance,
+            guidance=1.0,
+            image=refine.image,
+            image_strength=refine.image_strength,
+            keyframes=list(refine.keyframes),
+            carry=refine.carry,
         )
-        sampling = self._sampling_kwargs(req)
-        sampling["sigmas"] = sigmas
-        with pipe.conditioned(
-            carry_audio=held,
-            audio_frames=None if held is None else list(range(held.shape[2])),
+        self._check_request(req)
+        carry = req.carry if req.carry is not None and req.carry.tail_frames > 0 else None
+        if carry is not None:
+            carry_math.check_carry_fits(carry, f, audio_shape[2])
+            self._check_carry_shape(carry, req)
+        loras = list(refine.loras)
+        if not self.spec.distilled:
+            loras.append(Lora(DISTILLED_LORA, 1.0))
+        self._loras.apply(loras)
+        conditions, keyframe_frames = self._conditions(req)
+        sampling = {**self._plain_guidance(1.0), "sigmas": sigmas}
+        with (
+            _unshifted_schedule(pipe),
+            pipe.conditioned(
+                carry_video=None if carry is None else carry.video.float().to(self.device),
+                carry_audio=held,
+                keyframe_pixel_frames=keyframe_frames,
+                audio_frames=None if held is None else list(range(held.shape[2])),
+            ),
         ):
             video, _ = pipe(
-                prompt=prompt,
-                negative_prompt=negative_prompt or "",
+                conditions=conditions or None,
+                prompt=refine.prompt,
+                negative_prompt=refine.negative_prompt or "",
                 height=h * SIZE_GRID,
                 width=w * SIZE_GRID,
                 num_frames=frames,
@@ -450,9 +500,11 @@ class Runtime:
                 noise_scale=sigmas[0],
                 latents=video_latents.to(device=self.device, dtype=torch.float32),
                 audio_latents=audio_init,
-                generator=torch.Generator(device="cpu").manual_seed(seed),
+                generator=torch.Generator(device="cpu").manual_seed(refine.seed),
                 output_type="latent",
                 return_dict=False,
+                callback_on_step_end=pipe.step_end_callback(on_step, len(sigmas)),
+                callback_on_step_end_tensor_inputs=["latents", "audio_latents"],
                 max_sequence_length=self.spec.max_sequence_length,
                 **sampling,
             )
@@ -470,17 +522,27 @@ class Runtime:
         width: int | None = None,
         height: int | None = None,
         fps: float | None = None,
+        audio_latents: torch.Tensor | None = None,
+        refine: Refine | None = None,
+        on_step: Callable[[int, int], None] | None = None,
     ) -> ClipResult:
-        """Upscale a rendered clip: its video latents (tensor or a safetensors file with a
-        "video" entry) go through the spatial, then the temporal latent upsampler and are
-        decoded. No denoising pass follows (no refine stage yet).
+        """Upscale a rendered clip in latent space and decode it.
+
+        The video latents (a tensor, or a safetensors file with a "video" entry, and then its
+        "audio" entry when `audio_latents` is not given) go through the spatial latent
+        upsampler, are center-cropped to the latents that cover `width` x `height`, re-denoised
+        by `refine` when given (see `refine`; the audio latents are held), then go through the
+        temporal upsampler and are decoded; the frames are center-cropped to `width` x `height`
+        (x1.5 of an odd latent size and half-size first passes round up).
 
         `spatial`/`temporal` are "x2"-style names or factors (spatial x2 / x1.5, temporal x2).
         Temporal x2 turns F rendered frames into 2F - 1. The audio passes through, trimmed to
         the new clip's duration: a clip of F frames at fps/2 lasts one output frame longer than
         2F - 1 frames at `fps` (given `fps`, the output rate, it is cut to frames / fps
-        exactly). `width`/`height`, when given, center-crop frames an x1.5 rounding made larger.
-        `frames` (the clip's decoded frames) is unused: the upscale works in latent space.
+        exactly). `frames` (the clip's decoded frames) is unused: the upscale works in latent space.
+
+        The result's `video_latents` are those BEFORE the temporal upsampler (spatially
+        upscaled and refined): what the next clip's refine of a chain holds as its carry.
         """
         time_factor = _factor(temporal)
         if time_factor not in (None, 1.0, 2.0):
@@ -488,15 +550,27 @@ class Runtime:
         if isinstance(latents, (str, Path)):
             from safetensors.torch import load_file
 
-            latents = load_file(str(latents))["video"]
+            saved = load_file(str(latents))
+            latents = saved["video"]
+            if audio_latents is None:
+                audio_latents = saved.get("audio")
         video = latents.float().cpu()
         rendered = (video.shape[2] - 1) * FRAME_GRID + 1
         scale = _factor(spatial)
         if scale not in (None, 1.0):
             video = self.upscale_spatial(video, scale)
-        if time_factor == 2.0:
-            video = self.upscale_temporal(video)
-        out = self.decode_video(video)
+        if width is not None and height is not None:
+            video = _crop_latents(video, -(-width // SIZE_GRID), -(-height // SIZE_GRID))
+        if refine is not None:
+            if fps is None:
+                raise RuntimeFeatureError("a refine pass needs the clip's fps")
+            # the rate the clip was rendered at: half the output rate before a temporal x2
+            render_fps = fps / time_factor if time_factor else fps
+            video = self.refine(
+                video, refine, fps=render_fps, audio_latents=audio_latents, on_step=on_step
+            )
+        final = self.upscale_temporal(video) if time_factor == 2.0 else video
+        out = self.decode_video(final)
         if width is not None and height is not None:
             out = _center_crop(out, width, height)
         if audio is not None and time_factor == 2.0:
@@ -507,7 +581,7 @@ class Runtime:
             audio = np.ascontiguousarray(audio[:, :want])
         return ClipResult(
             video_latents=video,
-            audio_latents=None,
+            audio_latents=audio_latents,
             frames=out,
             audio=audio,
             sample_rate=sample_rate if audio is not None else None,
@@ -517,6 +591,7 @@ class Runtime:
         """Drop adapters and free device memory (the object is unusable afterwards)."""
         self._loras.unload()
         self.pipe = None  # type: ignore[assignment]
+        self._in_context = None
         self._upsamplers = {}
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -595,11 +670,12 @@ class Runtime:
                 appended_frames.append(frame)
         return conditions, appended_frames
 
-    def _sampling_kwargs(self, req: ClipRequest) -> dict[str, Any]:
-        """Guidance and schedule settings for this model family."""
-        spec = self.spec
-        # Plain CFG only: STG and modality isolation each add a transformer pass per step.
-        cfg_only: dict[str, Any] = {
+    def _plain_guidance(self, guidance: float) -> dict[str, Any]:
+        """Plain CFG at `guidance` for video and audio: STG and modality isolation each add a
+        transformer pass per step, so they stay off (the distilled and refine settings)."""
+        return {
+            "guidance_scale": guidance,
+            "audio_guidance_scale": guidance,
             "stg_scale": 0.0,
             "audio_stg_scale": 0.0,
             "modality_scale": 1.0,
@@ -607,24 +683,21 @@ class Runtime:
             "guidance_rescale": 0.0,
             "audio_guidance_rescale": 0.0,
             "spatio_temporal_guidance_blocks": None,
-            "use_cross_timestep": spec.use_cross_timestep,
+            "use_cross_timestep": self.spec.use_cross_timestep,
         }
+
+    def _sampling_kwargs(self, req: ClipRequest) -> dict[str, Any]:
+        """Guidance and schedule settings for this model family."""
+        spec = self.spec
         if spec.family == "tiny":
-            return {
-                **cfg_only,
-                "guidance_scale": req.guidance,
-                "audio_guidance_scale": req.guidance,
-                "sigmas": None,
-            }
+            return {**self._plain_guidance(req.guidance), "sigmas": None}
         if spec.distilled:
             # Distilled checkpoints were trained to run without guidance on a fixed 8-step schedule.
             from diffusers.pipelines.ltx2.utils import DISTILLED_SIGMA_VALUES
 
             fixed = req.steps == DISTILLED_STEPS
             return {
-                **cfg_only,
-                "guidance_scale": 1.0,
-                "audio_guidance_scale": 1.0,
+                **self._plain_guidance(1.0),
                 "sigmas": list(DISTILLED_SIGMA_VALUES) if fixed else None,
             }
         # Dev models: the request's CFG for video; diffusers' recommended audio CFG (7), STG,
@@ -666,6 +739,29 @@ def _splice(
         channels = min(out.shape[0], generated.shape[0])
         out[:channels, a:b] = generated[:channels, a:b]
     return out
+
+
+@contextlib.contextmanager
+def _unshifted_schedule(pipe: Any) -> Iterator[None]:
+    """Within this block the pipeline's scheduler takes given sigmas as they are: the refine
+    schedule is absolute, so no resolution-dependent shift may move it."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    kept = pipe.scheduler
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
+        kept.config, use_dynamic_shifting=False, shift=1.0, shift_terminal=None
+    )
+    try:
+        yield
+    finally:
+        pipe.scheduler = kept
+
+
+def _crop_latents(video: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Latents [1, C, F', H', W'] cropped about the centre to at most height x width latents."""
+    top = max(0, (video.shape[3] - height) // 2)
+    left = max(0, (video.shape[4] - width) // 2)
+    return video[:, :, :, top : top + height, left : left + width].contiguous()
 
 
 def _center_crop(frames: np.ndarray, width: int, height: int) -> np.ndarray:

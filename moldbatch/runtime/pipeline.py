@@ -1,4 +1,6 @@
-"""diffusers' LTX2ConditionPipeline, taught two things moldbatch needs and nothing else.
+"""diffusers' LTX2ConditionPipeline (and LTX2InContextPipeline, for IC-LoRA), taught two
+things moldbatch needs and nothing else. Both pipelines build their token sequence with the same
+methods, so one mixin (`HeldLatents`) teaches both.
 
 1. Latent carries. The pipeline already conditions on clean latent tokens: a first-frame
    condition overwrites the first tokens, marks them in `conditioning_mask`, and the denoising
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from diffusers.pipelines.ltx2 import LTX2ConditionPipeline
+from diffusers.pipelines.ltx2 import LTX2ConditionPipeline, LTX2InContextPipeline
 
 
 @dataclass
@@ -40,14 +42,9 @@ class _CarryState:
     audio_index: torch.Tensor | None = None  # token positions of `audio_tokens` in the sequence
 
 
-class MoldConditionPipeline(LTX2ConditionPipeline):
-    """LTX2ConditionPipeline with latent carries and exact keyframe positions (see module doc)."""
-
-    # The step-end callback needs the audio latents to hold the carried tokens clean.
-    _callback_tensor_inputs: ClassVar[list[str]] = [
-        *LTX2ConditionPipeline._callback_tensor_inputs,
-        "audio_latents",
-    ]
+class HeldLatents:
+    """Latent carries, held latents and exact keyframe positions (see module doc), for an
+    LTX-2 pipeline class that builds its sequence as LTX2ConditionPipeline does."""
 
     _mold_carry: _CarryState | None = None
     _mold_keyframe_frames: list[int] | None = None
@@ -107,7 +104,7 @@ class MoldConditionPipeline(LTX2ConditionPipeline):
     ) -> Callable[..., dict]:
         """A `callback_on_step_end` that re-pins the carried audio and reports progress."""
 
-        def callback(pipe: MoldConditionPipeline, i: int, t: Any, tensors: dict[str, Any]) -> dict:
+        def callback(pipe: HeldLatents, i: int, t: Any, tensors: dict[str, Any]) -> dict:
             state = pipe._mold_carry
             if state is not None and state.audio_tokens is not None:
                 audio = tensors["audio_latents"]
@@ -132,7 +129,7 @@ class MoldConditionPipeline(LTX2ConditionPipeline):
         latent_height: int,
         latent_width: int,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        latents, conditioning_mask, clean_latents = super().apply_first_frame_conditioning(
+        latents, conditioning_mask, clean_latents = super().apply_first_frame_conditioning(  # type: ignore[misc]
             latents,
             conditioning_mask,
             condition_latents,
@@ -228,3 +225,23 @@ class MoldConditionPipeline(LTX2ConditionPipeline):
             fps,
             device,
         )
+
+
+class MoldConditionPipeline(HeldLatents, LTX2ConditionPipeline):
+    """LTX2ConditionPipeline with latent carries and exact keyframe positions."""
+
+    # The step-end callback needs the audio latents to hold the carried tokens clean.
+    _callback_tensor_inputs: ClassVar[list[str]] = [
+        *LTX2ConditionPipeline._callback_tensor_inputs,
+        "audio_latents",
+    ]
+
+
+class MoldInContextPipeline(HeldLatents, LTX2InContextPipeline):
+    """LTX2InContextPipeline (IC-LoRA: reference-video tokens appended to the sequence) with
+    the same carries and keyframe positions, so IC-LoRA shots chain like any other."""
+
+    _callback_tensor_inputs: ClassVar[list[str]] = [
+        *LTX2InContextPipeline._callback_tensor_inputs,
+        "audio_latents",
+    ]

@@ -264,3 +264,29 @@ def build_components(seed: int = TINY_SEED) -> TinyComponents:
         temporal_upsampler=temporal_upsampler,
         spatial_upsampler_x1_5=spatial_upsampler_x1_5,
     )
+
+
+def random_lora(
+    transformer: Any, suffix: str, seed: int, *, rank: int = 4, scale: float = 1.0
+) -> dict[str, torch.Tensor]:
+    """A rank-`rank` PEFT LoRA (as `load_lora_weights` reads it) on every transformer Linear
+    whose name ends with `suffix`, drawn from `seed`: the tiny stand-in for a LoRA file."""
+    gen = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    for name, module in transformer.named_modules():
+        # (a layer already wrapped by PEFT keeps its name and its in/out features)
+        if name.endswith(suffix) and hasattr(module, "in_features"):
+            state[f"transformer.{name}.lora_A.weight"] = torch.randn(
+                rank, module.in_features, generator=gen
+            )
+            state[f"transformer.{name}.lora_B.weight"] = scale * torch.randn(
+                module.out_features, rank, generator=gen
+            )
+    if not state:
+        raise ValueError(f"no Linear layer of the transformer ends with {suffix!r}")
+    return state
+
+
+def distilled_lora(transformer: Any) -> dict[str, torch.Tensor]:
+    """The tiny model's "distilled LoRA", which dev models apply for the refine pass."""
+    return random_lora(transformer, "ff.net.2", TINY_SEED + 3, scale=0.5)

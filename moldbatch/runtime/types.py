@@ -58,6 +58,11 @@ class ClipRequest:
     # are held, its output frames (and audio, from `audio_input`) are the source's.
     source_frames: Any | None = None  # np.ndarray
     retake_window: tuple[float, float] | None = None
+    # ic-lora: the reference video for this clip, uint8 [frames, H, W, 3] (any size: the
+    # pipeline resizes it to the render size over the IC-LoRA's reference_downscale_factor),
+    # appended to the sequence as clean tokens the IC-LoRA attends to.
+    reference_frames: Any | None = None  # np.ndarray
+    reference_strength: float = 1.0
 
 
 @dataclass
@@ -67,3 +72,23 @@ class ClipResult:
     frames: Any  # np.ndarray uint8 [F, H, W, 3]
     audio: Any | None  # np.ndarray float32 [channels, samples], or None
     sample_rate: int | None
+
+
+@dataclass
+class Refine:
+    """The second pass after a spatial latent upscale: the upscaled latents are re-noised to a
+    low level and denoised again with the clip's prompt (diffusers' stage-2 recipe).
+
+    `loras` are the clip's own adapters; dev models add their distilled LoRA (the registry's
+    "distilled-lora" file) themselves. `image` and `keyframes` condition the refine as they
+    conditioned the clip; `carry` holds the previous clip's refined tail, as in the first pass.
+    """
+
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = 0
+    loras: list[Lora] = field(default_factory=list)
+    image: Path | None = None
+    image_strength: float = 1.0
+    keyframes: list[tuple[int, Path]] = field(default_factory=list)
+    carry: Carry | None = None

@@ -75,3 +75,27 @@ def test_plan_shows_the_cost_and_render_refuses_over_budget(tmp_path):
     assert res.returncode == 4, res.stderr
     assert "over the budget" in res.stderr
     assert not (tmp_path / ".moldbatch" / "artifacts").exists()  # refused before it started
+
+
+def test_budget_counts_only_what_a_render_would_run(tmp_path):
+    """With the clips' artifacts gone but the shots' outputs cached, a render runs nothing
+    (it pulls from the outputs), so no budget is exceeded."""
+    import shutil
+
+    from moldbatch.execute.executor import render_plan
+    from moldbatch.execute.store import ArtifactStore
+    from moldbatch.review.cost import over_budget
+
+    plan = plan_file(write(tmp_path, "film.yaml", SPEC))
+    assert render_plan(plan, progress=False).ok
+    store = ArtifactStore(tmp_path / ".moldbatch")
+    for stage in plan.stages:
+        if stage.kind in ("clip", "upscale"):
+            shutil.rmtree(store.dir_of(stage.key))
+    assert over_budget(plan, None, 0.0) is None
+    # the exported shot gone too: its stitch is cached, and an export takes no GPU time
+    shutil.rmtree(store.dir_of(plan.stage("a/export").key))
+    assert over_budget(plan, None, 0.0) is None
+    shutil.rmtree(store.dir_of(plan.stage("a/stitch").key))
+    refusal = over_budget(plan, None, 0.0)
+    assert refusal and "stages not cached" in refusal

@@ -12,6 +12,7 @@ from moldbatch.execute.store import ArtifactStore
 from moldbatch.media.probe import probe, read_video
 from moldbatch.plan.planner import plan_file
 from moldbatch.runtime import ClipRequest, Runtime, RuntimeFeatureError
+from moldbatch.runtime.types import Refine
 
 from conftest import TINY_HEAD as HEAD
 from conftest import write
@@ -99,13 +100,10 @@ def test_refine_after_a_spatial_upscale_is_deterministic_and_keeps_the_shape(
     rt: Runtime, half_rate
 ) -> None:
     up = rt.upscale_spatial(half_rate.video_latents, 2.0)
-    refined = rt.refine(
-        up, "a kite over the sea", fps=12.0, seed=5, audio_latents=half_rate.audio_latents
-    )
+    kite = Refine("a kite over the sea", seed=5)
+    refined = rt.refine(up, kite, fps=12.0, audio_latents=half_rate.audio_latents)
     assert refined.shape == up.shape and not torch.equal(refined, up)
-    again = rt.refine(
-        up, "a kite over the sea", fps=12.0, seed=5, audio_latents=half_rate.audio_latents
-    )
+    again = rt.refine(up, kite, fps=12.0, audio_latents=half_rate.audio_latents)
     assert torch.equal(refined, again)
     assert rt.decode_video(refined).shape == (17, 128, 128, 3)
 
