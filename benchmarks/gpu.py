@@ -13,8 +13,9 @@ weights, built in bf16 straight on the GPU. For each model it reports:
   guided step: conditional + unconditional), then per 97-frame clip: 8 steps for the distilled
   model, 30 guided steps for the dev model (spatio-temporal guidance adds one more batch-1
   pass per step on top). Transformer only: no text encoder, no VAE decode.
-* the same with fp8 weight storage (`enable_layerwise_casting`, bf16 compute), as the
-  runtime loads the real checkpoints;
+* the same with fp8 weights in both of the runtime's forms (`moldbatch/runtime/fp8.py`):
+  fp8 storage with bf16 matmuls (`enable_layerwise_casting`, "cast", for GPUs without fp8
+  tensor cores) and fp8 matmuls (`torch._scaled_mm`, "scaled", what an H100 runs);
 * peak GPU memory of each;
 * the executor's overhead: a tiny-model film rendered through `render_plan` on the GPU, its
   wall time against the time spent inside the runtime's calls (the bare pipeline work).
@@ -200,17 +201,19 @@ def bench_model(name: str, spec: dict, args, device: str, smoke: bool) -> dict:
         if cuda:
             torch.cuda.synchronize()
 
-    if cuda:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # parameters born in bf16 on the GPU: no fp32 copy
-    try:
-        with torch.device(device):
-            model = LTX2VideoTransformer3DModel(**config)
-    finally:
-        torch.set_default_dtype(previous)
-    model.eval()
+    def build():
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)  # parameters born in bf16 on the GPU: no fp32 copy
+        try:
+            with torch.device(device):
+                return LTX2VideoTransformer3DModel(**config).eval()
+        finally:
+            torch.set_default_dtype(previous)
+
+    model = build()
     out = {
         "model": name,
         "params_b": round(sum(p.numel() for p in model.parameters()) / 1e9, 3),
@@ -219,18 +222,29 @@ def bench_model(name: str, spec: dict, args, device: str, smoke: bool) -> dict:
         "text_tokens": text_tokens,
     }
     distilled_steps, dev_steps = spec["steps"]
-    modes = [("bf16", None)]
-    if not args.no_fp8:
-        modes.append(("fp8", torch.float8_e4m3fn))
-    for label, storage in modes:
-        if storage is not None:
+    modes = ["bf16"] if args.no_fp8 else ["bf16", "fp8", "fp8_scaled"]
+    for label in modes:
+        if label != "bf16":
+            # a fresh model per fp8 form (each changes the layers in place)
+            del model
+            model = build()
             try:
-                model.enable_layerwise_casting(storage_dtype=storage, compute_dtype=dtype)
+                if label == "fp8":  # storage in fp8, bf16 matmuls: the runtime's "cast"
+                    model.enable_layerwise_casting(
+                        storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype
+                    )
+                else:  # fp8 matmuls (torch._scaled_mm): the runtime's "scaled"
+                    from moldbatch.runtime.fp8 import use_scaled_fp8
+
+                    out["fp8_scaled_layers"] = use_scaled_fp8(model, dtype)
             except Exception as exc:  # report and go on: bf16 numbers stand on their own
                 out[f"{label}_error"] = f"{type(exc).__name__}: {exc}"
                 continue
             if cuda:
                 torch.cuda.empty_cache()
+        out[f"{label}_weights_gib"] = round(
+            sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**30, 3
+        )
         for batch in (1, 2):
             if cuda:
                 torch.cuda.reset_peak_memory_stats()

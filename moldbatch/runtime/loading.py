@@ -8,7 +8,8 @@ diffusers' documented API.)
 
 * text encoder: Gemma 3 12B, `google/gemma-3-12b-it-qat-q4_0-unquantized`;
 * transformer: the fp8 single file of the model (`from_single_file`, with the architecture
-  config of the family's diffusers-format repo), kept in fp8 storage on CUDA via layerwise casting;
+  config of the family's diffusers-format repo), kept in fp8 on CUDA: fp8 matmuls on GPUs
+  that have them, layerwise casting on the others (`runtime/fp8.py`);
 * VAEs, vocoder, connectors and scheduler: the family's diffusers-format repo;
 * latent upsamplers, loaded on first use: spatial x2 from the same repo's `latent_upsampler`
   folder; spatial x1.5 (LTX-2.3) and temporal x2 from Lightricks' single upsampler files
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 
 from moldbatch.runtime.errors import RuntimeFeatureError, RuntimeLoadError
+from moldbatch.runtime.fp8 import prepare_transformer
 from moldbatch.runtime.hub import hub_errors
 from moldbatch.runtime.pipeline import MoldConditionPipeline
 from moldbatch.runtime.registry import TEXT_ENCODER_REPO, ModelSpec
@@ -124,9 +126,10 @@ def _load_real(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> Loa
 
     with hub_errors(spec.diffusers_repo, "the transformer configuration"):
         transformer = load_transformer(checkpoint, components, dtype)
-    if device.type == "cuda":
-        # Keep the 19B/22B weights in fp8 (as shipped) and compute in bf16, layer by layer.
-        transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
+    # Keep the 19B/22B weights in fp8, as shipped: fp8 matmuls where the GPU has them, else
+    # fp8 storage upcast to bf16 layer by layer (see runtime/fp8.py).
+    mode = prepare_transformer(transformer, device, dtype)
+    log.info("transformer weights: fp8 %s", mode)
 
     with hub_errors(spec.diffusers_repo, "the VAEs, vocoder and text connectors"):
         pipe = MoldConditionPipeline.from_pretrained(

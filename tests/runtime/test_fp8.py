@@ -1,0 +1,92 @@
+"""fp8 transformer weights: scaled fp8 matmuls (`torch._scaled_mm`, which the CPU runs too)
+on the real tiny LTX-2 transformer, and how a device picks its fp8 mode."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from moldbatch.runtime import ClipRequest, Lora, Runtime, RuntimeLoadError
+from moldbatch.runtime.fp8 import ENV, FP8, ScaledFp8Linear, fp8_mode, use_scaled_fp8
+from moldbatch.runtime.tiny import random_lora
+
+MODEL = "ltx-2-tiny:random"
+REQ = ClipRequest(
+    model=MODEL,
+    prompt="a red kite over dunes",
+    width=64,
+    height=64,
+    frames=17,
+    fps=24.0,
+    seed=1,
+    steps=2,
+    guidance=1.0,
+)
+
+
+def test_scaled_linear_matches_the_float_layer_within_fp8_precision() -> None:
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48)
+    fp8 = ScaledFp8Linear(linear, torch.float32)
+    assert fp8.weight.dtype == FP8 and fp8.weight.element_size() == 1
+    x = torch.randn(2, 5, 64) * 3
+    want, got = linear(x), fp8(x)
+    assert got.shape == want.shape
+    error = (got - want).norm() / want.norm()
+    assert 0 < error < 0.05  # e4m3 keeps 3 mantissa bits: a few percent, never exact
+    assert ScaledFp8Linear.fits(linear) and not ScaledFp8Linear.fits(torch.nn.Linear(60, 48))
+
+
+@pytest.fixture(scope="module")
+def plain() -> Runtime:
+    return Runtime(MODEL)
+
+
+@pytest.fixture(scope="module")
+def scaled() -> Runtime:
+    rt = Runtime(MODEL)
+    rt.swapped = use_scaled_fp8(rt.pipe.transformer, torch.float32)
+    return rt
+
+
+def test_tiny_transformer_renders_with_fp8_matmuls(plain: Runtime, scaled: Runtime) -> None:
+    transformer = scaled.pipe.transformer
+    assert scaled.swapped > 0
+    swapped = [m for m in transformer.modules() if isinstance(m, ScaledFp8Linear)]
+    assert len(swapped) == scaled.swapped
+    # only the blocks: the input and output projections keep their precision
+    assert type(transformer.proj_in) is torch.nn.Linear
+    assert type(transformer.proj_out) is torch.nn.Linear
+    a, b = plain.render_clip(REQ), scaled.render_clip(REQ)
+    assert b.frames.shape == a.frames.shape
+    va, vb = a.video_latents.flatten(), b.video_latents.flatten()
+    assert not torch.equal(va, vb)
+    assert torch.corrcoef(torch.stack([va, vb]))[0, 1] > 0.99
+    assert torch.equal(b.video_latents, scaled.render_clip(REQ).video_latents)  # deterministic
+
+
+def test_loras_apply_on_top_of_fp8_layers(plain: Runtime, scaled: Runtime, tmp_path) -> None:
+    pytest.importorskip("peft")
+    path = tmp_path / "style.safetensors"
+    save_file(random_lora(plain.pipe.transformer, "attn1.to_q", seed=3), path)
+    styled = dataclasses.replace(REQ, loras=[Lora(str(path))])
+    base, with_lora = scaled.render_clip(REQ), scaled.render_clip(styled)
+    assert not torch.equal(base.video_latents, with_lora.video_latents)
+    reference = plain.render_clip(styled).video_latents.flatten()
+    got = with_lora.video_latents.flatten()
+    assert torch.corrcoef(torch.stack([reference, got]))[0, 1] > 0.99
+    assert torch.equal(scaled.render_clip(REQ).video_latents, base.video_latents)  # off again
+
+
+def test_fp8_mode_per_device_and_override(monkeypatch) -> None:
+    cpu = torch.device("cpu")
+    monkeypatch.delenv(ENV, raising=False)
+    assert fp8_mode(cpu) == "off"
+    monkeypatch.setenv(ENV, "Scaled")
+    assert fp8_mode(cpu) == "scaled"
+    monkeypatch.setenv(ENV, "fast")
+    with pytest.raises(RuntimeLoadError, match="expected one of scaled, cast, off"):
+        fp8_mode(cpu)
