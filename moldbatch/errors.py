@@ -59,6 +59,10 @@ class WorkdirLocked(MoldbatchError):
     exit_code = 3
 
 
+class OutputTaken(MoldbatchError):
+    """An output path holds what another spec's render wrote (exit 1: fix the spec or --out)."""
+
+
 def display_path(path: Path) -> str:
     """A path as the user would type it: relative to the working folder when it is below it."""
     try:

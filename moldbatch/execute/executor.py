@@ -18,7 +18,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from moldbatch.errors import MoldbatchError, StageFailed, display_path
+from moldbatch.errors import MoldbatchError, OutputTaken, StageFailed, display_path
 from moldbatch.execute.lock import WorkdirLock
 from moldbatch.execute.state import StateDB
 from moldbatch.execute.store import TERMINAL, Artifact, ArtifactStore, default_workdir, resolve
@@ -149,6 +149,11 @@ class Executor:
         self.store.clean_tmp()
         db = StateDB(self.workdir)
         spec = str(self.plan.path.resolve())
+        try:
+            self._check_outputs_are_ours(db, spec)
+        except OutputTaken:
+            db.close()
+            raise
         run_id = db.start_run(spec, self.plan.stages)
         todo, found = resolve(self.plan, self.store)
         todo_ids = {s.id for s in todo}
@@ -250,6 +255,23 @@ class Executor:
         bar.done(stage)
         return True
 
+    def _check_outputs_are_ours(self, db: StateDB, spec: str) -> None:
+        """Refuse, before rendering anything, to write over a file that another spec's render
+        wrote: two specs in one folder with a shot id (or film output) in common."""
+        for stage in self.plan.stages:
+            if stage.kind not in TERMINAL:
+                continue
+            dst = Path(stage.outputs["path"]).resolve()
+            owner = db.delivered_for(dst)
+            if owner and owner != spec and dst.is_file():
+                what = f"shot '{stage.shot}'" if stage.shot else "the film's `output`"
+                raise OutputTaken(
+                    f"{display_path(dst)} ({what}) was rendered by {display_path(Path(owner))}, "
+                    f"which writes into the same folder; give this {what.split(' ')[0]} another "
+                    f"{'id' if stage.shot else 'path'} or render with --out DIR (or delete the "
+                    "file if that spec is gone); nothing was rendered"
+                )
+
     def _deliver(self, found: dict[str, Artifact], db: StateDB, summary: Summary) -> list[str]:
         """Copy each finished shot and the film to its output path (only complete ones).
 
@@ -264,7 +286,7 @@ class Executor:
             want = art.manifest["files"][art.meta["file"]]["sha256"]
             dst = Path(stage.outputs["path"]).resolve()
             try:
-                self._deliver_one(src, dst, want, db)
+                self._deliver_one(src, dst, want, db, str(self.plan.path.resolve()))
             except OSError as e:
                 summary.delivery_errors.append(
                     f"cannot write {display_path(dst)}: {e.strerror or e}; the render is kept "
@@ -274,7 +296,7 @@ class Executor:
             paths.append(str(dst))
         return paths
 
-    def _deliver_one(self, src: Path, dst: Path, want: str, db: StateDB) -> None:
+    def _deliver_one(self, src: Path, dst: Path, want: str, db: StateDB, spec: str) -> None:
         if dst.exists() and not dst.is_file():
             raise IsADirectoryError(21, "a folder is in the way")
         if dst.is_file():
@@ -284,6 +306,7 @@ class Executor:
             else:
                 have = sha256_file(dst)
             if have == want:
+                db.record_delivery(dst, want, spec)
                 return
             if not ours or ours[0] != have:
                 aside = _free_name(dst)
@@ -293,7 +316,7 @@ class Executor:
                     f"kept as {display_path(aside)}"
                 )
         atomic_copy(src, dst)
-        db.record_delivery(dst, want)
+        db.record_delivery(dst, want, spec)
 
     def _report(self, summary: Summary) -> None:
         shots = {s.id: s for s in self.plan.shots}

@@ -20,7 +20,8 @@ CREATE TABLE IF NOT EXISTS deliveries (  -- output files moldbatch wrote, to tel
     path TEXT PRIMARY KEY,                  -- from files a user put there
     sha256 TEXT NOT NULL,
     bytes INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL
+    mtime_ns INTEGER NOT NULL,
+    spec TEXT                               -- the spec whose render wrote it
 );
 CREATE TABLE IF NOT EXISTS stages (
     run_id INTEGER NOT NULL REFERENCES runs(id),
@@ -52,6 +53,9 @@ class StateDB:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(deliveries)")}
+        if "spec" not in columns:  # a work folder from before outputs knew their spec
+            self.db.execute("ALTER TABLE deliveries ADD COLUMN spec TEXT")
 
     def close(self) -> None:
         self.db.close()
@@ -95,12 +99,18 @@ class StateDB:
             "SELECT sha256, bytes, mtime_ns FROM deliveries WHERE path=?", (str(path),)
         ).fetchone()
 
-    def record_delivery(self, path: Path, sha256: str) -> None:
+    def record_delivery(self, path: Path, sha256: str, spec: str | None = None) -> None:
         st = path.stat()
         self.db.execute(
-            "INSERT OR REPLACE INTO deliveries (path, sha256, bytes, mtime_ns) VALUES (?,?,?,?)",
-            (str(path), sha256, st.st_size, st.st_mtime_ns),
+            "INSERT OR REPLACE INTO deliveries (path, sha256, bytes, mtime_ns, spec) "
+            "VALUES (?,?,?,?,?)",
+            (str(path), sha256, st.st_size, st.st_mtime_ns, spec),
         )
+
+    def delivered_for(self, path: Path) -> str | None:
+        """The spec whose render last wrote `path` (None: unknown, or never written)."""
+        row = self.db.execute("SELECT spec FROM deliveries WHERE path=?", (str(path),)).fetchone()
+        return row[0] if row else None
 
     def interrupt_run(self, run_id: int) -> None:
         with self.db:

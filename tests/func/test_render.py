@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moldbatch.errors import StageFailed, WorkdirLocked
+from moldbatch.errors import OutputTaken, StageFailed, WorkdirLocked
 from moldbatch.execute.executor import render_plan
 from moldbatch.execute.lock import WorkdirLock
 from moldbatch.media.probe import probe, read_video
@@ -365,6 +365,24 @@ def test_a_file_the_user_put_at_an_output_path_is_kept_aside(tmp_path, runtimes)
     assert render(spec, runtimes).ok
     assert not (tmp_path / "renders" / "a.orig-2.mp4").exists()
     assert sorted(p.name for p in (tmp_path / "renders").iterdir()) == ["a.mp4", "a.orig.mp4"]
+
+
+def test_two_specs_in_one_folder_never_overwrite_each_others_shots(tmp_path, runtimes):
+    first = write(tmp_path, "film.yaml", HEAD + "shots:\n  - {id: a, prompt: a kite, frames: 9}\n")
+    other = write(tmp_path, "other.yaml", HEAD + "shots:\n  - {id: a, prompt: a boat, frames: 9}\n")
+    assert render(first, runtimes).ok
+    before = (tmp_path / "renders" / "a.mp4").read_bytes()
+    with pytest.raises(
+        OutputTaken, match=r"renders/a.mp4 \(shot 'a'\) was rendered by \S*film.yaml"
+    ):
+        render(other, runtimes)
+    assert (tmp_path / "renders" / "a.mp4").read_bytes() == before
+    # the first spec renders again as before (its own file); with --out the other one works
+    assert render(first, runtimes).ok
+    summary = render_plan(
+        plan_file(other, out_dir=tmp_path / "boat"), progress=False, runtimes=runtimes
+    )
+    assert summary.ok and probe(tmp_path / "boat" / "a.mp4").frames == 9
 
 
 def test_the_film_output_may_not_be_a_shot_file(tmp_path):
