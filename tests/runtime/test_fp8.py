@@ -9,22 +9,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from moldbatch.runtime import ClipRequest, Lora, Runtime, RuntimeLoadError
+from moldbatch.runtime import Lora, Runtime, RuntimeLoadError
 from moldbatch.runtime.fp8 import ENV, FP8, ScaledFp8Linear, fp8_mode, use_scaled_fp8
 from moldbatch.runtime.tiny import random_lora
 
+from conftest import tiny_clip
+
 MODEL = "ltx-2-tiny:random"
-REQ = ClipRequest(
-    model=MODEL,
-    prompt="a red kite over dunes",
-    width=64,
-    height=64,
-    frames=17,
-    fps=24.0,
-    seed=1,
-    steps=2,
-    guidance=1.0,
-)
+REQ = tiny_clip()
 
 
 def test_scaled_linear_matches_the_float_layer_within_fp8_precision() -> None:

@@ -11,18 +11,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from moldbatch.execute.executor import render_plan
 from moldbatch.execute.stages import LATENTS
-from moldbatch.execute.store import ArtifactStore
 from moldbatch.media.encode import write_video
 from moldbatch.media.probe import probe
-from moldbatch.plan.planner import plan_file
-from moldbatch.runtime import ClipRequest, Lora, Runtime
+from moldbatch.runtime import Lora, Runtime
 from moldbatch.runtime.carry import carried_video_latent_frames
 from moldbatch.runtime.lora import reference_downscale_factor
 from moldbatch.runtime.tiny import random_lora
 
-from conftest import write
+from conftest import render_spec, tiny_clip, write
 
 MODEL = "ltx-2-tiny:random"
 SHOT = f"""\
@@ -60,11 +57,7 @@ def _lora(rt: Runtime, path: Path, factor: int | None) -> Path:
 
 
 def _render(folder: Path, runtimes):
-    plan = plan_file(write(folder, "film.yaml", SHOT))
-    assert plan.valid, [str(d) for d in plan.diagnostics]
-    summary = render_plan(plan, progress=False, runtimes=runtimes)
-    assert summary.ok, summary
-    return plan, ArtifactStore(folder / ".moldbatch")
+    return render_spec(write(folder, "film.yaml", SHOT), runtimes)
 
 
 def test_ic_lora_chain_follows_its_reference_and_carries(tmp_path, runtimes) -> None:
@@ -104,19 +97,7 @@ def test_reference_reaches_the_model_and_the_downscale_factor_is_read(tmp_path, 
     plain = _lora(rt, tmp_path / "plain.safetensors", factor=None)
     assert reference_downscale_factor([Lora(str(plain)), Lora(str(scaled))]) == 2
     assert reference_downscale_factor([Lora(str(plain))]) == 1
-    req = ClipRequest(
-        model=MODEL,
-        prompt="a dancer",
-        width=64,
-        height=64,
-        frames=9,
-        fps=24.0,
-        seed=1,
-        steps=2,
-        guidance=1.0,
-        audio=False,
-        loras=[Lora(str(scaled))],
-    )
+    req = tiny_clip(prompt="a dancer", frames=9, audio=False, loras=[Lora(str(scaled))])
     rng = np.random.default_rng(3)
     ref = rng.integers(0, 256, (9, 64, 64, 3), dtype=np.uint8)
     first = rt.render_clip(dataclasses.replace(req, reference_frames=ref))

@@ -255,21 +255,12 @@ def test_keyframes_change_the_clip(rt: Runtime, base: ClipRequest, first, image_
 
 
 def _write_lora(rt: Runtime, path: Path, suffix: str, seed: int) -> str:
-    """A rank-4 PEFT LoRA on every tiny transformer Linear named `*suffix`, as `load_lora_weights` reads it."""
+    """A LoRA file on every tiny transformer Linear named `*suffix`, as `load_lora_weights` reads it."""
     from safetensors.torch import save_file
 
-    gen = torch.Generator().manual_seed(seed)
-    state = {}
-    for name, module in rt.pipe.transformer.named_modules():
-        if name.endswith(suffix):
-            state[f"transformer.{name}.lora_A.weight"] = torch.randn(
-                4, module.in_features, generator=gen
-            )
-            state[f"transformer.{name}.lora_B.weight"] = torch.randn(
-                module.out_features, 4, generator=gen
-            )
-    assert state, suffix
-    save_file(state, path)
+    from moldbatch.runtime.tiny import random_lora
+
+    save_file(random_lora(rt.pipe.transformer, suffix, seed), path)
     return str(path)
 
 

@@ -8,18 +8,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from moldbatch.execute.executor import render_plan
 from moldbatch.execute.stages import LATENTS, load_media
 from moldbatch.execute.store import ArtifactStore
 from moldbatch.media.probe import probe
 from moldbatch.plan.planner import plan_file
 from moldbatch.review.cost import REFINE_STEPS, estimate
-from moldbatch.runtime import ClipRequest, Runtime
+from moldbatch.runtime import Runtime
 from moldbatch.runtime.carry import carried_video_latent_frames
 from moldbatch.runtime.lora import DISTILLED_LORA
 from moldbatch.runtime.types import Refine
 
-from conftest import write
+from conftest import render_spec, tiny_clip, write
 
 MODEL = "ltx-2-tiny:random"
 HEAD = f"""\
@@ -37,14 +36,6 @@ def runtimes() -> dict:
     return {MODEL: Runtime.load(MODEL)}
 
 
-def render(spec, runtimes):
-    plan = plan_file(spec)
-    assert plan.valid, [str(d) for d in plan.diagnostics]
-    summary = render_plan(plan, progress=False, runtimes=runtimes)
-    assert summary.ok, summary
-    return plan, ArtifactStore(spec.parent / ".moldbatch")
-
-
 def latents(store: ArtifactStore, plan, stage_id: str) -> dict[str, torch.Tensor]:
     return load_file(str(store.get(plan.stage(stage_id).key).file(LATENTS)))
 
@@ -56,7 +47,7 @@ def test_two_stage_renders_half_size_then_refines_to_the_render_size(tmp_path, r
         HEAD + "shots:\n  - {id: dev, prompt: a lighthouse at night, frames: 17,"
         " width: 128, height: 128, pipeline: two-stage}\n",
     )
-    plan, store = render(spec, runtimes)
+    plan, store = render_spec(spec, runtimes)
     clip, refine = plan.stage("dev/clip-0"), plan.stage("dev/refine-0")
     assert (clip.params["width"], clip.params["height"]) == (64, 64)
     assert refine.kind == "upscale" and refine.needs == ["dev/clip-0"]
@@ -88,7 +79,7 @@ def test_a_size_off_the_64_grid_renders_a_rounded_first_pass_cropped_back(
     )
     plan = plan_file(spec)
     assert any("160x128 renders at 96x64" in str(d) for d in plan.warnings)
-    plan, store = render(spec, runtimes)
+    plan, store = render_spec(spec, runtimes)
     assert load_media(store.get(plan.stage("odd/clip-0").key))[0].shape == (9, 64, 96, 3)
     refined = latents(store, plan, "odd/refine-0")["video"]
     assert tuple(refined.shape[3:]) == (4, 5)  # 6 latents wide after x2, cropped to 5
@@ -112,7 +103,7 @@ shots:
     prompts: [a corridor of mirrors, a door opens to a garden]
 """,
     )
-    plan, store = render(spec, runtimes)
+    plan, store = render_spec(spec, runtimes)
     assert plan.stage("walk/refine-1").needs == ["walk/clip-1", "walk/refine-0"]
     k = carried_video_latent_frames(9)
     # first pass: the carried latents come back exactly (held clean), at half size
@@ -141,7 +132,7 @@ def test_spatial_upscale_refines_with_the_clip_prompt_and_image(tmp_path, runtim
         HEAD + "shots:\n  - {id: big, prompt: a red door, frames: 17, width: 128, height: 128,"
         " spatial_upscale: x2, image: red.png, temporal_upscale: x2, audio: false}\n",
     )
-    plan, store = render(spec, runtimes)
+    plan, store = render_spec(spec, runtimes)
     up = plan.stage("big/upscale-0")
     assert up.params["refine"]["image"]["path"].endswith("red.png")
     assert up.params["temporal"] == "x2" and plan.stage("big/clip-0").params["frames"] == 9
@@ -152,20 +143,7 @@ def test_spatial_upscale_refines_with_the_clip_prompt_and_image(tmp_path, runtim
 
 def test_refine_conditions_on_the_image_and_is_deterministic(runtimes) -> None:
     rt = runtimes[MODEL]
-    clip = rt.render_clip(
-        ClipRequest(
-            model=MODEL,
-            prompt="a tower",
-            width=64,
-            height=64,
-            frames=9,
-            fps=24.0,
-            seed=1,
-            steps=2,
-            guidance=1.0,
-            audio=False,
-        )
-    )
+    clip = rt.render_clip(tiny_clip(prompt="a tower", frames=9, audio=False))
     up = rt.upscale_spatial(clip.video_latents)
     plain = rt.refine(up, Refine("a tower", seed=1), fps=24.0)
     assert torch.equal(plain, rt.refine(up, Refine("a tower", seed=1), fps=24.0))
