@@ -529,8 +529,12 @@ class StageWorker:
             art = out.commit()
         except (Exception, MoldbatchError) as e:  # noqa: BLE001 - reported to the driver
             out.discard()
+            from moldbatch.runtime.errors import RuntimeLoadError
+
+            # model files are per machine: say which one lacks them (the driver checked its own)
+            where = f" (on worker node {node})" if isinstance(e, RuntimeLoadError) else ""
             return {
-                "error": _one_line(e),
+                "error": _one_line(e) + where,
                 "traceback": f"on worker pid {os.getpid()} ({node}):\n"
                 + "".join(traceback.format_exception(e)),
                 "pid": os.getpid(),
