@@ -66,3 +66,30 @@ def render_spec(spec: Path, runtimes: dict):
     summary = render_plan(plan, progress=False, runtimes=runtimes)
     assert summary.ok, summary
     return plan, ArtifactStore(spec.parent / ".moldbatch")
+
+
+# diffusers name -> original (ltx-core) name: the inverse of diffusers'
+# `convert_ltx2_transformer_to_diffusers`. Order matters: longer names before their substrings.
+TO_ORIGINAL = (
+    ("audio_time_embed.", "audio_adaln_single."),
+    ("time_embed.", "adaln_single."),
+    ("av_cross_attn_video_scale_shift", "av_ca_video_scale_shift_adaln_single"),
+    ("av_cross_attn_video_a2v_gate", "av_ca_a2v_gate_adaln_single"),
+    ("av_cross_attn_audio_scale_shift", "av_ca_audio_scale_shift_adaln_single"),
+    ("av_cross_attn_audio_v2a_gate", "av_ca_v2a_gate_adaln_single"),
+    ("video_a2v_cross_attn_scale_shift_table", "scale_shift_table_a2v_ca_video"),
+    ("audio_a2v_cross_attn_scale_shift_table", "scale_shift_table_a2v_ca_audio"),
+    ("audio_proj_in.", "audio_patchify_proj."),
+    ("proj_in.", "patchify_proj."),
+    ("norm_q.", "q_norm."),
+    ("norm_k.", "k_norm."),
+)
+
+
+def original_key(key: str) -> str:
+    for new, old in TO_ORIGINAL:
+        if key.startswith(new) or f".{new}" in key:
+            key = (
+                key.replace(new, old) if key.startswith(new) else key.replace(f".{new}", f".{old}")
+            )
+    return "model.diffusion_model." + key

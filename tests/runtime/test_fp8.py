@@ -82,3 +82,42 @@ def test_fp8_mode_per_device_and_override(monkeypatch) -> None:
     monkeypatch.setenv(ENV, "fast")
     with pytest.raises(RuntimeLoadError, match="expected one of scaled, cast, off"):
         fp8_mode(cpu)
+
+
+def test_an_fp8_single_file_checkpoint_loads_and_runs_with_fp8_matmuls(
+    plain: Runtime, tmp_path, monkeypatch
+) -> None:
+    """As shipped: the blocks' linear weights in float8 e4m3 (the rest bf16), original key
+    names; loaded by the real loader, then put in the scaled fp8 form the runtime uses."""
+    from moldbatch.runtime import tiny
+    from moldbatch.runtime.fp8 import prepare_transformer
+    from moldbatch.runtime.loading import load_transformer
+
+    from conftest import original_key
+
+    transformer = tiny.build_components().transformer
+    checkpoint = {}
+    for key, value in transformer.state_dict().items():
+        blocks_linear = key.startswith("transformer_blocks.") and key.endswith(".weight")
+        fp8 = blocks_linear and value.ndim == 2
+        checkpoint[original_key(key)] = value.to(FP8 if fp8 else torch.bfloat16).contiguous()
+    assert sum(v.dtype == FP8 for v in checkpoint.values()) > 20
+    save_file(checkpoint, tmp_path / "tiny-fp8.safetensors")
+    transformer.save_config(tmp_path / "components" / "transformer")
+
+    loaded = load_transformer(
+        tmp_path / "tiny-fp8.safetensors", tmp_path / "components", torch.float32
+    )
+    monkeypatch.setenv(ENV, "scaled")
+    assert prepare_transformer(loaded, torch.device("cpu"), torch.float32) == "scaled"
+    assert any(isinstance(m, ScaledFp8Linear) for m in loaded.modules())
+
+    reference = plain.render_clip(REQ).video_latents.flatten()
+    own = plain.pipe.transformer
+    plain.pipe.transformer = loaded.eval().requires_grad_(False)
+    try:
+        got = plain.render_clip(REQ).video_latents.flatten()
+    finally:
+        plain.pipe.transformer = own
+    # fp8 weights and matmuls, bf16 norms: close to the float32 model, not equal
+    assert torch.corrcoef(torch.stack([reference, got]))[0, 1] > 0.98

@@ -15,6 +15,8 @@ import torch
 from moldbatch.runtime import ClipRequest, Runtime, tiny
 from moldbatch.runtime.loading import load_transformer
 
+from conftest import original_key
+
 MODEL = "ltx-2-tiny:random"
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 
@@ -123,32 +125,6 @@ def test_a_keyframe_shows_in_the_decoded_frame(rt: Runtime, clip: ClipRequest, s
 
 # -- weights in the original single-file layout
 
-# diffusers name -> original (ltx-core) name: the inverse of diffusers'
-# `convert_ltx2_transformer_to_diffusers`. Order matters: longer names before their substrings.
-_TO_ORIGINAL = (
-    ("audio_time_embed.", "audio_adaln_single."),
-    ("time_embed.", "adaln_single."),
-    ("av_cross_attn_video_scale_shift", "av_ca_video_scale_shift_adaln_single"),
-    ("av_cross_attn_video_a2v_gate", "av_ca_a2v_gate_adaln_single"),
-    ("av_cross_attn_audio_scale_shift", "av_ca_audio_scale_shift_adaln_single"),
-    ("av_cross_attn_audio_v2a_gate", "av_ca_v2a_gate_adaln_single"),
-    ("video_a2v_cross_attn_scale_shift_table", "scale_shift_table_a2v_ca_video"),
-    ("audio_a2v_cross_attn_scale_shift_table", "scale_shift_table_a2v_ca_audio"),
-    ("audio_proj_in.", "audio_patchify_proj."),
-    ("proj_in.", "patchify_proj."),
-    ("norm_q.", "q_norm."),
-    ("norm_k.", "k_norm."),
-)
-
-
-def _original_key(key: str) -> str:
-    for new, old in _TO_ORIGINAL:
-        if key.startswith(new) or f".{new}" in key:
-            key = (
-                key.replace(new, old) if key.startswith(new) else key.replace(f".{new}", f".{old}")
-            )
-    return "model.diffusion_model." + key
-
 
 def test_original_layout_checkpoint_loads_through_the_real_loader(
     rt: Runtime, clip: ClipRequest, tmp_path: Path
@@ -158,7 +134,7 @@ def test_original_layout_checkpoint_loads_through_the_real_loader(
 
     transformer = tiny.build_components().transformer
     state = transformer.state_dict()
-    original = {_original_key(k): v.clone().contiguous() for k, v in state.items()}
+    original = {original_key(k): v.clone().contiguous() for k, v in state.items()}
     assert all(k.startswith("model.diffusion_model.") for k in original)
     assert any(".q_norm." in k for k in original) and any("adaln_single." in k for k in original)
     # The real files hold the VAEs and the text connectors too; the transformer loader drops them.
