@@ -336,9 +336,11 @@ class Runtime:
         rate, hop = int(pipe.audio_sampling_rate), int(pipe.audio_hop_length)
         ratio = int(pipe.audio_vae_temporal_compression_ratio)
         wave = resample_audio(sources.stereo(audio), int(sample_rate), rate)
-        # `length` causal latents come from ratio * (length - 1) + 1 mel frames; centred frames
-        # every `hop` samples make that ratio * (length - 1) * hop samples.
-        piece = sources.cut(wave, round(start * rate), ratio * (length - 1) * hop)
+        # `length` causal latents come from ratio * (length - 1) + 1 mel frames, centred every
+        # `hop` samples. Cut one latent's worth more (ratio * length * hop samples), so that the
+        # last frames' STFT windows see the audio that follows rather than reflect padding (as
+        # ltx-core, which encodes the whole clip's audio), and keep the first `length` latents.
+        piece = sources.cut(wave, round(start * rate), ratio * length * hop)
         mel = sources.log_mel(piece, rate, hop, int(pipe.audio_mel_bins))
         vae = pipe.audio_vae
         latents = vae.encode(mel.to(device=self.device, dtype=vae.dtype)).latent_dist.mode()
