@@ -99,6 +99,14 @@ def camera_location(model: ModelInfo, preset: str) -> tuple[str, str]:
     )
 
 
+def default_extras(model: ModelInfo) -> list[str]:
+    """Extras a plain render of this model needs: the two-stage (dev) models' second stage
+    runs the spatial x2 upsampler and refines with the distilled LoRA."""
+    if model.base_pipeline != "two-stage":
+        return []
+    return [e for e in ("spatial-x2", "distilled-lora") if e in model.files]
+
+
 def available_extras(model: ModelInfo) -> list[str]:
     """Every extra `--with` accepts for this model, in a stable order."""
     out = [f"spatial-{s}" for s in model.spatial_upscales]
@@ -149,7 +157,8 @@ def _unknown_extra(model: ModelInfo, item: str, known: list[str]) -> str:
 
 
 def model_files(model: ModelInfo | str, extras: Iterable[str] = ()) -> list[HubFile]:
-    """Every file `model` needs to render, plus `extras` (names from `available_extras`)."""
+    """Every file `model` needs to render (its `default_extras` included), plus `extras`
+    (names from `available_extras`)."""
     if isinstance(model, str):
         model = MODELS[model]
     if model.family == "tiny":
@@ -170,7 +179,7 @@ def model_files(model: ModelInfo | str, extras: Iterable[str] = ()) -> list[HubF
         out.append(
             HubFile(comp, f"{sub}/diffusion_pytorch_model.safetensors", "components", "weights")
         )
-    for extra in parse_extras(model, extras):
+    for extra in parse_extras(model, [*default_extras(model), *extras]):
         out += _extra_files(model, extra)
     return _dedupe(out)
 

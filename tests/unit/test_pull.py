@@ -83,9 +83,15 @@ def test_base_files_of_each_real_model():
         for sub in ("vae", "audio_vae", "vocoder", "connectors"):
             assert f"{comp}/{sub}/config.json" in got
             assert f"{comp}/{sub}/diffusion_pytorch_model.safetensors" in got
-        # no transformer weights from the diffusers repo, no extras unless asked
+        # no transformer weights from the diffusers repo; no extras unless asked, but what the
+        # dev models' second stage needs (the x2 upsampler and the distilled LoRA)
         assert not any("transformer/diffusion_pytorch_model" in x for x in got)
-        assert {f.role for f in files} == {"transformer", "text-encoder", "components"}
+        second_stage = {"spatial-x2", "distilled-lora"} if not model.distilled else set()
+        assert {f.role for f in files} == {
+            "transformer",
+            "text-encoder",
+            "components",
+        } | second_stage
 
 
 def test_extras_per_model():
