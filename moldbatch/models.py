@@ -66,7 +66,8 @@ _LTX2_UPSCALERS = {
     "temporal-x2": "Lightricks/LTX-2:ltx-2-temporal-upscaler-x2-1.0.safetensors",
 }
 _LTX23_UPSCALERS = {
-    "spatial-x2": "Lightricks/LTX-2.3:ltx-2.3-spatial-upscaler-x2-1.0.safetensors",
+    # v1.1 replaced v1.0 of the x2 upscaler and the distilled LoRA (Lightricks' MODELS-LTX-2.3.md)
+    "spatial-x2": "Lightricks/LTX-2.3:ltx-2.3-spatial-upscaler-x2-1.1.safetensors",
     "spatial-x1.5": "Lightricks/LTX-2.3:ltx-2.3-spatial-upscaler-x1.5-1.0.safetensors",
     "temporal-x2": "Lightricks/LTX-2.3:ltx-2.3-temporal-upscaler-x2-1.0.safetensors",
 }
@@ -122,7 +123,7 @@ MODELS: dict[str, ModelInfo] = {
             stg_blocks=(28,),
             files={
                 "transformer": "ltx-2.3-22b-dev-fp8.safetensors",
-                "distilled-lora": "Lightricks/LTX-2.3:ltx-2.3-22b-distilled-lora-384.safetensors",
+                "distilled-lora": "Lightricks/LTX-2.3:ltx-2.3-22b-distilled-lora-384-1.1.safetensors",
                 **_LTX23_UPSCALERS,
             },
         ),

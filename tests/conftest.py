@@ -83,6 +83,8 @@ TO_ORIGINAL = (
     ("proj_in.", "patchify_proj."),
     ("norm_q.", "q_norm."),
     ("norm_k.", "k_norm."),
+    ("audio_prompt_adaln.", "audio_prompt_adaln_single."),  # LTX-2.3
+    ("prompt_adaln.", "prompt_adaln_single."),
 )
 
 

@@ -189,15 +189,7 @@ def _extra_files(model: ModelInfo, extra: str) -> list[HubFile]:
         repo, path = camera_location(model, extra.partition(":")[2])
         return [HubFile(repo, path, extra)]
     repo, path = split_ref(model.files[extra], model.repo or "")
-    out = [HubFile(repo, path, extra)]
-    if extra == "spatial-x2" and model.diffusers_repo:
-        # The runtime's x2 upsampler is the diffusers-format `latent_upsampler` folder.
-        comp = model.diffusers_repo
-        out.append(HubFile(comp, "latent_upsampler/config.json", extra))
-        out.append(
-            HubFile(comp, "latent_upsampler/diffusion_pytorch_model.safetensors", extra, "weights")
-        )
-    return out
+    return [HubFile(repo, path, extra)]
 
 
 def _dedupe(files: list[HubFile]) -> list[HubFile]:

@@ -11,8 +11,7 @@ diffusers' documented API.)
   config of the family's diffusers-format repo), kept in fp8 on CUDA: fp8 matmuls on GPUs
   that have them, layerwise casting on the others (`runtime/fp8.py`);
 * VAEs, vocoder, connectors and scheduler: the family's diffusers-format repo;
-* latent upsamplers, loaded on first use: spatial x2 from the same repo's `latent_upsampler`
-  folder; spatial x1.5 (LTX-2.3) and temporal x2 from Lightricks' single upsampler files
+* latent upsamplers, loaded on first use from Lightricks' single upsampler files
   (`load_latent_upsampler`).
 """
 
@@ -90,22 +89,86 @@ def require_files(spec: ModelSpec, extras: list[str] | tuple[str, ...] = ()) -> 
         raise RuntimeLoadError(message)
 
 
+ORIGINAL_PREFIX = "model.diffusion_model."  # the transformer's keys in the original single file
+# LTX-2.3 names diffusers' single-file converter (0.42) does not rename yet; the conversion
+# script does (`LTX_2_3_TRANSFORMER_KEYS_RENAME_DICT`). Longer names first.
+_RENAMES_2_3 = (
+    ("audio_prompt_adaln_single.", "audio_prompt_adaln."),
+    ("prompt_adaln_single.", "prompt_adaln."),
+)
+
+
+def read_original_transformer(
+    checkpoint: str | Path, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
+    """The transformer's tensors of an original (ltx-core) single file, in `dtype`, with the
+    original key names. Pre-quantized fp8 files store each fp8 weight with a `.weight_scale`
+    (and a static `.input_scale` for their own fp8 matmul): the weight is `fp8 * weight_scale`,
+    so it is folded here (read raw, weights come out ~1000x too large). Input scales are
+    dropped: our fp8 path scales activations per row on the fly. Other components in the
+    same file (VAEs, vocoder, text connectors) are left out."""
+    from safetensors import safe_open
+
+    out: dict[str, torch.Tensor] = {}
+    scales: dict[str, torch.Tensor] = {}
+    with safe_open(str(checkpoint), framework="pt") as f:
+        keys = [k for k in f.keys() if k.startswith(ORIGINAL_PREFIX)]
+        present = set(keys)
+        for key in keys:
+            if key.endswith("_scale") and key.removesuffix("_scale") in present:
+                scales[key.removesuffix("_scale")] = f.get_tensor(key).float()
+            elif key.endswith(".input_scale"):
+                continue
+            else:
+                out[key] = f.get_tensor(key)
+    for key, value in out.items():
+        scale = scales.get(key)
+        if scale is not None:
+            if scale.numel() != 1:
+                raise RuntimeLoadError(
+                    f"{Path(checkpoint).name}: {key}_scale has shape {tuple(scale.shape)}; "
+                    "only per-tensor fp8 scales are supported"
+                )
+            value = value.float() * scale.reshape(())
+        out[key] = value.to(dtype)
+    return out
+
+
 def load_transformer(checkpoint: str | Path, config_root: str | Path, dtype: torch.dtype) -> Any:
     """The LTX-2 transformer from its original single-file checkpoint, read locally.
 
     `checkpoint` holds the original (ltx-core) key names, `model.diffusion_model.*`, which
-    diffusers' single-file conversion renames; `config_root` is a diffusers-format folder whose
-    `transformer/config.json` gives the architecture. Nothing is downloaded.
+    diffusers' single-file converter renames (plus the LTX-2.3 names it does not know yet);
+    fp8 weights are folded with their scales (`read_original_transformer`). `config_root` is
+    a diffusers-format folder whose `transformer/config.json` gives the architecture. The
+    model is built without allocating weights and loaded strictly: a missing or unknown
+    weight is an error, never a silently random layer. Nothing is downloaded.
     """
+    from accelerate import init_empty_weights
     from diffusers import LTX2VideoTransformer3DModel
+    from diffusers.loaders.single_file_utils import convert_ltx2_transformer_to_diffusers
 
-    return LTX2VideoTransformer3DModel.from_single_file(
-        str(checkpoint),
-        config=str(config_root),
-        subfolder="transformer",
-        torch_dtype=dtype,
-        local_files_only=True,
+    config = LTX2VideoTransformer3DModel.load_config(
+        str(config_root), subfolder="transformer", local_files_only=True
     )
+    state = convert_ltx2_transformer_to_diffusers(read_original_transformer(checkpoint, dtype))
+    for old, new in _RENAMES_2_3:
+        for key in [k for k in state if k.startswith(old) or f".{old}" in k]:
+            renamed = (
+                new + key[len(old) :] if key.startswith(old) else key.replace(f".{old}", f".{new}")
+            )
+            state[renamed] = state.pop(key)
+    with init_empty_weights(include_buffers=False):
+        model = LTX2VideoTransformer3DModel.from_config(config)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    if missing or unexpected:
+        raise RuntimeLoadError(
+            f"{Path(checkpoint).name} does not fit the transformer of {config_root}: "
+            f"{len(missing)} weights missing (e.g. {', '.join(missing[:3]) or '-'}), "
+            f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3]) or '-'}); "
+            "is it the checkpoint of this model?"
+        )
+    return model.to(dtype).eval()
 
 
 def _load_real(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> Loaded:
@@ -159,32 +222,16 @@ def _load_real(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> Loa
 def load_latent_upsampler(
     spec: ModelSpec, role: str, device: torch.device, dtype: torch.dtype
 ) -> Any:
-    """The family's latent upsampler for `role`: "spatial-x2", "spatial-x1.5" or "temporal-x2".
-
-    Spatial x2 is the diffusers-format `latent_upsampler` folder of the components repo. The
-    others are Lightricks' single upsampler files (the registry's extras of those names), read
-    into diffusers' LTX2LatentUpsamplerModel: its module names are those of the original
-    upsampler, and the architecture comes from the file's "config" metadata, or else from the
-    weight shapes. (Written to diffusers' API; not run against the real files here.)
-    """
-    from diffusers.pipelines.ltx2 import LTX2LatentUpsamplerModel
-
+    """The family's latent upsampler for `role`: "spatial-x2", "spatial-x1.5" or "temporal-x2",
+    from Lightricks' single upsampler file (the registry's extra of that name), read into
+    diffusers' LTX2LatentUpsamplerModel (`_upsampler_from_file`). The single files are what
+    every family publishes; the LTX-2.3 diffusers repos carry no `latent_upsampler` folder."""
     if role not in spec.files:
         raise RuntimeFeatureError(
             f"{role} latent upscaling is not available for {spec.name}"
             + (" (x1.5 exists for ltx-2.3 models only)" if role == "spatial-x1.5" else "")
         )
-    assert spec.diffusers_repo
     require_files(spec, [role])
-    if role == "spatial-x2":
-        with hub_errors(spec.diffusers_repo, "the spatial x2 latent upsampler"):
-            model = LTX2LatentUpsamplerModel.from_pretrained(
-                local_root(spec.diffusers_repo),
-                subfolder="latent_upsampler",
-                torch_dtype=dtype,
-                local_files_only=True,
-            )
-        return model.to(device).eval()
     from moldbatch.runtime.files import locate, split_ref
 
     repo, name = split_ref(spec.files[role], spec.transformer_repo or "")
@@ -210,6 +257,8 @@ def _upsampler_from_file(path: Path, role: str) -> Any:
     except Exception as exc:  # noqa: BLE001 - any read failure is a load error
         raise RuntimeLoadError(f"cannot read the {role} latent upsampler {path}: {exc}") from exc
     config = json.loads(meta["config"]) if "config" in meta else {}
+    if "initial_conv.weight" not in weights:
+        raise RuntimeLoadError(f"{path.name} is not an LTX-2 latent upsampler (no initial_conv)")
     first = weights["initial_conv.weight"]
     blocks = {k.split(".")[1] for k in weights if k.startswith("res_blocks.")}
     kwargs = {
@@ -220,8 +269,13 @@ def _upsampler_from_file(path: Path, role: str) -> Any:
         "spatial_upsample": role.startswith("spatial"),
         "temporal_upsample": role.startswith("temporal"),
     }
-    if role == "spatial-x1.5":
-        kwargs.update(rational_spatial_scale=1.5, use_rational_resampler=True)
+    if role.startswith("spatial"):
+        # LTX-2.0's x2 and every x1.5 upsample with a rational resampler (`upsampler.conv`),
+        # LTX-2.3's x2 with a plain conv + pixel shuffle (`upsampler.0`): the weights say which.
+        kwargs.update(
+            rational_spatial_scale=1.5 if role == "spatial-x1.5" else 2.0,
+            use_rational_resampler=any(k.startswith("upsampler.conv.") for k in weights),
+        )
     model = LTX2LatentUpsamplerModel(**kwargs)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     # The blur kernel of the rational resampler is a fixed buffer a file may leave out.

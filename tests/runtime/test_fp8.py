@@ -84,34 +84,50 @@ def test_fp8_mode_per_device_and_override(monkeypatch) -> None:
         fp8_mode(cpu)
 
 
-def test_an_fp8_single_file_checkpoint_loads_and_runs_with_fp8_matmuls(
+def _prequantized(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An original-layout checkpoint as Lightricks ships the fp8 ones: the blocks' linear
+    weights as float8 e4m3 with a per-tensor `.weight_scale` (and a static `.input_scale`),
+    everything else bf16."""
+    from conftest import original_key
+
+    out = {}
+    for key, value in state.items():
+        name = original_key(key)
+        if key.startswith("transformer_blocks.") and key.endswith(".weight") and value.ndim == 2:
+            scale = value.abs().amax().float() / 448.0
+            out[name] = (value.float() / scale).to(FP8).contiguous()
+            out[name.removesuffix(".weight") + ".weight_scale"] = scale.reshape(())
+            out[name.removesuffix(".weight") + ".input_scale"] = torch.tensor(0.01)
+        else:
+            out[name] = value.to(torch.bfloat16).contiguous()
+    return out
+
+
+def test_a_prequantized_fp8_checkpoint_loads_with_its_scales_and_runs_with_fp8_matmuls(
     plain: Runtime, tmp_path, monkeypatch
 ) -> None:
-    """As shipped: the blocks' linear weights in float8 e4m3 (the rest bf16), original key
-    names; loaded by the real loader, then put in the scaled fp8 form the runtime uses."""
     from moldbatch.runtime import tiny
     from moldbatch.runtime.fp8 import prepare_transformer
     from moldbatch.runtime.loading import load_transformer
 
-    from conftest import original_key
-
     transformer = tiny.build_components().transformer
-    checkpoint = {}
-    for key, value in transformer.state_dict().items():
-        blocks_linear = key.startswith("transformer_blocks.") and key.endswith(".weight")
-        fp8 = blocks_linear and value.ndim == 2
-        checkpoint[original_key(key)] = value.to(FP8 if fp8 else torch.bfloat16).contiguous()
-    assert sum(v.dtype == FP8 for v in checkpoint.values()) > 20
+    state = transformer.state_dict()
+    checkpoint = _prequantized(state)
+    assert sum(k.endswith(".weight_scale") for k in checkpoint) > 20
     save_file(checkpoint, tmp_path / "tiny-fp8.safetensors")
     transformer.save_config(tmp_path / "components" / "transformer")
 
     loaded = load_transformer(
         tmp_path / "tiny-fp8.safetensors", tmp_path / "components", torch.float32
     )
+    # every weight is back at its scale (read raw, the fp8 ones would be ~448 / amax too large)
+    for key, value in loaded.state_dict().items():
+        want = state[key]
+        assert (value - want).norm() <= 0.06 * want.norm() + 1e-6, key
+
     monkeypatch.setenv(ENV, "scaled")
     assert prepare_transformer(loaded, torch.device("cpu"), torch.float32) == "scaled"
     assert any(isinstance(m, ScaledFp8Linear) for m in loaded.modules())
-
     reference = plain.render_clip(REQ).video_latents.flatten()
     own = plain.pipe.transformer
     plain.pipe.transformer = loaded.eval().requires_grad_(False)
@@ -121,3 +137,34 @@ def test_an_fp8_single_file_checkpoint_loads_and_runs_with_fp8_matmuls(
         plain.pipe.transformer = own
     # fp8 weights and matmuls, bf16 norms: close to the float32 model, not equal
     assert torch.corrcoef(torch.stack([reference, got]))[0, 1] > 0.98
+
+
+def test_ltx_2_3_names_load_and_a_wrong_checkpoint_is_refused(tmp_path) -> None:
+    from diffusers import LTX2VideoTransformer3DModel
+
+    from moldbatch.runtime import tiny
+    from moldbatch.runtime.loading import load_transformer
+
+    config = {k: v for k, v in tiny.build_components().transformer.config.items() if k[0] != "_"}
+    config.update(cross_attn_mod=True, audio_cross_attn_mod=True)  # as LTX-2.3
+    torch.manual_seed(0)
+    model = LTX2VideoTransformer3DModel.from_config(config)
+    state = model.state_dict()
+    assert any(k.startswith("prompt_adaln.") for k in state)
+    checkpoint = _prequantized(state)
+    assert any(".prompt_adaln_single." in k for k in checkpoint)
+    save_file(checkpoint, tmp_path / "tiny-23.safetensors")
+    model.save_config(tmp_path / "components" / "transformer")
+    loaded = load_transformer(
+        tmp_path / "tiny-23.safetensors", tmp_path / "components", torch.float32
+    )
+    for key in ("prompt_adaln.linear.weight", "audio_prompt_adaln.linear.weight"):
+        if key in state:
+            torch.testing.assert_close(loaded.state_dict()[key], state[key].bfloat16().float())
+
+    del checkpoint[next(k for k in checkpoint if k.endswith("attn1.to_q.bias"))]
+    save_file(checkpoint, tmp_path / "broken.safetensors")
+    with pytest.raises(
+        RuntimeLoadError, match=r"1 weights missing \(e.g. transformer_blocks.*to_q.bias"
+    ):
+        load_transformer(tmp_path / "broken.safetensors", tmp_path / "components", torch.float32)

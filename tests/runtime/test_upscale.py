@@ -186,3 +186,38 @@ def test_spatial_x2_shot_renders_at_twice_the_size(tmp_path, runtimes, rt) -> No
     assert (plan.shots[0].render_width, plan.shots[0].render_height) == (64, 64)
     info = probe(tmp_path / "renders" / "big.mp4")
     assert (info.frames, info.width, info.height, info.fps) == (9, 128, 128, 24)
+
+
+@pytest.mark.parametrize(
+    "role, kind",
+    [
+        ("spatial-x2", dict(spatial_upsample=True, temporal_upsample=False)),  # LTX-2.0: rational
+        (
+            "spatial-x2",
+            dict(spatial_upsample=True, temporal_upsample=False, use_rational_resampler=False),
+        ),  # LTX-2.3: conv + pixel shuffle
+        (
+            "spatial-x1.5",
+            dict(spatial_upsample=True, temporal_upsample=False, rational_spatial_scale=1.5),
+        ),
+        ("temporal-x2", dict(spatial_upsample=False, temporal_upsample=True)),
+    ],
+)
+def test_single_file_upsamplers_load_as_published(tmp_path, role, kind) -> None:
+    """Lightricks ships each upsampler as one file with the module names diffusers uses; the
+    loader tells the x2 variants apart by their weights."""
+    from diffusers.pipelines.ltx2 import LTX2LatentUpsamplerModel
+    from safetensors.torch import save_file
+
+    from moldbatch.runtime.loading import _upsampler_from_file
+
+    torch.manual_seed(1)
+    model = LTX2LatentUpsamplerModel(
+        in_channels=8, mid_channels=32, num_blocks_per_stage=1, dims=3, **kind
+    ).eval()
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("blur_down.kernel")}
+    save_file(state, tmp_path / "up.safetensors")
+    loaded = _upsampler_from_file(tmp_path / "up.safetensors", role).eval()
+    x = torch.randn(1, 8, 3, 4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))

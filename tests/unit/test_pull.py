@@ -110,12 +110,13 @@ def test_extras_per_model():
     d19 = F.model_files(D19, ["spatial-x2,camera:static"])
     roles = {f.role for f in d19}
     assert roles == {"transformer", "text-encoder", "components", "spatial-x2", "camera:static"}
-    assert "Lightricks/LTX-2/latent_upsampler/config.json" in labels(d19)
+    assert "Lightricks/LTX-2/ltx-2-spatial-upscaler-x2-1.0.safetensors" in labels(d19)
+    assert not any("latent_upsampler/" in x for x in labels(d19))  # the single file only
     assert "distilled-lora" not in F.available_extras(MODELS[D19])
 
     dev23 = labels(F.model_files(DEV23, ["all"]))
     assert "Lightricks/LTX-2.3/ltx-2.3-spatial-upscaler-x1.5-1.0.safetensors" in dev23
-    assert "Lightricks/LTX-2.3/ltx-2.3-22b-distilled-lora-384.safetensors" in dev23
+    assert "Lightricks/LTX-2.3/ltx-2.3-22b-distilled-lora-384-1.1.safetensors" in dev23
     assert "Lightricks/LTX-2.3-fp8/ltx-2.3-22b-dev-fp8.safetensors" in dev23
     assert "diffusers/LTX-2.3-Diffusers/model_index.json" in dev23
     assert not any("Camera" in x for x in dev23)
