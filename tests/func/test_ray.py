@@ -264,3 +264,31 @@ def test_plan_and_validate_never_import_ray_or_torch(tmp_path):
         [sys.executable, "-c", code, str(spec)], capture_output=True, text=True, check=True
     )
     assert res.stdout.strip().splitlines()[-1] == "[]"
+
+
+LADDER = """\
+version: 1
+defaults: {model: ltx-2-tiny:random, width: 128, height: 128, fps: 24, steps: 2}
+shots:
+  - {id: dev, prompt: a lighthouse, frames: 25, clip_frames: 17, motion_tail: 9, pipeline: two-stage}
+  - {id: big, prompt: a harbour, frames: 25, clip_frames: 17, motion_tail: 9, spatial_upscale: x2}
+"""
+
+
+def test_refine_ladders_render_the_same_bytes_on_ray(tmp_path, cluster):
+    """A refine holds the previous clip's refined tail: on Ray it reads that stage's artifact
+    from another worker or the driver and still gives the local bytes."""
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    local.mkdir()
+    remote.mkdir()
+    spec = write(local, "film.yaml", LADDER)
+    assert render_plan(plan_file(spec), progress=False, runtimes={}).ok
+    plan = plan_file(write(remote, "film.yaml", LADDER))
+    assert plan.stage("dev/refine-1").needs == ["dev/clip-1", "dev/refine-0"]
+    assert plan.stage("big/upscale-1").needs == ["big/clip-1", "big/upscale-0"]
+    assert ray_render(remote / "film.yaml").ok
+    ours, theirs = ArtifactStore(remote / ".moldbatch"), ArtifactStore(local / ".moldbatch")
+    for stage in plan.stages:
+        assert ours.get(stage.key).manifest["files"] == theirs.get(stage.key).manifest["files"]
+    for name in ("dev.mp4", "big.mp4"):
+        assert (remote / "renders" / name).read_bytes() == (local / "renders" / name).read_bytes()
