@@ -61,7 +61,7 @@ class Runtime:
         loaded = load(self.spec, self.device, self.dtype)
         self.pipe = loaded.pipe
         self._upsamplers: dict[str, Any] = dict(loaded.upsamplers)  # role -> upsampler model
-        self._loras = LoraSwitch(self.pipe, self.spec)
+        self._loras = LoraSwitch(self.pipe, self.spec, self.dtype)
         self._in_context: Any | None = None  # the IC-LoRA pipeline, sharing the components
         self.load_seconds = time.perf_counter() - started
         self.clips_rendered = 0

@@ -168,3 +168,18 @@ def test_ltx_2_3_names_load_and_a_wrong_checkpoint_is_refused(tmp_path) -> None:
         RuntimeLoadError, match=r"1 weights missing \(e.g. transformer_blocks.*to_q.bias"
     ):
         load_transformer(tmp_path / "broken.safetensors", tmp_path / "components", torch.float32)
+
+
+def test_loras_apply_on_fp8_storage_with_upcast_layers(plain: Runtime, tmp_path) -> None:
+    """The "cast" form (GPUs without fp8 matmuls): weights stored in fp8, upcast per layer.
+    A LoRA loaded afterwards must compute in the compute dtype, not in fp8."""
+    pytest.importorskip("peft")
+    rt = Runtime(MODEL)
+    rt.pipe.transformer.enable_layerwise_casting(storage_dtype=FP8, compute_dtype=torch.float32)
+    path = tmp_path / "style.safetensors"
+    save_file(random_lora(plain.pipe.transformer, "attn1.to_q", seed=3), path)
+    base = rt.render_clip(REQ)
+    styled = rt.render_clip(dataclasses.replace(REQ, loras=[Lora(str(path))]))
+    assert not torch.equal(base.video_latents, styled.video_latents)
+    lora = [p for n, p in rt.pipe.transformer.named_parameters() if "lora_" in n]
+    assert lora and all(p.dtype == torch.float32 for p in lora)
