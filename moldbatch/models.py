@@ -19,7 +19,11 @@ CAMERA_PRESETS = (
 )
 SPATIAL_SCALES = {"x2": 2.0, "x1.5": 1.5}
 TEMPORAL_SCALES = {"x2": 2}
-PIPELINES = ("distilled", "two-stage", "keyframe", "a2vid", "retake", "ic-lora")
+PIPELINES = ("distilled", "two-stage", "one-stage", "keyframe", "a2vid", "retake", "ic-lora")
+# The pipelines that render a half-size first pass, upsample it x2 in latent space and refine
+# it at the render size, as Lightricks' reference pipelines do; `retake` and `one-stage` (mold's
+# name for a single full-size pass) render once at the render size.
+TWO_STAGE_PIPELINES = ("distilled", "two-stage", "keyframe", "a2vid", "ic-lora")
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,7 @@ class ModelInfo:
     temporal_upscales: tuple[str, ...] = ("x2",)
     camera_control: bool = False
     pipelines: tuple[str, ...] = PIPELINES
+    two_stage_pipelines: tuple[str, ...] = TWO_STAGE_PIPELINES
     repo: str | None = None  # Hugging Face repo of the transformer checkpoint
     files: dict[str, str] = field(default_factory=dict)  # role -> file in `repo` (or "repo:file")
     # --- what the runtime needs to load and drive it ---
@@ -51,6 +56,10 @@ class ModelInfo:
     @property
     def transformer_file(self) -> str | None:
         return self.files.get("transformer")
+
+    def renders_in_two_stages(self, pipeline: str) -> bool:
+        """Whether `pipeline` on this model renders a half-size first pass and refines it."""
+        return pipeline in self.two_stage_pipelines
 
     @property
     def features(self) -> list[str]:
@@ -144,6 +153,9 @@ MODELS: dict[str, ModelInfo] = {
             "the real LTX-2 architecture at toy size with random weights (tests, quick start)",
             "distilled",
             default_steps=2,
+            # one full-size pass by default, so the tests and the quick start run at 64x64;
+            # `pipeline: two-stage` runs the half-size ladder of the real models
+            two_stage_pipelines=("two-stage",),
             spatial_upscales=("x2",),
             temporal_upscales=("x2",),
             max_sequence_length=32,

@@ -551,13 +551,12 @@ class Planner:
                     f"multiple of {SIZE_GRID}; nearest valid {name}s: {lo} or {hi}",
                 )
             else:
-                # the smallest pass is the two-stage pipeline's first, at half the size
-                smallest = first_pass_size(int(rendered)) if pipeline == "two-stage" else rendered
+                # the smallest pass is a two-stage pipeline's first, at half the size
+                two = model.renders_in_two_stages(pipeline)
+                smallest = first_pass_size(int(rendered)) if two else rendered
                 if smallest < MIN_RENDER_SIZE:
-                    need = MIN_RENDER_SIZE * (2 if pipeline == "two-stage" else 1) * scale
-                    passes = "the two-stage first pass renders at half size; " * (
-                        pipeline == "two-stage"
-                    )
+                    need = MIN_RENDER_SIZE * (2 if two else 1) * scale
+                    passes = f"the {pipeline} pipeline's first pass renders at half size; " * two
                     self.error(
                         s.where(name),
                         f"{name} {value} is too small: {passes}the video VAE needs at least "
@@ -566,14 +565,14 @@ class Planner:
                     )
             base.append(int(rendered))
         if (
-            pipeline == "two-stage"
+            model.renders_in_two_stages(pipeline)
             and all(b % SIZE_GRID == 0 for b in base)
             and any(b % (2 * SIZE_GRID) for b in base)
         ):
             first = f"{first_pass_size(base[0])}x{first_pass_size(base[1])}"
             self.warn(
                 s.where("width"),
-                f"the two-stage pipeline renders its first pass at half the size: "
+                f"the {pipeline} pipeline renders its first pass at half the size: "
                 f"{base[0]}x{base[1]} renders at {first} and its x2 upscale is cropped "
                 f"(multiples of {2 * SIZE_GRID} avoid it)",
             )
@@ -886,11 +885,11 @@ class Planner:
             for lo, p in ((lo, self._resolve(lo.path)) for lo in s["loras"])
         ]
         out: list[Stage] = []
-        two_stage = shot.pipeline == "two-stage"
+        two_stage = MODELS[shot.model].renders_in_two_stages(shot.pipeline)
         common = {
             "model": shot.model,
             "pipeline": shot.pipeline,
-            # the two-stage pipeline's first pass renders at half the size
+            # a two-stage pipeline's first pass renders at half the size
             "width": first_pass_size(shot.render_width) if two_stage else shot.render_width,
             "height": first_pass_size(shot.render_height) if two_stage else shot.render_height,
             "fps": shot.render_fps,

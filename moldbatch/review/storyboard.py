@@ -83,9 +83,9 @@ def storyboard_doc(plan, cached: dict[str, bool], cost: PlanCost) -> dict:
                 )
             ups = [u for u in (f"{shot.id}/refine-{c.index}", up_id) if u in stages]
             if ups:
-                # the clip's upscales as one bar: the two-stage refine, then the shot's upscale
+                # the clip's upscales as one bar: the second stage (x2 + refine), then the shot's upscale
                 what = (
-                    ["two-stage x2 + refine"] if ups[0].split("/")[-1].startswith("refine") else []
+                    ["stage 2: x2 + refine"] if ups[0].split("/")[-1].startswith("refine") else []
                 )
                 what += [
                     f"{k} {v}"

@@ -100,9 +100,9 @@ def camera_location(model: ModelInfo, preset: str) -> tuple[str, str]:
 
 
 def default_extras(model: ModelInfo) -> list[str]:
-    """Extras a plain render of this model needs: the two-stage (dev) models' second stage
-    runs the spatial x2 upsampler and refines with the distilled LoRA."""
-    if model.base_pipeline != "two-stage":
+    """Extras a plain render of this model needs: a two-stage default pipeline's second stage
+    runs the spatial x2 upsampler, and on the dev models refines with the distilled LoRA."""
+    if not model.renders_in_two_stages(model.base_pipeline):
         return []
     return [e for e in ("spatial-x2", "distilled-lora") if e in model.files]
 
@@ -292,8 +292,10 @@ def locate(repo: str, path: str, mdir: str | os.PathLike | None = None) -> Path 
 
 
 def pull_command(model: str, extras: Iterable[str] = (), mdir: str | None = None) -> str:
+    """The `moldbatch pull` line for `model` and `extras` (those it pulls anyway left out)."""
     cmd = f"moldbatch pull {model}"
-    extras = list(extras)
+    default = default_extras(MODELS[model]) if model in MODELS else []
+    extras = [e for e in extras if e not in default]
     if extras:
         cmd += f" --with {','.join(extras)}"
     if mdir:

@@ -22,7 +22,9 @@ from moldbatch.models import CAMERA_PRESETS
 
 Format = Literal["mp4", "gif", "apng", "webp"]
 Transition = Literal["smooth", "cut", "fade"]
-Pipeline = Literal["auto", "distilled", "two-stage", "keyframe", "a2vid", "retake", "ic-lora"]
+Pipeline = Literal[
+    "auto", "distilled", "two-stage", "one-stage", "keyframe", "a2vid", "retake", "ic-lora"
+]
 CameraPreset = Literal[CAMERA_PRESETS]  # type: ignore[valid-type]
 SHOT_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 # Sanity bounds, far beyond any real shot, so that a typo cannot plan a billion clips.

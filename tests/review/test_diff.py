@@ -50,13 +50,16 @@ def test_prompt_of_one_clip_rerenders_that_clip_and_the_later_ones(film_dir):
     assert set(moved) == {
         "walk/clip-1",
         "walk/clip-2",
+        "walk/refine-1",  # the distilled pipeline's second stage refines with the prompt
+        "walk/refine-2",
         "walk/stitch",
         "walk/export",
         "film/join",
     }
     assert moved["walk/clip-1"].reasons == ["prompt"]
     assert moved["walk/clip-2"].reasons == ["needs walk/clip-1"]  # the carried motion tail
-    assert moved["walk/stitch"].reasons == ["needs walk/clip-1", "needs walk/clip-2"]
+    assert moved["walk/refine-1"].reasons == ["refine", "needs walk/clip-1"]
+    assert moved["walk/stitch"].reasons == ["needs walk/refine-1", "needs walk/refine-2"]
     assert moved["film/join"].reasons == ["needs walk/stitch"]
     assert all(c.change == CHANGED for c in moved.values())
     assert d.gpu_seconds > 0
@@ -71,7 +74,8 @@ def test_model_change_rerenders_everything_of_that_shot(film_dir):
     crater = {s.id for s in plan_of(film_dir, FILM).stages if s.shot == "crater"}
     assert set(moved) == crater | {"film/join"}
     assert moved["crater/clip-0"].reasons == ["model"]
-    assert moved["crater/stitch"].reasons == ["needs crater/clip-0"]
+    assert moved["crater/refine-0"].reasons == ["model", "needs crater/clip-0"]
+    assert moved["crater/stitch"].reasons == ["needs crater/refine-0"]
 
 
 def test_added_and_removed_shots(film_dir):
@@ -79,6 +83,7 @@ def test_added_and_removed_shots(film_dir):
     d, moved = changes(FILM, added, film_dir)
     assert {i for i, c in moved.items() if c.change == ADDED} == {
         "coda/clip-0",
+        "coda/refine-0",
         "coda/stitch",
         "coda/export",
     }
@@ -88,11 +93,17 @@ def test_added_and_removed_shots(film_dir):
     d, moved = changes(added, FILM, film_dir)
     assert {i for i, c in moved.items() if c.change == REMOVED} == {
         "coda/clip-0",
+        "coda/refine-0",
         "coda/stitch",
         "coda/export",
     }
     assert [i for i, c in moved.items() if c.change == CHANGED] == ["film/join"]
-    assert d.to_json()["shots"]["coda"]["removed"] == ["coda/clip-0", "coda/stitch", "coda/export"]
+    assert d.to_json()["shots"]["coda"]["removed"] == [
+        "coda/clip-0",
+        "coda/refine-0",
+        "coda/stitch",
+        "coda/export",
+    ]
 
 
 def test_reordered_shots_rerender_only_the_film_join(film_dir):
@@ -142,10 +153,11 @@ def test_cli_exit_codes_json_and_markdown(film_dir):
     assert doc["rerenders"] is True
     assert doc["shots"]["opening"]["changed"] == [
         "opening/clip-0",
+        "opening/refine-0",
         "opening/stitch",
         "opening/export",
     ]
-    assert doc["summary"]["changed"] == 4  # and film/join
+    assert doc["summary"]["changed"] == 5  # and film/join
     md = moldbatch("diff", "--markdown", "a.yaml", "b.yaml", cwd=film_dir).stdout
     assert "| opening | `opening/clip-0` | re-render | prompt |" in md
 
@@ -173,7 +185,12 @@ def test_git_revisions(film_dir):
     assert res.returncode == 1, res.stderr
     doc = json.loads(res.stdout)
     assert doc["old"] == "HEAD~1:film.yaml"
-    assert doc["shots"]["crater"]["changed"] == ["crater/clip-0", "crater/stitch", "crater/export"]
+    assert doc["shots"]["crater"]["changed"] == [
+        "crater/clip-0",
+        "crater/refine-0",
+        "crater/stitch",
+        "crater/export",
+    ]
     assert moldbatch("diff", "HEAD:film.yaml", "film.yaml", cwd=film_dir).returncode == 0
     # from a subfolder, ./ paths are relative to it
     (film_dir / "sub").mkdir()

@@ -84,11 +84,18 @@ def check_storyboard(plan, doc: dict) -> None:
         factor = 2 if shot.temporal_upscale else 1
         for c in shot.clips:
             start, end = clip_span(shot, c)
-            for kind, sid in (
-                ("clip", f"{shot.id}/clip-{c.index}"),
-                ("up", f"{shot.id}/upscale-{c.index}"),
-            ):
-                if kind == "up" and not (shot.spatial_upscale or shot.temporal_upscale):
+            ids = {st.id for st in plan.stages}
+            # the upscale bar is the clip's last upscale: the shot's own, else its second stage
+            up = next(
+                (
+                    u
+                    for u in (f"{shot.id}/upscale-{c.index}", f"{shot.id}/refine-{c.index}")
+                    if u in ids
+                ),
+                None,
+            )
+            for kind, sid in (("clip", f"{shot.id}/clip-{c.index}"), ("up", up)):
+                if sid is None:
                     continue
                 m = drawn.pop((kind, sid))
                 assert m["visible"] and m["shot"] == shot.id, sid

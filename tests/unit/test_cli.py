@@ -88,7 +88,7 @@ def test_plan_json_has_the_documented_shape():
         "fps": 24.0,
         "path": shot["output"]["path"],
     }
-    stage = doc["stages"][1]
+    stage = doc["stages"][2]  # after clip 0 and its second stage, refine-0
     assert stage["id"] == "opening/clip-1" and stage["needs"] == ["opening/clip-0"]
     assert {"id", "kind", "shot", "needs", "key", "cached"} <= set(stage)
 

@@ -84,9 +84,9 @@ def test_base_files_of_each_real_model():
             assert f"{comp}/{sub}/config.json" in got
             assert f"{comp}/{sub}/diffusion_pytorch_model.safetensors" in got
         # no transformer weights from the diffusers repo; no extras unless asked, but what the
-        # dev models' second stage needs (the x2 upsampler and the distilled LoRA)
+        # second stage needs (the x2 upsampler; on dev models the distilled LoRA)
         assert not any("transformer/diffusion_pytorch_model" in x for x in got)
-        second_stage = {"spatial-x2", "distilled-lora"} if not model.distilled else set()
+        second_stage = {"spatial-x2"} | ({"distilled-lora"} if not model.distilled else set())
         assert {f.role for f in files} == {
             "transformer",
             "text-encoder",
@@ -199,7 +199,8 @@ def test_missing_message_names_the_pull_command(hf_cache):
     assert "\n" not in msg
     assert "Lightricks/LTX-2 (ltx-2-19b-distilled-fp8.safetensors" in msg
     assert TEXT_ENCODER_REPO in msg and str(hf_cache) in msg
-    assert msg.endswith(f"run `moldbatch pull {D19} --with spatial-x2,camera:static` first")
+    # (spatial-x2 is pulled anyway: the distilled pipeline's second stage runs it)
+    assert msg.endswith(f"run `moldbatch pull {D19} --with camera:static` first")
     assert F.missing_message({D19: []}, "/m").endswith(
         f"run `moldbatch pull {D19} --models-dir /m` first"
     )
@@ -235,7 +236,7 @@ def test_render_preflight_passes_with_everything_present(hf_cache, tmp_path):
 
     plan = plan_file(write(tmp_path, "film.yaml", FILM))
     assert plan.valid
-    assert F.plan_needs(F.stages_to_run(plan, None)) == {D19: ["camera:dolly-in"]}
+    assert F.plan_needs(F.stages_to_run(plan, None)) == {D19: ["camera:dolly-in", "spatial-x2"]}
     fill(lambda r, p: cache_put(hf_cache, r, p), F.model_files(D19, ["camera:dolly-in"]))
     assert F.check_plan(plan, None) is None
 
@@ -277,13 +278,13 @@ def run_cli(*args, env=None):
 
 
 def test_pull_offline_is_one_clean_line(hf_cache):
-    res = run_cli("pull", D19, "--with", "spatial-x2", env={"HF_HUB_OFFLINE": "1"})
+    res = run_cli("pull", D19, "--with", "temporal-x2", env={"HF_HUB_OFFLINE": "1"})
     assert res.returncode != 0
     assert "Traceback" not in res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
     assert "HF_HUB_OFFLINE is set" in lines[0]
-    assert f"moldbatch pull {D19} --with spatial-x2" in lines[0]
+    assert f"moldbatch pull {D19} --with temporal-x2" in lines[0]
 
 
 def test_pull_usage_errors(hf_cache):
