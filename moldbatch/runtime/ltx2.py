@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -165,20 +166,28 @@ class Runtime:
         holds = self._holds(req, carry, latent_frames, audio_frames)
         # A CPU generator draws the same noise whatever the device.
         generator = torch.Generator(device="cpu").manual_seed(req.seed)
-        sampling = self._sampling_kwargs(req)
+        sampling = sampling_kwargs(self.spec, req)
         total = len(sampling["sigmas"]) if sampling.get("sigmas") is not None else req.steps
+        absolute = (
+            _unshifted_schedule(pipe)
+            if sampling["sigmas"] is not None
+            else contextlib.nullcontext()
+        )
 
-        with pipe.conditioned(
-            carry_video=holds.video,
-            carry_audio=holds.audio,
-            keyframe_pixel_frames=keyframe_frames,
-            video_frames=holds.video_frames,
-            audio_frames=holds.audio_frames,
+        with (
+            absolute,
+            pipe.conditioned(
+                carry_video=holds.video,
+                carry_audio=holds.audio,
+                keyframe_pixel_frames=keyframe_frames,
+                video_frames=holds.video_frames,
+                audio_frames=holds.audio_frames,
+            ),
         ):
             video_latents, audio_latents = pipe(
                 conditions=conditions or None,
                 prompt=req.prompt,
-                negative_prompt=req.negative_prompt,
+                negative_prompt=negative_prompt_for(self.spec, req),
                 height=req.height,
                 width=req.width,
                 num_frames=req.frames,
@@ -480,7 +489,7 @@ class Runtime:
             loras.append(Lora(DISTILLED_LORA, 1.0))
         self._loras.apply(loras)
         conditions, keyframe_frames = self._conditions(req)
-        sampling = {**self._plain_guidance(1.0), "sigmas": sigmas}
+        sampling = {**plain_guidance(self.spec, 1.0), "sigmas": sigmas}
         with (
             _unshifted_schedule(pipe),
             pipe.conditioned(
@@ -672,44 +681,76 @@ class Runtime:
                 appended_frames.append(frame)
         return conditions, appended_frames
 
-    def _plain_guidance(self, guidance: float) -> dict[str, Any]:
-        """Plain CFG at `guidance` for video and audio: STG and modality isolation each add a
-        transformer pass per step, so they stay off (the distilled and refine settings)."""
-        return {
-            "guidance_scale": guidance,
-            "audio_guidance_scale": guidance,
-            "stg_scale": 0.0,
-            "audio_stg_scale": 0.0,
-            "modality_scale": 1.0,
-            "audio_modality_scale": 1.0,
-            "guidance_rescale": 0.0,
-            "audio_guidance_rescale": 0.0,
-            "spatio_temporal_guidance_blocks": None,
-            "use_cross_timestep": self.spec.use_cross_timestep,
-        }
 
-    def _sampling_kwargs(self, req: ClipRequest) -> dict[str, Any]:
-        """Guidance and schedule settings for this model family."""
-        spec = self.spec
-        if spec.family == "tiny":
-            return {**self._plain_guidance(req.guidance), "sigmas": None}
-        if spec.distilled:
-            # Distilled checkpoints were trained to run without guidance on a fixed 8-step schedule.
-            from diffusers.pipelines.ltx2.utils import DISTILLED_SIGMA_VALUES
+def plain_guidance(spec: ModelSpec, guidance: float) -> dict[str, Any]:
+    """Plain CFG at `guidance` for video and audio: STG and modality isolation each add a
+    transformer pass per step, so they stay off (the distilled and refine settings)."""
+    return {
+        "guidance_scale": guidance,
+        "audio_guidance_scale": guidance,
+        "stg_scale": 0.0,
+        "audio_stg_scale": 0.0,
+        "modality_scale": 1.0,
+        "audio_modality_scale": 1.0,
+        "guidance_rescale": 0.0,
+        "audio_guidance_rescale": 0.0,
+        "spatio_temporal_guidance_blocks": None,
+        "use_cross_timestep": spec.use_cross_timestep,
+    }
 
-            fixed = req.steps == DISTILLED_STEPS
-            return {
-                **self._plain_guidance(1.0),
-                "sigmas": list(DISTILLED_SIGMA_VALUES) if fixed else None,
-            }
-        # Dev models: the request's CFG for video; diffusers' recommended audio CFG (7), STG,
-        # modality-isolation guidance (3) and rescaling (0.7) stay at the pipeline defaults.
+
+# LTX-2's reference schedule for guided sampling (ltx-core's default scheduler): a flow shift
+# fixed at its 4096-token value, whatever the clip's size, stretched so the last step ends at
+# sigma 0.1 before the final jump to 0. diffusers would shift by the clip's own token count
+# instead, which for a full-size 97-frame clip leaves about a third of 30 steps above 0.97.
+DEV_SHIFT = 2.05
+DEV_TERMINAL = 0.1
+
+
+def dev_sigmas(steps: int) -> list[float]:
+    """The `steps` sigmas (the final 0 left implicit) of LTX-2's reference guided schedule."""
+    t = np.linspace(1.0, 0.0, steps + 1)[:-1]
+    with np.errstate(divide="ignore"):
+        shifted = math.exp(DEV_SHIFT) / (math.exp(DEV_SHIFT) + (1.0 / t - 1.0))
+    left = 1.0 - shifted
+    if steps > 1 and left[-1] > 0:
+        shifted = 1.0 - left * (1.0 - DEV_TERMINAL) / left[-1]
+    return [float(x) for x in shifted]
+
+
+def sampling_kwargs(spec: ModelSpec, req: ClipRequest) -> dict[str, Any]:
+    """Guidance and schedule settings of a first pass for this model family. A `sigmas` list
+    is absolute: the pipeline must not shift it again (see `_unshifted_schedule`)."""
+    if spec.family == "tiny":
+        return {**plain_guidance(spec, req.guidance), "sigmas": None}
+    if spec.distilled:
+        # Distilled checkpoints were trained to run without guidance on a fixed 8-step schedule.
+        from diffusers.pipelines.ltx2.utils import DISTILLED_SIGMA_VALUES
+
+        fixed = req.steps == DISTILLED_STEPS
         return {
-            "guidance_scale": req.guidance,
-            "spatio_temporal_guidance_blocks": list(spec.stg_blocks),
-            "use_cross_timestep": spec.use_cross_timestep,
-            "sigmas": None,
+            **plain_guidance(spec, 1.0),
+            "sigmas": list(DISTILLED_SIGMA_VALUES) if fixed else None,
         }
+    # Dev models: the request's CFG for video on the reference schedule; diffusers' recommended
+    # audio CFG (7), STG, modality-isolation guidance (3) and rescaling (0.7) stay at the
+    # pipeline defaults, which are Lightricks' too.
+    return {
+        "guidance_scale": req.guidance,
+        "spatio_temporal_guidance_blocks": list(spec.stg_blocks),
+        "use_cross_timestep": spec.use_cross_timestep,
+        "sigmas": dev_sigmas(req.steps),
+    }
+
+
+def negative_prompt_for(spec: ModelSpec, req: ClipRequest) -> str:
+    """The clip's negative prompt; with guidance on (dev models) and none given, Lightricks'
+    default one (diffusers' DEFAULT_NEGATIVE_PROMPT), as their pipelines use."""
+    if req.negative_prompt or spec.family == "tiny" or spec.distilled:
+        return req.negative_prompt
+    from diffusers.pipelines.ltx2.utils import DEFAULT_NEGATIVE_PROMPT
+
+    return DEFAULT_NEGATIVE_PROMPT
 
 
 @dataclass

@@ -4,6 +4,8 @@ the refined tail, and spatial upscales that refine."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -149,3 +151,31 @@ def test_refine_conditions_on_the_image_and_is_deterministic(runtimes) -> None:
     assert torch.equal(plain, rt.refine(up, Refine("a tower", seed=1), fps=24.0))
     assert not torch.equal(plain, rt.refine(up, Refine("a tower", seed=2), fps=24.0))
     assert not torch.equal(plain, rt.refine(up, Refine("a bridge", seed=1), fps=24.0))
+
+
+def test_first_pass_settings_follow_the_reference_recipes() -> None:
+    """What each family's first pass asks of the pipeline (the real models cannot run here)."""
+    from diffusers.pipelines.ltx2.utils import DEFAULT_NEGATIVE_PROMPT, DISTILLED_SIGMA_VALUES
+
+    from moldbatch.runtime.ltx2 import dev_sigmas, negative_prompt_for, sampling_kwargs
+    from moldbatch.runtime.registry import model_spec
+
+    # the guided schedule: shift of 4096 tokens, stretched to end at 0.1 (worked by hand for 3)
+    assert dev_sigmas(3) == pytest.approx([1.0, 0.73418, 0.1], abs=1e-4)
+    thirty = dev_sigmas(30)
+    assert len(thirty) == 30 and thirty[0] == 1.0 and thirty[-1] == pytest.approx(0.1)
+    assert all(a > b for a, b in zip(thirty, thirty[1:], strict=False))
+
+    dev = model_spec("ltx-2.3-22b-dev:fp8")
+    req = tiny_clip(model=dev.name, steps=30, guidance=3.0)
+    got = sampling_kwargs(dev, req)
+    assert got["sigmas"] == thirty and got["guidance_scale"] == 3.0
+    assert got["spatio_temporal_guidance_blocks"] == [28]
+    assert negative_prompt_for(dev, req) == DEFAULT_NEGATIVE_PROMPT  # none given: Lightricks'
+    assert negative_prompt_for(dev, dataclasses.replace(req, negative_prompt="rain")) == "rain"
+
+    distilled = model_spec("ltx-2-19b-distilled:fp8")
+    req = tiny_clip(model=distilled.name, steps=8, guidance=3.0)
+    got = sampling_kwargs(distilled, req)
+    assert got["sigmas"] == list(DISTILLED_SIGMA_VALUES) and got["guidance_scale"] == 1.0
+    assert negative_prompt_for(distilled, req) == ""  # no guidance: no negative prompt
