@@ -42,9 +42,18 @@ def reference_downscale_factor(loras: list[Lora]) -> int:
             continue
         try:
             with safe_open(str(file), framework="pt") as f:
-                value = (f.metadata() or {}).get("reference_downscale_factor")
+                meta = f.metadata() or {}
         except Exception as exc:  # noqa: BLE001 - any read failure is a load error
             raise RuntimeLoadError(f"cannot read LoRA {lora.path}: {exc}") from exc
+        temporal = meta.get("reference_temporal_scale_factor", "1")
+        if temporal.strip() not in ("1", "1.0"):
+            # a reference at another frame rate than the clip: diffusers' in-context pipeline
+            # has no way to place it, and a misplaced reference would silently misguide
+            raise RuntimeFeatureError(
+                f"LoRA {lora.path} wants its reference at 1/{temporal} of the clip's frames "
+                "(reference_temporal_scale_factor); such IC-LoRAs are not supported yet"
+            )
+        value = meta.get("reference_downscale_factor")
         if value is not None:
             try:
                 return max(1, int(value))

@@ -200,6 +200,11 @@ class HeldLatents:
         per_token = timestep[:, None].expand(audio.shape[0], audio.shape[1]).clone()
         per_token[:, state.audio_index.to(per_token.device)] = 0
         kwargs["audio_timestep"] = per_token
+        if len(state.audio_index) >= audio.shape[1] and kwargs.get("audio_sigma") is not None:
+            # The whole track is held (audio-to-video): the audio is clean, so its sigma, which
+            # drives the audio prompt modulation and the video's cross-attention to the audio
+            # on LTX-2.3, is 0 too, as in ltx-pipelines' frozen-modality conditioning.
+            kwargs["audio_sigma"] = torch.zeros_like(kwargs["audio_sigma"])
         return args, kwargs
 
     # -- keyframes at their exact pixel frame

@@ -121,6 +121,31 @@ def test_a2vid_holds_the_encoded_audio_and_returns_the_input(rt):
     assert not np.array_equal(plain.frames, result.frames)  # the audio steers the video
 
 
+def test_a2vid_tells_the_model_the_audio_is_clean(rt):
+    """With the whole track held, every audio token has timestep 0 and the audio sigma (LTX-2.3's
+    audio modulation and the video's cross-attention to the audio read it) is 0 as well."""
+    seen: list[dict] = []
+
+    def hook(module, args, kwargs, output):  # after the pre-hooks: what forward received
+        seen.append({k: kwargs[k].detach().clone() for k in ("audio_timestep", "audio_sigma")})
+
+    req = ClipRequest(
+        model=MODEL, prompt="a drummer", width=64, height=64, frames=9, fps=24.0,
+        seed=3, steps=2, guidance=1.0, audio_input=_tone(1.0, RATE), audio_input_rate=RATE,
+    )  # fmt: skip
+    handle = rt.pipe.transformer.register_forward_hook(hook, with_kwargs=True)
+    try:
+        rt.render_clip(req)
+        held = list(seen)
+        seen.clear()
+        rt.render_clip(dataclasses.replace(req, audio_input=None, audio_input_rate=None))
+    finally:
+        handle.remove()
+    assert held and all(torch.all(c["audio_timestep"] == 0) for c in held)
+    assert all(torch.all(c["audio_sigma"] == 0) for c in held)
+    assert all(torch.all(c["audio_sigma"] > 0) for c in seen)  # generated audio: noisy
+
+
 # -- end to end
 
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from moldbatch.execute.stages import LATENTS
 from moldbatch.media.encode import write_video
 from moldbatch.media.probe import probe
-from moldbatch.runtime import Lora, Runtime
+from moldbatch.runtime import Lora, Runtime, RuntimeFeatureError
 from moldbatch.runtime.carry import carried_video_latent_frames
 from moldbatch.runtime.lora import reference_downscale_factor
 from moldbatch.runtime.tiny import random_lora
@@ -97,6 +97,14 @@ def test_reference_reaches_the_model_and_the_downscale_factor_is_read(tmp_path, 
     plain = _lora(rt, tmp_path / "plain.safetensors", factor=None)
     assert reference_downscale_factor([Lora(str(plain)), Lora(str(scaled))]) == 2
     assert reference_downscale_factor([Lora(str(plain))]) == 1
+    slow = tmp_path / "slow.safetensors"
+    save_file(
+        random_lora(rt.pipe.transformer, "attn1.to_k", seed=9),
+        slow,
+        metadata={"reference_temporal_scale_factor": "2"},
+    )
+    with pytest.raises(RuntimeFeatureError, match="reference_temporal_scale_factor"):
+        reference_downscale_factor([Lora(str(slow))])
     req = tiny_clip(prompt="a dancer", frames=9, audio=False, loras=[Lora(str(scaled))])
     rng = np.random.default_rng(3)
     ref = rng.integers(0, 256, (9, 64, 64, 3), dtype=np.uint8)
