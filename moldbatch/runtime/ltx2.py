@@ -655,18 +655,27 @@ class Runtime:
                 )
 
     def _conditions(self, req: ClipRequest) -> tuple[list[Any], list[int]]:
-        """LTX2VideoCondition list for the image and keyframes, and the exact pixel frame of each appended one."""
+        """LTX2VideoCondition list for the image (replacing the first latent frame) and the
+        keyframes (appended tokens), and the exact pixel frame of each appended one."""
         from diffusers.pipelines.ltx2 import LTX2VideoCondition
 
         has_carry = req.carry is not None and req.carry.tail_frames > 0
-        items: list[tuple[int, Path, float]] = []
+        items: list[tuple[int, Path, float, bool]] = []  # frame, image, strength, a keyframe?
         if req.image is not None:
-            items.append((0, Path(req.image), req.image_strength))
-        items.extend((int(f), Path(p), 1.0) for f, p in sorted(req.keyframes, key=lambda kv: kv[0]))
+            items.append((0, Path(req.image), req.image_strength, False))
+        items.extend(
+            (int(f), Path(p), 1.0, True) for f, p in sorted(req.keyframes, key=lambda kv: kv[0])
+        )
         conditions: list[Any] = []
         appended_frames: list[int] = []
-        for frame, path, strength in items:
+        for frame, path, strength, keyframe in items:
             index = pixel_to_latent_index(frame)
+            if keyframe and index == 0:
+                # Only `image` replaces the first latent frame. A keyframe on frame 0 is appended
+                # as a guide at that frame, like every other keyframe (as ltx-pipelines' keyframe
+                # interpolation does): any latent index above 0 appends it, and the exact pixel
+                # frame, 0, positions it (see MoldConditionPipeline).
+                index = 1
             if has_carry and index < carry_math.carried_video_latent_frames(req.carry.tail_frames):  # type: ignore[union-attr]
                 # The carried latents own the first latent frames of a continuation clip.
                 log.warning(

@@ -79,7 +79,7 @@ def _transformer_calls(rt: Runtime, req: ClipRequest) -> list[dict]:
     return calls
 
 
-@pytest.mark.parametrize("frame", [16, 13])  # on the 8-frame grid and off it
+@pytest.mark.parametrize("frame", [16, 13, 0])  # on the 8-frame grid, off it, the first frame
 def test_a_keyframe_enters_the_model_clean_at_its_exact_frame(
     rt: Runtime, clip: ClipRequest, solid, frame: int
 ) -> None:
