@@ -263,13 +263,18 @@ class Executor:
                 continue
             dst = Path(stage.outputs["path"]).resolve()
             owner = db.delivered_for(dst)
-            if owner and owner != spec and dst.is_file():
-                what = f"shot '{stage.shot}'" if stage.shot else "the film's `output`"
+            # a spec that no longer exists (renamed, deleted) has given its outputs up
+            if owner and owner != spec and dst.is_file() and Path(owner).is_file():
+                if stage.shot:
+                    fix = "give this shot another id"
+                    what = f"shot '{stage.shot}'"
+                else:
+                    fix = "give this film another `output`"
+                    what = "the film"
                 raise OutputTaken(
                     f"{display_path(dst)} ({what}) was rendered by {display_path(Path(owner))}, "
-                    f"which writes into the same folder; give this {what.split(' ')[0]} another "
-                    f"{'id' if stage.shot else 'path'} or render with --out DIR (or delete the "
-                    "file if that spec is gone); nothing was rendered"
+                    f"which writes into the same folder; {fix} or render with --out DIR; "
+                    "nothing was rendered"
                 )
 
     def _deliver(self, found: dict[str, Artifact], db: StateDB, summary: Summary) -> list[str]:

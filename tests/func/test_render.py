@@ -383,6 +383,10 @@ def test_two_specs_in_one_folder_never_overwrite_each_others_shots(tmp_path, run
         plan_file(other, out_dir=tmp_path / "boat"), progress=False, runtimes=runtimes
     )
     assert summary.ok and probe(tmp_path / "boat" / "a.mp4").frames == 9
+    # a spec that is gone (renamed away) has given its outputs up
+    first.rename(tmp_path / "film.yaml.old")
+    assert render(other, runtimes).ok
+    assert (tmp_path / "renders" / "a.mp4").read_bytes() != before
 
 
 def test_the_film_output_may_not_be_a_shot_file(tmp_path):
