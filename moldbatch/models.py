@@ -181,9 +181,9 @@ def grid_ceil(frames: int, step: int = FRAME_GRID) -> int:
 
 
 def first_pass_size(size: int) -> int:
-    """The two-stage pipeline's first-pass width or height for a render size: half of it,
-    rounded up to the size grid (1216 -> 608, 800 -> 416: its x2 upscale is then cropped)."""
-    return -(-size // (2 * SIZE_GRID)) * SIZE_GRID
+    """The two-stage pipelines' first-pass width or height for a render size (a multiple of 64,
+    which the planner checks): half of it, so that its x2 upscale is the render size."""
+    return size // 2
 
 
 def latent_frames(frames: int) -> int:

@@ -564,18 +564,18 @@ class Planner:
                         f"side; use {name} >= {need:g}",
                     )
             base.append(int(rendered))
-        if (
-            model.renders_in_two_stages(pipeline)
-            and all(b % SIZE_GRID == 0 for b in base)
-            and any(b % (2 * SIZE_GRID) for b in base)
-        ):
-            first = f"{first_pass_size(base[0])}x{first_pass_size(base[1])}"
-            self.warn(
-                s.where("width"),
-                f"the {pipeline} pipeline renders its first pass at half the size: "
-                f"{base[0]}x{base[1]} renders at {first} and its x2 upscale is cropped "
-                f"(multiples of {2 * SIZE_GRID} avoid it)",
-            )
+        if model.renders_in_two_stages(pipeline):
+            # the first pass renders at exactly half the size, so its x2 is the render size
+            for (name, value), b in zip((("width", width), ("height", height)), base, strict=True):
+                if b % SIZE_GRID == 0 and b % (2 * SIZE_GRID):
+                    lo, hi = _size_neighbours(value, 2 * scale)
+                    how = f"the render size ({name} / {up})" if up else name
+                    self.error(
+                        s.where(name),
+                        f"{name} {value}: the {pipeline} pipeline renders a first pass at half "
+                        f"the size, so {how} must be a multiple of {2 * SIZE_GRID}; nearest "
+                        f"valid {name}s: {lo} or {hi} (or `pipeline: one-stage`)",
+                    )
         return width, height, base[0], base[1]
 
     def _length(self, s: Settings, fps: float, pipeline: str):

@@ -70,9 +70,9 @@ def test_two_stage_renders_half_size_then_refines_to_the_render_size(tmp_path, r
     assert cost.steps == REFINE_STEPS and cost.gpu_seconds > 0
 
 
-def test_a_size_off_the_64_grid_renders_a_rounded_first_pass_cropped_back(
-    tmp_path, runtimes
-) -> None:
+def test_a_size_off_the_64_grid_is_refused_with_the_nearest_sizes(tmp_path) -> None:
+    """The first pass is exactly half the render size (its x2 is the render size, so image
+    and keyframe conditions line up in both passes): 160 px cannot be halved onto the grid."""
     spec = write(
         tmp_path,
         "film.yaml",
@@ -80,12 +80,10 @@ def test_a_size_off_the_64_grid_renders_a_rounded_first_pass_cropped_back(
         " pipeline: two-stage, audio: false}\n",
     )
     plan = plan_file(spec)
-    assert any("160x128 renders at 96x64" in str(d) for d in plan.warnings)
-    plan, store = render_spec(spec, runtimes)
-    assert load_media(store.get(plan.stage("odd/clip-0").key))[0].shape == (9, 64, 96, 3)
-    refined = latents(store, plan, "odd/refine-0")["video"]
-    assert tuple(refined.shape[3:]) == (4, 5)  # 6 latents wide after x2, cropped to 5
-    assert probe(tmp_path / "renders" / "odd.mp4").width == 160
+    assert not plan.valid
+    (error,) = plan.errors
+    assert "width 160: the two-stage pipeline renders a first pass at half the size" in str(error)
+    assert "nearest valid widths: 128 or 192" in str(error)
 
 
 def test_chained_refines_hold_the_previous_refined_tail(tmp_path, runtimes) -> None:
