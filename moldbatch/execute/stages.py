@@ -208,7 +208,31 @@ def run_upscale(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
     if result.audio_latents is not None:
         latents["audio"] = result.audio_latents.contiguous()
     save_file(latents, str(out.path(LATENTS)))
-    save_media(out, result.frames, result.audio, result.sample_rate, p["fps"])
+    frames = result.frames
+    if p.get("retake_source"):
+        frames = _keep_the_source(frames, p)
+    save_media(out, frames, result.audio, result.sample_rate, p["fps"])
+
+
+def _keep_the_source(frames: np.ndarray, p: dict) -> np.ndarray:
+    """An upscaled retake clip with the source's own frames (at the output size and rate)
+    outside the retake window, as the clip itself had them at the render size."""
+    from moldbatch.runtime import sources
+
+    r = p["retake_source"]
+    count = frames.shape[0]
+    source, _, _, start = _source_stretch(
+        {"video": r["video"], "source_window": r["source_window"], "fps": p["fps"], "frames": count}
+    )
+    window = (r["retake"]["start"] - start, r["retake"]["end"] - start)
+    keep = np.ones(count, dtype=bool)
+    regenerated = sources.retake_pixel_window(window, p["fps"], count)
+    if regenerated is not None:
+        keep[regenerated[0] : regenerated[1] + 1] = False
+    out = frames.copy()
+    fitted = sources.fit_frames(source, frames.shape[2], frames.shape[1])
+    out[keep] = fitted[keep]
+    return out
 
 
 def _loras(p: dict) -> list:

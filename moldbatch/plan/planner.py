@@ -955,12 +955,18 @@ class Planner:
                     shot, "refine", clip.index, up, final, last, carry_tail, out
                 )
             if shot.spatial_upscale or shot.temporal_upscale:
+                retake = shot.pipeline == "retake"
                 up = self._upscale_params(
                     shot,
                     shot.spatial_upscale,
                     shot.temporal_upscale,
-                    refine if shot.spatial_upscale else None,
+                    # a refine would re-noise the frames a retake keeps: it pastes them instead
+                    refine if shot.spatial_upscale and not retake else None,
                 )
+                if retake:
+                    up["retake_source"] = {
+                        k: params[k] for k in ("video", "source_window", "retake")
+                    }
                 final = self._ladder_stage(
                     shot, "upscale", clip.index, up, final, last, carry_tail, out
                 )

@@ -260,6 +260,40 @@ shots:
     assert err[window].min() > 5
 
 
+def test_an_upscaled_retake_still_keeps_the_source_outside_the_window(
+    tmp_path, runtimes, rt, source_mp4
+):
+    """No refine (it would re-noise the kept frames): the upscale pastes the source back,
+    at the output size."""
+    spec = write(
+        tmp_path,
+        "film.yaml",
+        HEAD
+        + f"""\
+shots:
+  - id: fix
+    prompt: a red car drives past
+    video: {source_mp4}
+    retake: {{start: 0.5, end: 0.9}}
+    width: 128
+    height: 128
+    spatial_upscale: x2
+""",
+    )
+    plan = _render(spec, runtimes)
+    up = plan.stage("fix/upscale-0")
+    assert up.params["refine"] is None and up.params["retake_source"]["retake"]["start"] == 0.5
+    source, _, _ = read_video(source_mp4)
+    fitted = sources.fit_frames(source, 128, 128)
+    frames, _, _ = read_video(tmp_path / "renders" / "fix.mp4")
+    assert frames.shape == (33, 128, 128, 3)
+    outside = np.ones(33, bool)
+    outside[12:22] = False
+    err = np.abs(frames.astype(int) - fitted).reshape(33, -1).mean(1)
+    assert err[outside].max() < 4
+    assert err[~outside].min() > 5
+
+
 def test_retake_holds_the_source_latents_outside_the_window(rt, source_mp4):
     source, _, _ = read_video(source_mp4)
     fitted = sources.fit_frames(source, 64, 64)[:17]
