@@ -14,8 +14,8 @@ weights, built in bf16 straight on the GPU. For each model it reports:
   model, 30 guided steps for the dev model (spatio-temporal guidance adds one more batch-1
   pass per step on top). Transformer only: no text encoder, no VAE decode.
 * the same with fp8 weights in both of the runtime's forms (`moldbatch/runtime/fp8.py`):
-  fp8 storage with bf16 matmuls (`enable_layerwise_casting`, "cast", for GPUs without fp8
-  tensor cores) and fp8 matmuls (`torch._scaled_mm`, "scaled", what an H100 runs);
+  fp8 storage upcast to bf16 per call ("cast", for GPUs without fp8 tensor cores) and fp8
+  matmuls (`torch._scaled_mm`, "scaled", what an H100 runs);
 * peak GPU memory of each;
 * the executor's overhead: a tiny-model film rendered through `render_plan` on the GPU, its
   wall time against the time spent inside the runtime's calls (the bare pipeline work).
@@ -229,14 +229,13 @@ def bench_model(name: str, spec: dict, args, device: str, smoke: bool) -> dict:
             del model
             model = build()
             try:
-                if label == "fp8":  # storage in fp8, bf16 matmuls: the runtime's "cast"
-                    model.enable_layerwise_casting(
-                        storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype
-                    )
-                else:  # fp8 matmuls (torch._scaled_mm): the runtime's "scaled"
-                    from moldbatch.runtime.fp8 import use_scaled_fp8
+                from moldbatch.runtime.fp8 import use_fp8_linears
 
-                    out["fp8_scaled_layers"] = use_scaled_fp8(model, dtype)
+                # "fp8": fp8 storage, bf16 matmuls (the runtime's "cast");
+                # "fp8_scaled": fp8 matmuls with torch._scaled_mm (the runtime's "scaled")
+                out[f"{label}_layers"] = use_fp8_linears(
+                    model, dtype, fp8_matmul=label == "fp8_scaled"
+                )
             except Exception as exc:  # report and go on: bf16 numbers stand on their own
                 out[f"{label}_error"] = f"{type(exc).__name__}: {exc}"
                 continue

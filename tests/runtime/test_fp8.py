@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from moldbatch.runtime import Lora, Runtime, RuntimeLoadError
-from moldbatch.runtime.fp8 import ENV, FP8, ScaledFp8Linear, fp8_mode, use_scaled_fp8
+from moldbatch.runtime.fp8 import ENV, FP8, Fp8Linear, fp8_mode, use_fp8_linears
 from moldbatch.runtime.tiny import random_lora
 
 from conftest import tiny_clip
@@ -19,17 +19,21 @@ MODEL = "ltx-2-tiny:random"
 REQ = tiny_clip()
 
 
-def test_scaled_linear_matches_the_float_layer_within_fp8_precision() -> None:
+@pytest.mark.parametrize("fp8_matmul", [True, False])
+@pytest.mark.parametrize("size", [1.0, 0.005])  # small weights: the scale keeps them normal
+def test_fp8_linear_matches_the_float_layer_within_fp8_precision(fp8_matmul, size) -> None:
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 48)
-    fp8 = ScaledFp8Linear(linear, torch.float32)
+    with torch.no_grad():
+        linear.weight.mul_(size)
+    fp8 = Fp8Linear(linear, torch.float32, fp8_matmul=fp8_matmul)
     assert fp8.weight.dtype == FP8 and fp8.weight.element_size() == 1
     x = torch.randn(2, 5, 64) * 3
     want, got = linear(x), fp8(x)
     assert got.shape == want.shape
     error = (got - want).norm() / want.norm()
     assert 0 < error < 0.05  # e4m3 keeps 3 mantissa bits: a few percent, never exact
-    assert ScaledFp8Linear.fits(linear) and not ScaledFp8Linear.fits(torch.nn.Linear(60, 48))
+    assert Fp8Linear.fits(linear) and not Fp8Linear.fits(torch.nn.Linear(60, 48))
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +44,14 @@ def plain() -> Runtime:
 @pytest.fixture(scope="module")
 def scaled() -> Runtime:
     rt = Runtime(MODEL)
-    rt.swapped = use_scaled_fp8(rt.pipe.transformer, torch.float32)
+    rt.swapped = use_fp8_linears(rt.pipe.transformer, torch.float32)
     return rt
 
 
 def test_tiny_transformer_renders_with_fp8_matmuls(plain: Runtime, scaled: Runtime) -> None:
     transformer = scaled.pipe.transformer
     assert scaled.swapped > 0
-    swapped = [m for m in transformer.modules() if isinstance(m, ScaledFp8Linear)]
+    swapped = [m for m in transformer.modules() if isinstance(m, Fp8Linear)]
     assert len(swapped) == scaled.swapped
     # only the blocks: the input and output projections keep their precision
     assert type(transformer.proj_in) is torch.nn.Linear
@@ -79,6 +83,8 @@ def test_fp8_mode_per_device_and_override(monkeypatch) -> None:
     assert fp8_mode(cpu) == "off"
     monkeypatch.setenv(ENV, "Scaled")
     assert fp8_mode(cpu) == "scaled"
+    monkeypatch.setenv(ENV, "cast")
+    assert fp8_mode(cpu) == "cast"
     monkeypatch.setenv(ENV, "fast")
     with pytest.raises(RuntimeLoadError, match="expected one of scaled, cast, off"):
         fp8_mode(cpu)
@@ -127,7 +133,7 @@ def test_a_prequantized_fp8_checkpoint_loads_with_its_scales_and_runs_with_fp8_m
 
     monkeypatch.setenv(ENV, "scaled")
     assert prepare_transformer(loaded, torch.device("cpu"), torch.float32) == "scaled"
-    assert any(isinstance(m, ScaledFp8Linear) for m in loaded.modules())
+    assert any(isinstance(m, Fp8Linear) for m in loaded.modules())
     reference = plain.render_clip(REQ).video_latents.flatten()
     own = plain.pipe.transformer
     plain.pipe.transformer = loaded.eval().requires_grad_(False)
@@ -171,11 +177,11 @@ def test_ltx_2_3_names_load_and_a_wrong_checkpoint_is_refused(tmp_path) -> None:
 
 
 def test_loras_apply_on_fp8_storage_with_upcast_layers(plain: Runtime, tmp_path) -> None:
-    """The "cast" form (GPUs without fp8 matmuls): weights stored in fp8, upcast per layer.
-    A LoRA loaded afterwards must compute in the compute dtype, not in fp8."""
+    """The "cast" form (GPUs without fp8 matmuls): weights stored in fp8 with their scale,
+    upcast per call. A LoRA loaded afterwards computes in the compute dtype, not in fp8."""
     pytest.importorskip("peft")
     rt = Runtime(MODEL)
-    rt.pipe.transformer.enable_layerwise_casting(storage_dtype=FP8, compute_dtype=torch.float32)
+    assert use_fp8_linears(rt.pipe.transformer, torch.float32, fp8_matmul=False) > 0
     path = tmp_path / "style.safetensors"
     save_file(random_lora(plain.pipe.transformer, "attn1.to_q", seed=3), path)
     base = rt.render_clip(REQ)
