@@ -888,7 +888,10 @@ class Planner:
         two_stage = MODELS[shot.model].renders_in_two_stages(shot.pipeline)
         common = {
             "model": shot.model,
-            "pipeline": shot.pipeline,
+            # What a clip renders follows from the model, the stage's size and its inputs; the
+            # pipeline's name matters only where it says which media the clip follows. So
+            # `distilled`, `two-stage`, `one-stage` and `keyframe` key alike ("generate").
+            "pipeline": shot.pipeline if shot.pipeline in MEDIA_PIPELINES else "generate",
             # a two-stage pipeline's first pass renders at half the size
             "width": first_pass_size(shot.render_width) if two_stage else shot.render_width,
             "height": first_pass_size(shot.render_height) if two_stage else shot.render_height,
@@ -1048,6 +1051,9 @@ class Planner:
         if path is None:
             return None
         return {"path": path, "sha256": self.digest(Path(path))}
+
+
+MEDIA_PIPELINES = ("a2vid", "retake", "ic-lora")  # pipelines whose clips follow a media file
 
 
 def _available(values, what: str = "") -> str:

@@ -95,3 +95,15 @@ def test_output_paths_are_not_part_of_any_key(film_dir: Path):
 def test_every_stage_key_is_distinct(film_dir: Path):
     k = keys(chain(film_dir))
     assert len(set(k.values())) == len(k)
+
+
+def test_pipeline_names_that_render_the_same_key_the_same(tmp_path):
+    """On a distilled model `distilled` and `two-stage` are one recipe; `one-stage` is another
+    (one full-size pass), and `a2vid` follows a file: those key differently."""
+    head = "version: 1\nshots:\n  - {id: s, model: ltx-2-19b-distilled:fp8, prompt: x, frames: 97"
+    got = {}
+    for name in ("distilled", "two-stage", "one-stage"):
+        got[name] = keys(write(tmp_path, f"{name}.yaml", head + f", pipeline: {name}}}\n"))
+    assert got["distilled"] == got["two-stage"]
+    assert got["one-stage"]["s/clip-0"] != got["distilled"]["s/clip-0"]
+    assert "s/refine-0" in got["distilled"] and "s/refine-0" not in got["one-stage"]
