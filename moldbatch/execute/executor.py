@@ -175,7 +175,7 @@ class Executor:
             db.interrupt_run(run_id)
             db.close()
             raise
-        summary.outputs = self._deliver(found, db, summary)
+        summary.outputs = self._deliver(found, db, summary, spec)
         summary.stages = [outcomes[s.id] for s in self.plan.stages]
         summary.seconds = time.perf_counter() - t0
         if summary.delivery_errors:
@@ -277,7 +277,9 @@ class Executor:
                     "nothing was rendered"
                 )
 
-    def _deliver(self, found: dict[str, Artifact], db: StateDB, summary: Summary) -> list[str]:
+    def _deliver(
+        self, found: dict[str, Artifact], db: StateDB, summary: Summary, spec: str
+    ) -> list[str]:
         """Copy each finished shot and the film to its output path (only complete ones).
 
         A file already there that moldbatch did not write is kept, renamed aside: nothing a
@@ -291,7 +293,7 @@ class Executor:
             want = art.manifest["files"][art.meta["file"]]["sha256"]
             dst = Path(stage.outputs["path"]).resolve()
             try:
-                self._deliver_one(src, dst, want, db, str(self.plan.path.resolve()))
+                self._deliver_one(src, dst, want, db, spec)
             except OSError as e:
                 summary.delivery_errors.append(
                     f"cannot write {display_path(dst)}: {e.strerror or e}; the render is kept "

@@ -66,6 +66,15 @@ def load_media(art: Artifact) -> tuple[np.ndarray, np.ndarray | None, int | None
     return t["frames"], t.get("audio"), art.meta.get("sample_rate")
 
 
+def load_audio(art: Artifact) -> tuple[np.ndarray | None, int | None]:
+    """The media artifact's audio alone (its frames are not read)."""
+    from safetensors import safe_open
+
+    with safe_open(str(art.file(MEDIA)), framework="numpy") as f:
+        audio = f.get_tensor("audio") if "audio" in f.keys() else None
+    return audio, art.meta.get("sample_rate")
+
+
 def run_clip(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
     from safetensors.torch import load_file, save_file
 
@@ -168,7 +177,7 @@ def run_upscale(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
     p = stage.params
     source = ctx.inputs[stage.needs[0]]
     rt = ctx.runtime(p["model"])
-    frames, audio, rate = load_media(source)
+    audio, rate = load_audio(source)  # the upscale works on the latents: no frames needed
     refine = None
     if p.get("refine"):
         r = p["refine"]
@@ -195,7 +204,6 @@ def run_upscale(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
         source.file(LATENTS),
         spatial=p["spatial"],
         temporal=p["temporal"],
-        frames=frames,
         audio=audio,
         sample_rate=rate,
         width=p["width"],
@@ -225,10 +233,7 @@ def _keep_the_source(frames: np.ndarray, p: dict) -> np.ndarray:
         {"video": r["video"], "source_window": r["source_window"], "fps": p["fps"], "frames": count}
     )
     window = (r["retake"]["start"] - start, r["retake"]["end"] - start)
-    keep = np.ones(count, dtype=bool)
-    regenerated = sources.retake_pixel_window(window, p["fps"], count)
-    if regenerated is not None:
-        keep[regenerated[0] : regenerated[1] + 1] = False
+    keep = sources.kept_frames(sources.retake_pixel_window(window, p["fps"], count), count)
     out = frames.copy()
     fitted = sources.fit_frames(source, frames.shape[2], frames.shape[1])
     out[keep] = fitted[keep]

@@ -1005,7 +1005,8 @@ class Planner:
         )
         return out
 
-    def _upscale_params(self, shot: ShotPlan, spatial, temporal, refine: dict | None) -> dict:
+    @staticmethod
+    def _upscale_params(shot: ShotPlan, spatial, temporal, refine: dict | None) -> dict:
         """An upscale stage's params; a spatial upscale is followed by a refine pass."""
         return {
             "model": shot.model,
@@ -1035,12 +1036,13 @@ class Planner:
         needs = [source] if source is not None else []
         if carry_tail and step in last and (step == "clip" or params.get("refine")):
             needs.append(last[step])
+        kind = "clip" if step == "clip" else "upscale"  # a refine is an upscale that refines
         stage = Stage(
             f"{shot.id}/{step}-{index}",
-            "clip" if step == "clip" else "upscale",
+            kind,
             shot.id,
             [n.id for n in needs],
-            content_key("clip" if step == "clip" else "upscale", params, [n.key for n in needs]),
+            content_key(kind, params, [n.key for n in needs]),
             params,
         )
         out.append(stage)

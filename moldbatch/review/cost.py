@@ -8,7 +8,8 @@ compresses time 8x (frame 0 on its own: 97 frames -> 13 latent frames) and space
 Estimated seconds = token-steps x the model's seconds per token-step (table below), where a
 clip counts its steps plus one for decoding, and an upscale counts its output tokens once
 (latent upsampler + decode) plus, after a spatial upscale, the 3 steps of its refine pass
-(run without guidance: one transformer pass per step, where a dev rate counts ~3.5). Stitch, export and join run on the CPU and count zero.
+(run without guidance: one transformer pass per step, where a dev rate counts ~3.5).
+Stitch, export and join run on the CPU and count zero.
 
 Where the numbers come from (an honest account): the four real-model rates are ESTIMATES,
 not measurements. They come from the transformer's size (about 2 x parameters FLOPs per

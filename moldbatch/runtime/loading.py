@@ -9,7 +9,7 @@ diffusers' documented API.)
 * text encoder: Gemma 3 12B, `google/gemma-3-12b-it-qat-q4_0-unquantized`;
 * transformer: the fp8 single file of the model (`from_single_file`, with the architecture
   config of the family's diffusers-format repo), kept in fp8 on CUDA: fp8 matmuls on GPUs
-  that have them, layerwise casting on the others (`runtime/fp8.py`);
+  that have them, fp8 storage upcast per call on the others (`runtime/fp8.py`);
 * VAEs, vocoder, connectors and scheduler: the family's diffusers-format repo;
 * latent upsamplers, loaded on first use from Lightricks' single upsampler files
   (`load_latent_upsampler`).
@@ -190,7 +190,7 @@ def _load_real(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> Loa
     with hub_errors(spec.diffusers_repo, "the transformer configuration"):
         transformer = load_transformer(checkpoint, components, dtype)
     # Keep the 19B/22B weights in fp8, as shipped: fp8 matmuls where the GPU has them, else
-    # fp8 storage upcast to bf16 layer by layer (see runtime/fp8.py).
+    # fp8 storage upcast to bf16 per call (see runtime/fp8.py).
     mode = prepare_transformer(transformer, device, dtype)
     log.info("transformer weights: fp8 %s", mode)
 

@@ -67,10 +67,9 @@ def reference_downscale_factor(loras: list[Lora]) -> int:
 class LoraSwitch:
     """Keeps the pipeline's active adapters equal to what the current clip asks for."""
 
-    def __init__(self, pipe: Any, spec: ModelSpec, compute_dtype: Any = None):
+    def __init__(self, pipe: Any, spec: ModelSpec):
         self._pipe = pipe
         self._spec = spec
-        self._compute_dtype = compute_dtype
         self._adapters: dict[str, str] = {}  # resolved file -> adapter name
         self._active: tuple[tuple[str, float], ...] = ()
 
@@ -115,19 +114,7 @@ class LoraSwitch:
                     f"LoRAs need the `peft` package: pip install peft ({exc})"
                 ) from exc
             self._adapters[file] = name
-            self._unquantize_adapters()
         return name
-
-    def _unquantize_adapters(self) -> None:
-        """LoRA weights in the compute dtype. PEFT gives a new adapter the dtype of the layer it
-        wraps, which is float8 when the transformer keeps fp8 storage (layerwise casting); the
-        base layer upcasts itself per call, the adapter would not."""
-        import torch
-
-        dtype = self._compute_dtype or torch.bfloat16
-        for name, param in self._pipe.transformer.named_parameters():
-            if "lora_" in name and param.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
-                param.data = param.data.to(dtype)
 
     def _resolve(self, path: str) -> str:
         if path == DISTILLED_LORA:

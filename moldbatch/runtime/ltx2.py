@@ -62,7 +62,7 @@ class Runtime:
         loaded = load(self.spec, self.device, self.dtype)
         self.pipe = loaded.pipe
         self._upsamplers: dict[str, Any] = dict(loaded.upsamplers)  # role -> upsampler model
-        self._loras = LoraSwitch(self.pipe, self.spec, self.dtype)
+        self._loras = LoraSwitch(self.pipe, self.spec)
         self._in_context: Any | None = None  # the IC-LoRA pipeline, sharing the components
         self.load_seconds = time.perf_counter() - started
         self.clips_rendered = 0
@@ -146,10 +146,7 @@ class Runtime:
         audio_frames = carry_math.audio_latent_length(
             req.frames, req.fps, self.audio_latents_per_second
         )
-        carry = req.carry if req.carry is not None and req.carry.tail_frames > 0 else None
-        if carry is not None:
-            carry_math.check_carry_fits(carry, latent_frames, audio_frames)
-            self._check_carry_shape(carry, req)
+        carry = self._carry(req, latent_frames, audio_frames)
 
         # Zeros of the wanted length make diffusers generate exactly `audio_frames` latents
         # (pure noise: noise_scale is 1); see carry.audio_latent_length for why not its default.
@@ -212,9 +209,7 @@ class Runtime:
             # A retake keeps the source outside its window: those frames are the source's own
             # pixels, not their VAE round trip (their latents were held, so the regenerated
             # frames continue from them).
-            keep = np.ones(req.frames, dtype=bool)
-            if holds.pixel_window is not None:
-                keep[holds.pixel_window[0] : holds.pixel_window[1] + 1] = False
+            keep = sources.kept_frames(holds.pixel_window, req.frames)
             frames[keep] = holds.source_frames[keep]
         audio = None
         if req.audio:
@@ -480,10 +475,7 @@ class Runtime:
             carry=refine.carry,
         )
         self._check_request(req)
-        carry = req.carry if req.carry is not None and req.carry.tail_frames > 0 else None
-        if carry is not None:
-            carry_math.check_carry_fits(carry, f, audio_shape[2])
-            self._check_carry_shape(carry, req)
+        carry = self._carry(req, f, audio_shape[2])
         loras = list(refine.loras)
         if not self.spec.distilled:
             loras.append(Lora(DISTILLED_LORA, 1.0))
@@ -527,7 +519,6 @@ class Runtime:
         *,
         spatial: str | float | None = None,
         temporal: str | float | None = None,
-        frames: np.ndarray | None = None,
         audio: np.ndarray | None = None,
         sample_rate: int | None = None,
         width: int | None = None,
@@ -541,16 +532,15 @@ class Runtime:
 
         The video latents (a tensor, or a safetensors file with a "video" entry, and then its
         "audio" entry when `audio_latents` is not given) go through the spatial latent
-        upsampler, are center-cropped to the latents that cover `width` x `height`, re-denoised
-        by `refine` when given (see `refine`; the audio latents are held), then go through the
-        temporal upsampler and are decoded; the frames are center-cropped to `width` x `height`
-        (x1.5 of an odd latent size and half-size first passes round up).
+        upsampler, are re-denoised by `refine` when given (see `refine`; the audio latents are
+        held), then go through the temporal upsampler and are decoded; the frames are
+        center-cropped to `width` x `height` (x1.5 of an odd latent size rounds up).
 
         `spatial`/`temporal` are "x2"-style names or factors (spatial x2 / x1.5, temporal x2).
         Temporal x2 turns F rendered frames into 2F - 1. The audio passes through, trimmed to
         the new clip's duration: a clip of F frames at fps/2 lasts one output frame longer than
         2F - 1 frames at `fps` (given `fps`, the output rate, it is cut to frames / fps
-        exactly). `frames` (the clip's decoded frames) is unused: the upscale works in latent space.
+        exactly).
 
         The result's `video_latents` are those BEFORE the temporal upsampler (spatially
         upscaled and refined): what the next clip's refine of a chain holds as its carry.
@@ -570,8 +560,6 @@ class Runtime:
         scale = _factor(spatial)
         if scale not in (None, 1.0):
             video = self.upscale_spatial(video, scale)
-        if width is not None and height is not None:
-            video = _crop_latents(video, -(-width // SIZE_GRID), -(-height // SIZE_GRID))
         if refine is not None:
             if fps is None:
                 raise RuntimeFeatureError("a refine pass needs the clip's fps")
@@ -638,6 +626,14 @@ class Runtime:
                 raise RuntimeFeatureError(
                     f"keyframe at frame {frame} is outside the clip's {req.frames} frames"
                 )
+
+    def _carry(self, req: ClipRequest, latent_frames: int, audio_frames: int) -> Carry | None:
+        """The request's carry when it holds anything, checked to fit the clip; else None."""
+        carry = req.carry if req.carry is not None and req.carry.tail_frames > 0 else None
+        if carry is not None:
+            carry_math.check_carry_fits(carry, latent_frames, audio_frames)
+            self._check_carry_shape(carry, req)
+        return carry
 
     def _check_carry_shape(self, carry: Carry, req: ClipRequest) -> None:
         video_shape, audio_shape = self.latent_shapes(req.frames, req.width, req.height, req.fps)
@@ -807,13 +803,6 @@ def _unshifted_schedule(pipe: Any) -> Iterator[None]:
         yield
     finally:
         pipe.scheduler = kept
-
-
-def _crop_latents(video: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Latents [1, C, F', H', W'] cropped about the centre to at most height x width latents."""
-    top = max(0, (video.shape[3] - height) // 2)
-    left = max(0, (video.shape[4] - width) // 2)
-    return video[:, :, :, top : top + height, left : left + width].contiguous()
 
 
 def _center_crop(frames: np.ndarray, width: int, height: int) -> np.ndarray:

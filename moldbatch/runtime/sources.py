@@ -127,6 +127,15 @@ def retake_pixel_window(
     return (first, last) if first <= last else None
 
 
+def kept_frames(pixels: tuple[int, int] | None, frames: int) -> np.ndarray:
+    """Boolean mask over a clip's `frames`: True outside the retake window `pixels` (first,
+    last, inclusive; None keeps every frame), the frames a retake shows from its source."""
+    keep = np.ones(frames, dtype=bool)
+    if pixels is not None:
+        keep[pixels[0] : pixels[1] + 1] = False
+    return keep
+
+
 def regenerated_latent_frames(pixels: tuple[int, int] | None, latent_frames: int) -> list[int]:
     """Latent frames touching pixel frames first..last (latent 0 is pixel 0, latent j >= 1 is
     pixels 8j-7..8j): every latent frame holding a pixel of the window is regenerated."""

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from moldbatch.execute.executor import render_plan
 from moldbatch.execute.stages import load_media
 from moldbatch.execute.store import ArtifactStore
 from moldbatch.media.encode import resample_audio, write_video
@@ -19,7 +18,7 @@ from moldbatch.media.probe import read_audio, read_video
 from moldbatch.plan.planner import plan_file
 from moldbatch.runtime import ClipRequest, Runtime, sources
 
-from conftest import write
+from conftest import render_spec, write
 
 MODEL = "ltx-2-tiny:random"
 HEAD = f"""\
@@ -59,14 +58,6 @@ def _write_wav(path: Path, audio: np.ndarray, rate: int) -> Path:
         w.setframerate(rate)
         w.writeframes(pcm.tobytes())
     return path
-
-
-def _render(spec: Path, runtimes):
-    plan = plan_file(spec)
-    assert plan.valid, [str(d) for d in plan.diagnostics]
-    summary = render_plan(plan, progress=False, runtimes=runtimes)
-    assert summary.ok
-    return plan
 
 
 def _corr(a: np.ndarray, b: np.ndarray) -> float:
@@ -157,7 +148,7 @@ def test_a2vid_shot_carries_the_input_audio_in_sync(tmp_path, runtimes, rt):
         "film.yaml",
         HEAD + "shots:\n  - {id: drum, prompt: a drummer, frames: 17, audio_file: beat.wav}\n",
     )
-    plan = _render(spec, runtimes)
+    plan, _ = render_spec(spec, runtimes)
     assert plan.shots[0].pipeline == "a2vid"
     frames, got, rate = read_video(tmp_path / "renders" / "drum.mp4")
     assert frames.shape == (17, 64, 64, 3)
@@ -188,7 +179,7 @@ shots:
     prompts: [a singer, a crowd]
 """,
     )
-    plan = _render(spec, runtimes)
+    plan, _ = render_spec(spec, runtimes)
     clips = [s for s in plan.stages if s.kind == "clip"]
     assert [s.params["audio_window"] for s in clips] == [[0.0, 17 / 24], [13 / 24, 30 / 24]]
     store = ArtifactStore(tmp_path / ".moldbatch")
@@ -235,7 +226,7 @@ shots:
     retake: {{start: 0.5, end: 0.9}}
 """,
     )
-    plan = _render(spec, runtimes)
+    plan, _ = render_spec(spec, runtimes)
     shot = plan.shots[0]
     assert (shot.pipeline, shot.frames, [c.frames for c in shot.clips]) == ("retake", 33, [33])
     source, source_audio, source_rate = read_video(source_mp4)
@@ -280,7 +271,7 @@ shots:
     spatial_upscale: x2
 """,
     )
-    plan = _render(spec, runtimes)
+    plan, _ = render_spec(spec, runtimes)
     up = plan.stage("fix/upscale-0")
     assert up.params["refine"] is None and up.params["retake_source"]["retake"]["start"] == 0.5
     source, _, _ = read_video(source_mp4)

@@ -322,7 +322,6 @@ def test_upscale_stage_entry_point_reads_saved_latents(rt: Runtime, first, tmp_p
         tmp_path / "latents.safetensors",
         spatial="x2",
         temporal=None,
-        frames=first.frames,
         audio=first.audio,
         sample_rate=first.sample_rate,
     )

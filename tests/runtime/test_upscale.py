@@ -6,16 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from moldbatch.execute.executor import render_plan
 from moldbatch.execute.stages import load_media
 from moldbatch.execute.store import ArtifactStore
 from moldbatch.media.probe import probe, read_video
-from moldbatch.plan.planner import plan_file
 from moldbatch.runtime import ClipRequest, Runtime, RuntimeFeatureError
 from moldbatch.runtime.types import Refine
 
 from conftest import TINY_HEAD as HEAD
-from conftest import write
+from conftest import render_spec, write
 
 MODEL = "ltx-2-tiny:random"
 
@@ -47,14 +45,6 @@ def half_rate(rt: Runtime):
             guidance=3.0,
         )
     )
-
-
-def render(spec, runtimes):
-    plan = plan_file(spec)
-    assert plan.valid, [str(d) for d in plan.diagnostics]
-    summary = render_plan(plan, progress=False, runtimes=runtimes)
-    assert summary.ok
-    return plan
 
 
 # -- the runtime
@@ -137,7 +127,7 @@ def test_temporal_x2_shot_renders_the_planned_frames_fps_and_audio(tmp_path, run
         "film.yaml",
         HEAD + "shots:\n  - {id: slow, prompt: waves at dusk, frames: 33, temporal_upscale: x2}\n",
     )
-    plan = render(spec, runtimes)
+    plan, _ = render_spec(spec, runtimes)
     shot = plan.shots[0]
     assert [c.frames for c in shot.clips] == [17] and shot.render_fps == 12
     clip = load_media(ArtifactStore(tmp_path / ".moldbatch").get(plan.stage("slow/clip-0").key))
@@ -167,7 +157,7 @@ shots:
     prompts: [a forest path, a lake shore]
 """,
     )
-    plan = render(spec, runtimes)
+    plan, _ = render_spec(spec, runtimes)
     shot = plan.shots[0]
     assert [c.frames for c in shot.clips] == [17, 17]
     frames, audio, rate = read_video(tmp_path / "renders" / "walk.mp4")
@@ -182,7 +172,7 @@ def test_spatial_x2_shot_renders_at_twice_the_size(tmp_path, runtimes, rt) -> No
         HEAD + "shots:\n  - {id: big, prompt: a harbour, frames: 9, width: 128, height: 128,"
         " spatial_upscale: x2}\n",
     )
-    plan = render(spec, runtimes)
+    plan, _ = render_spec(spec, runtimes)
     assert (plan.shots[0].render_width, plan.shots[0].render_height) == (64, 64)
     info = probe(tmp_path / "renders" / "big.mp4")
     assert (info.frames, info.width, info.height, info.fps) == (9, 128, 128, 24)
