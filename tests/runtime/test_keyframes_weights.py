@@ -1,6 +1,7 @@
 """Keyframes reach the model at their exact frame; the transformer loads from an original-layout file.
 
-Both run the real diffusers LTX-2 pipeline with the tiny random weights (no mocks).
+Both run the real diffusers LTX-2 pipeline with the tiny random weights (no mocks). That a
+keyframe then shows in the decoded picture is test_keyframes_follow.py's business.
 """
 
 from __future__ import annotations
@@ -102,25 +103,6 @@ def test_a_keyframe_enters_the_model_clean_at_its_exact_frame(
     appended = [c["hidden_states"][:, base_tokens:] for c in red]
     assert all(torch.equal(a, appended[0]) for a in appended)
     assert not torch.allclose(appended[0], blue[0]["hidden_states"][:, base_tokens:], atol=1e-3)
-
-
-def _distance(frames: np.ndarray, frame: int, colour: tuple[int, int, int]) -> float:
-    return float(np.abs(frames[frame].astype(float) - np.array(colour, float)).mean())
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "the tiny transformer's weights are random: it attends to the keyframe tokens but was never "
-        "trained to copy them, so decoded frame k does not move toward the keyframe's colour "
-        "(measured: under 0.1/255 either way). Remove this mark when the tiny model conditions strongly."
-    ),
-)
-def test_a_keyframe_shows_in_the_decoded_frame(rt: Runtime, clip: ClipRequest, solid) -> None:
-    plain = rt.render_clip(clip).frames
-    for colour in (RED, BLUE):
-        keyed = rt.render_clip(dataclasses.replace(clip, keyframes=[(16, solid(colour))])).frames
-        assert _distance(keyed, 16, colour) < _distance(plain, 16, colour) - 10
 
 
 # -- weights in the original single-file layout
