@@ -10,7 +10,9 @@ diffusers' documented API.)
 * transformer: the fp8 single file of the model (`from_single_file`, with the architecture
   config of the family's diffusers-format repo), kept in fp8 on CUDA: fp8 matmuls on GPUs
   that have them, fp8 storage upcast per call on the others (`runtime/fp8.py`);
-* VAEs, vocoder, connectors and scheduler: the family's diffusers-format repo;
+* text connectors: the same single file (`load_connectors`; they are trained with the
+  transformer), the diffusers-format repo's only when the file has none;
+* VAEs, vocoder and scheduler: the family's diffusers-format repo;
 * latent upsamplers, loaded on first use from Lightricks' single upsampler files
   (`load_latent_upsampler`).
 """
@@ -98,21 +100,58 @@ _RENAMES_2_3 = (
 )
 
 
-def read_original_transformer(
-    checkpoint: str | Path, dtype: torch.dtype
+# The text connectors (and their text projection) ship in the same single file as the
+# transformer, which LTX-2's diffusers-format repos hold only for one variant each (the 19B
+# repo's `connectors/` are the dev model's). Their keys are under the transformer's prefix, or
+# (the projection, in some files) at the top level.
+_CONNECTOR_PARTS = (
+    "video_embeddings_connector.",
+    "audio_embeddings_connector.",
+    "text_embedding_projection.",
+    "connectors.",
+)
+# original -> diffusers names of LTX2TextConnectors' weights (diffusers' conversion script's
+# table); the LTX-2.3 per-modality projections before LTX-2.0's single one.
+_CONNECTOR_RENAMES = (
+    ("connectors.", ""),
+    ("video_embeddings_connector.", "video_connector."),
+    ("audio_embeddings_connector.", "audio_connector."),
+    ("transformer_1d_blocks.", "transformer_blocks."),
+    ("text_embedding_projection.video_aggregate_embed.", "video_text_proj_in."),
+    ("text_embedding_projection.audio_aggregate_embed.", "audio_text_proj_in."),
+    ("text_embedding_projection.aggregate_embed.", "text_proj_in."),
+    (".q_norm.", ".norm_q."),
+    (".k_norm.", ".norm_k."),
+)
+
+
+def _is_connector(name: str) -> bool:
+    """Whether an original key (its transformer prefix removed) belongs to the text connectors."""
+    return name.startswith(_CONNECTOR_PARTS)
+
+
+def read_original(
+    checkpoint: str | Path, dtype: torch.dtype, part: str = "transformer"
 ) -> dict[str, torch.Tensor]:
-    """The transformer's tensors of an original (ltx-core) single file, in `dtype`, with the
-    original key names. Pre-quantized fp8 files store each fp8 weight with a `.weight_scale`
-    (and a static `.input_scale` for their own fp8 matmul): the weight is `fp8 * weight_scale`,
-    so it is folded here (read raw, weights come out ~1000x too large). Input scales are
-    dropped: our fp8 path scales activations per row on the fly. Other components in the
-    same file (VAEs, vocoder, text connectors) are left out."""
+    """One part ("transformer" or "connectors") of an original (ltx-core) single file, in
+    `dtype`, with the original key names (the transformer's keep their `model.diffusion_model.`
+    prefix, the connectors' lose it). Pre-quantized fp8 files store each fp8 weight with a
+    `.weight_scale` (and a static `.input_scale` for their own fp8 matmul): the weight is
+    `fp8 * weight_scale`, so it is folded here (read raw, weights come out ~1000x too large).
+    Input scales are dropped: our fp8 path scales activations per row on the fly. The file's
+    other components (VAEs, vocoder) are left out."""
     from safetensors import safe_open
+
+    def wanted(key: str) -> bool:
+        inner = key.removeprefix(ORIGINAL_PREFIX)
+        if part == "connectors":
+            return _is_connector(inner)
+        return key.startswith(ORIGINAL_PREFIX) and not _is_connector(inner)
 
     out: dict[str, torch.Tensor] = {}
     scales: dict[str, torch.Tensor] = {}
     with safe_open(str(checkpoint), framework="pt") as f:
-        keys = [k for k in f.keys() if k.startswith(ORIGINAL_PREFIX)]
+        keys = [k for k in f.keys() if wanted(k)]
         present = set(keys)
         for key in keys:
             if key.endswith("_scale") and key.removesuffix("_scale") in present:
@@ -131,7 +170,45 @@ def read_original_transformer(
                 )
             value = value.float() * scale.reshape(())
         out[key] = value.to(dtype)
+    if part == "connectors":
+        out = {k.removeprefix(ORIGINAL_PREFIX): v for k, v in out.items()}
     return out
+
+
+def _strict_load(model: Any, state: dict[str, torch.Tensor], checkpoint: Path, what: str) -> None:
+    """Load `state` into the (empty) `model`; a missing or unknown weight is a one-line error."""
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    if missing or unexpected:
+        raise RuntimeLoadError(
+            f"{checkpoint.name} does not fit {what}: "
+            f"{len(missing)} weights missing (e.g. {', '.join(missing[:3]) or '-'}), "
+            f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3]) or '-'}); "
+            "is it the checkpoint of this model?"
+        )
+
+
+def load_connectors(checkpoint: str | Path, config_root: str | Path, dtype: torch.dtype) -> Any:
+    """The text connectors stored in the model's own single file (LTX2TextConnectors, with the
+    architecture of `config_root/connectors/config.json`), or None when the file has none.
+    They are trained with the transformer: a distilled transformer needs its own."""
+    from accelerate import init_empty_weights
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors
+
+    original = read_original(checkpoint, dtype, part="connectors")
+    if not original:
+        return None
+    state = {}
+    for key, value in original.items():
+        for old, new in _CONNECTOR_RENAMES:
+            key = key.replace(old, new)
+        state[key] = value
+    config = LTX2TextConnectors.load_config(
+        str(config_root), subfolder="connectors", local_files_only=True
+    )
+    with init_empty_weights(include_buffers=False):
+        connectors = LTX2TextConnectors.from_config(config)
+    _strict_load(connectors, state, Path(checkpoint), f"the text connectors of {config_root}")
+    return connectors.to(dtype).eval()
 
 
 def load_transformer(checkpoint: str | Path, config_root: str | Path, dtype: torch.dtype) -> Any:
@@ -139,7 +216,7 @@ def load_transformer(checkpoint: str | Path, config_root: str | Path, dtype: tor
 
     `checkpoint` holds the original (ltx-core) key names, `model.diffusion_model.*`, which
     diffusers' single-file converter renames (plus the LTX-2.3 names it does not know yet);
-    fp8 weights are folded with their scales (`read_original_transformer`). `config_root` is
+    fp8 weights are folded with their scales (`read_original`). `config_root` is
     a diffusers-format folder whose `transformer/config.json` gives the architecture. The
     model is built without allocating weights and loaded strictly: a missing or unknown
     weight is an error, never a silently random layer. Nothing is downloaded.
@@ -151,7 +228,7 @@ def load_transformer(checkpoint: str | Path, config_root: str | Path, dtype: tor
     config = LTX2VideoTransformer3DModel.load_config(
         str(config_root), subfolder="transformer", local_files_only=True
     )
-    state = convert_ltx2_transformer_to_diffusers(read_original_transformer(checkpoint, dtype))
+    state = convert_ltx2_transformer_to_diffusers(read_original(checkpoint, dtype))
     for old, new in _RENAMES_2_3:
         for key in [k for k in state if k.startswith(old) or f".{old}" in k]:
             renamed = (
@@ -160,14 +237,7 @@ def load_transformer(checkpoint: str | Path, config_root: str | Path, dtype: tor
             state[renamed] = state.pop(key)
     with init_empty_weights(include_buffers=False):
         model = LTX2VideoTransformer3DModel.from_config(config)
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    if missing or unexpected:
-        raise RuntimeLoadError(
-            f"{Path(checkpoint).name} does not fit the transformer of {config_root}: "
-            f"{len(missing)} weights missing (e.g. {', '.join(missing[:3]) or '-'}), "
-            f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3]) or '-'}); "
-            "is it the checkpoint of this model?"
-        )
+    _strict_load(model, state, Path(checkpoint), f"the transformer of {config_root}")
     return model.to(dtype).eval()
 
 
@@ -194,10 +264,19 @@ def _load_real(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> Loa
     mode = prepare_transformer(transformer, device, dtype)
     log.info("transformer weights: fp8 %s", mode)
 
+    with hub_errors(spec.diffusers_repo, "the text connectors' configuration"):
+        connectors = load_connectors(checkpoint, components, dtype)
+    own = {} if connectors is None else {"connectors": connectors}
+    if connectors is None:  # a checkpoint without them: the diffusers-format repo's
+        log.info(
+            "%s holds no text connectors; using %s's", spec.transformer_file, spec.diffusers_repo
+        )
+
     with hub_errors(spec.diffusers_repo, "the VAEs, vocoder and text connectors"):
         pipe = MoldConditionPipeline.from_pretrained(
             components,
             transformer=transformer,
+            **own,
             text_encoder=text_encoder,
             tokenizer=tokenizer,
             # prompt-enhancer parts moldbatch does not use (and `pull` does not fetch)

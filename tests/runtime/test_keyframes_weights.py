@@ -1,4 +1,5 @@
-"""Keyframes reach the model at their exact frame; the transformer loads from an original-layout file.
+"""Keyframes reach the model at their exact frame; the transformer and the text connectors
+load from an original-layout single file.
 
 Both run the real diffusers LTX-2 pipeline with the tiny random weights (no mocks). That a
 keyframe then shows in the decoded picture is test_keyframes_follow.py's business.
@@ -153,3 +154,85 @@ def test_original_layout_checkpoint_loads_through_the_real_loader(
         rt.pipe.transformer = own
     assert np.array_equal(got.frames, expected.frames)
     assert np.array_equal(got.audio, expected.audio)
+
+
+# diffusers -> original names of the text connectors' weights (the inverse of the loader's)
+CONNECTOR_TO_ORIGINAL = (
+    ("video_connector.", "video_embeddings_connector."),
+    ("audio_connector.", "audio_embeddings_connector."),
+    ("transformer_blocks.", "transformer_1d_blocks."),
+    ("video_text_proj_in.", "text_embedding_projection.video_aggregate_embed."),
+    ("audio_text_proj_in.", "text_embedding_projection.audio_aggregate_embed."),
+    ("text_proj_in.", "text_embedding_projection.aggregate_embed."),
+    (".norm_q.", ".q_norm."),
+    (".norm_k.", ".k_norm."),
+)
+
+
+def _original_connector_key(key: str, projection_outside: bool) -> str:
+    for new, old in CONNECTOR_TO_ORIGINAL:
+        key = key.replace(new, old)
+    # the connectors sit under the transformer's prefix, the text projection there or outside
+    if projection_outside and key.startswith("text_embedding_projection."):
+        return key
+    return "model.diffusion_model." + key
+
+
+@pytest.mark.parametrize("per_modality", [False, True])  # LTX-2.0's one projection, 2.3's two
+def test_the_text_connectors_load_from_the_single_file_beside_the_transformer(
+    tmp_path: Path, per_modality: bool
+) -> None:
+    """A distilled transformer is trained with its own connectors: they come from its file,
+    and the transformer's loader leaves their keys alone."""
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors
+    from safetensors.torch import save_file
+
+    from moldbatch.runtime.loading import load_connectors
+
+    parts = tiny.build_components()
+    connectors = parts.connectors
+    if per_modality:
+        connectors = LTX2TextConnectors.from_config(
+            connectors.config,
+            per_modality_projections=True,
+            video_hidden_dim=32,
+            audio_hidden_dim=32,
+        )
+        assert any(k.startswith("video_text_proj_in.") for k in connectors.state_dict())
+    # trained weights, not the initial ones: every tensor distinct from a fresh build
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in connectors.parameters():
+            p.normal_()
+    state = connectors.state_dict()
+    outside = not per_modality  # both placements occur in shipped files
+    original = {
+        _original_connector_key(k, outside): v.clone().contiguous() for k, v in state.items()
+    }
+    assert any("text_embedding_projection." in k for k in original)
+    assert any(".transformer_1d_blocks.0.attn1.q_norm." in k for k in original)
+    original |= {
+        original_key(k): v.clone().contiguous() for k, v in parts.transformer.state_dict().items()
+    }
+    checkpoint = tmp_path / "ltx-2-tiny-distilled.safetensors"
+    save_file(original, checkpoint)
+    root = tmp_path / "components"
+    parts.transformer.save_config(root / "transformer")
+    connectors.save_config(root / "connectors")
+
+    loaded = load_connectors(checkpoint, root, torch.float32)
+    assert type(loaded) is LTX2TextConnectors
+    assert set(loaded.state_dict()) == set(state)
+    for key, value in state.items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    # the transformer's strict load takes only its own weights from the same file
+    transformer = load_transformer(checkpoint, root, torch.float32)
+    for key, value in parts.transformer.state_dict().items():
+        assert torch.equal(transformer.state_dict()[key], value), key
+
+    # a file without connectors gives none (the loader then takes the diffusers repo's)
+    bare = tmp_path / "bare.safetensors"
+    save_file(
+        {k: v for k, v in original.items() if "connector" not in k and "text_emb" not in k}, bare
+    )
+    assert load_connectors(bare, root, torch.float32) is None
