@@ -28,6 +28,23 @@ def film_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.fixture(scope="session")
+def solid(tmp_path_factory: pytest.TempPathFactory):
+    """`solid((r, g, b))`: the path of a 64x64 PNG of that one colour."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("solid")
+
+    def make(colour: tuple[int, int, int]) -> Path:
+        path = folder / ("".join(f"{c:02x}" for c in colour) + ".png")
+        if not path.exists():
+            Image.fromarray(np.full((64, 64, 3), colour, np.uint8)).save(path)
+        return path
+
+    return make
+
+
 def write(folder: Path, name: str, text: str) -> Path:
     path = folder / name
     path.write_text(text)

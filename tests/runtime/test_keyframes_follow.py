@@ -49,20 +49,6 @@ def clip() -> ClipRequest:
 
 
 @pytest.fixture(scope="module")
-def solid(tmp_path_factory: pytest.TempPathFactory):
-    from PIL import Image
-
-    folder = tmp_path_factory.mktemp("solid")
-
-    def make(colour: tuple[int, int, int]) -> Path:
-        path = folder / ("".join(f"{c:02x}" for c in colour) + ".png")
-        Image.fromarray(np.full((SIZE, SIZE, 3), colour, np.uint8)).save(path)
-        return path
-
-    return make
-
-
-@pytest.fixture(scope="module")
 def plain(follower: Runtime, clip: ClipRequest) -> np.ndarray:
     return follower.render_clip(clip).frames
 
