@@ -283,7 +283,7 @@ def _load_real(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> Loa
             processor=None,
             prompt_enhancer=None,
             duration_head=None,
-            torch_dtype=dtype,
+            dtype=dtype,
             local_files_only=True,
         )
     if spec.distilled:
