@@ -3,8 +3,8 @@
 Real models are read from local files only, never downloaded here: `moldbatch pull` fetches
 them (the list is `moldbatch.runtime.files.model_files`) into the Hugging Face cache or a
 models folder (`MOLDBATCH_MODELS`), and a missing file is a RuntimeLoadError naming the
-`moldbatch pull` command. (Not exercisable without a GPU and the weights; written to
-diffusers' documented API.)
+`moldbatch pull` command. The real weights need a GPU; the path itself runs on the CPU
+with tiny weights in the shipped layouts (tests/runtime/test_real_layout.py).
 
 * text encoder: Gemma 3 12B, `google/gemma-3-12b-it-qat-q4_0-unquantized`;
 * transformer: the fp8 single file of the model (`from_single_file`, with the architecture
