@@ -112,3 +112,41 @@ def original_key(key: str) -> str:
                 key.replace(new, old) if key.startswith(new) else key.replace(f".{new}", f".{old}")
             )
     return "model.diffusion_model." + key
+
+
+# diffusers -> original (ltx-core) names of the text connectors' weights; the loader's
+# `_CONNECTOR_RENAMES` read backwards. LTX-2.3's per-modality projections first.
+CONNECTOR_TO_ORIGINAL = (
+    ("video_connector.", "video_embeddings_connector."),
+    ("audio_connector.", "audio_embeddings_connector."),
+    ("transformer_blocks.", "transformer_1d_blocks."),
+    ("video_text_proj_in.", "text_embedding_projection.video_aggregate_embed."),
+    ("audio_text_proj_in.", "text_embedding_projection.audio_aggregate_embed."),
+    ("text_proj_in.", "text_embedding_projection.aggregate_embed."),
+    (".norm_q.", ".q_norm."),
+    (".norm_k.", ".k_norm."),
+)
+
+
+def original_connector_key(key: str, projection_outside: bool = True) -> str:
+    """A connectors weight's name in the original single file: the connectors under the
+    transformer's prefix, the text projection outside it (some files) or under it (others)."""
+    for new, old in CONNECTOR_TO_ORIGINAL:
+        key = key.replace(new, old)
+    if projection_outside and key.startswith("text_embedding_projection."):
+        return key
+    return "model.diffusion_model." + key
+
+
+def as_shipped_fp8(name: str, value):
+    """One linear weight as Lightricks' fp8 files store it: float8 e4m3 with a per-tensor
+    `.weight_scale` (and a static `.input_scale` for their own fp8 matmul)."""
+    import torch
+
+    scale = value.abs().amax().float() / 448.0
+    stem = name.removesuffix(".weight")
+    return {
+        name: (value.float() / scale).to(torch.float8_e4m3fn).contiguous(),
+        stem + ".weight_scale": scale.reshape(()),
+        stem + ".input_scale": torch.tensor(0.01),
+    }

@@ -19,9 +19,12 @@ or not at all.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
+import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -179,9 +182,27 @@ def _batch(transformer, size: int, keyframes: int, gen: torch.Generator):
     return inputs, noise, x0, weight.reshape(size, video_tokens, 1)
 
 
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Train on one thread: the same numbers on any machine, and no slowdown when other
+    processes share the cores (two processes of two spinning threads on two cores ran ~20x
+    slower); one thread costs ~15% here."""
+    kept = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(kept)
+
+
 def train_follower(transformer, steps: int = TRAIN_STEPS, seed: int = TRAIN_SEED) -> float:
     """Train `transformer` in place to follow keyframes (flow matching: the velocity is
     noise - clean); returns its `copy_error` afterwards."""
+    with _one_thread():
+        return _train(transformer, steps, seed)
+
+
+def _train(transformer, steps: int, seed: int) -> float:
     gen = torch.Generator().manual_seed(seed)
     transformer.train().requires_grad_(True)
     opt = torch.optim.AdamW(transformer.parameters(), lr=5e-3, weight_decay=0.0)
@@ -214,24 +235,48 @@ def copy_error(transformer, clips: int = 64) -> float:
     return float(((estimate - x0) ** 2)[keyed].mean())
 
 
-def _cache_key() -> str:
+def _cache_key(transformer) -> str:
+    """What the trained weights depend on: this file, the tiny transformer's config and
+    initial weights' seed, and the libraries' versions."""
     import diffusers
 
     source = inspect.getsource(inspect.getmodule(_cache_key))
-    text = "\n".join([source, torch.__version__, diffusers.__version__, str(tiny.TINY_SEED)])
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    # (diffusers' private entries, such as `_use_default_values`, vary in order per process)
+    public = {k: v for k, v in transformer.config.items() if not k.startswith("_")}
+    config = json.dumps(public, sort_keys=True, default=str)
+    versions = [torch.__version__, diffusers.__version__, str(tiny.TINY_SEED)]
+    return hashlib.sha256("\n".join([source, config, *versions]).encode()).hexdigest()[:16]
+
+
+def _cached(transformer, path: Path | None) -> dict[str, torch.Tensor] | None:
+    """The weights an earlier run left at `path`, if they fit `transformer` (else None: a
+    damaged or stale file is trained again)."""
+    from safetensors.torch import load
+
+    if path is None or not path.exists():
+        return None
+    try:
+        state = load(path.read_bytes())
+    except (OSError, ValueError, RuntimeError):
+        return None
+    own = transformer.state_dict()
+    fits = set(state) == set(own) and all(state[k].shape == v.shape for k, v in own.items())
+    return state if fits else None
 
 
 def follower_runtime(cache: Path | None = None) -> Runtime:
     """A tiny-model Runtime whose pipeline has the colour VAE and the trained transformer.
     The weights are trained once and kept in `cache` (a folder) for later runs."""
-    from safetensors.torch import load, save
+    from safetensors.torch import save
 
     rt = Runtime.load(MODEL)
     transformer = rt.pipe.transformer
-    path = None if cache is None else Path(cache) / f"follower-{_cache_key()}.safetensors"
-    if path is not None and path.exists():
-        transformer.load_state_dict(load(path.read_bytes()))
+    path = (
+        None if cache is None else Path(cache) / f"follower-{_cache_key(transformer)}.safetensors"
+    )
+    state = _cached(transformer, path)
+    if state is not None:
+        transformer.load_state_dict(state)
     else:
         error = train_follower(transformer)
         if error > 0.05:  # the training itself failed: say so rather than blame the runtime

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -131,7 +131,9 @@ def _is_connector(name: str) -> bool:
 
 
 def read_original(
-    checkpoint: str | Path, dtype: torch.dtype, part: str = "transformer"
+    checkpoint: str | Path,
+    dtype: torch.dtype,
+    part: Literal["transformer", "connectors"] = "transformer",
 ) -> dict[str, torch.Tensor]:
     """One part ("transformer" or "connectors") of an original (ltx-core) single file, in
     `dtype`, with the original key names (the transformer's keep their `model.diffusion_model.`
@@ -141,6 +143,9 @@ def read_original(
     Input scales are dropped: our fp8 path scales activations per row on the fly. The file's
     other components (VAEs, vocoder) are left out."""
     from safetensors import safe_open
+
+    if part not in ("transformer", "connectors"):
+        raise ValueError(f"part must be 'transformer' or 'connectors', not {part!r}")
 
     def wanted(key: str) -> bool:
         inner = key.removeprefix(ORIGINAL_PREFIX)
@@ -171,7 +176,9 @@ def read_original(
             value = value.float() * scale.reshape(())
         out[key] = value.to(dtype)
     if part == "connectors":
-        out = {k.removeprefix(ORIGINAL_PREFIX): v for k, v in out.items()}
+        # a name both under the prefix and at the top level: the prefixed one (as diffusers)
+        ordered = sorted(out.items(), key=lambda kv: kv[0].startswith(ORIGINAL_PREFIX))
+        out = {k.removeprefix(ORIGINAL_PREFIX): v for k, v in ordered}
     return out
 
 
@@ -266,8 +273,10 @@ def _load_real(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> Loa
 
     with hub_errors(spec.diffusers_repo, "the text connectors' configuration"):
         connectors = load_connectors(checkpoint, components, dtype)
-    own = {} if connectors is None else {"connectors": connectors}
-    if connectors is None:  # a checkpoint without them: the diffusers-format repo's
+    own = {}
+    if connectors is not None:
+        own["connectors"] = connectors
+    else:  # a checkpoint without them: the diffusers-format repo's
         log.info(
             "%s holds no text connectors; using %s's", spec.transformer_file, spec.diffusers_repo
         )

@@ -92,18 +92,14 @@ def test_fp8_mode_per_device_and_override(monkeypatch) -> None:
 
 def _prequantized(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """An original-layout checkpoint as Lightricks ships the fp8 ones: the blocks' linear
-    weights as float8 e4m3 with a per-tensor `.weight_scale` (and a static `.input_scale`),
-    everything else bf16."""
-    from conftest import original_key
+    weights in fp8 with their scales, everything else bf16."""
+    from conftest import as_shipped_fp8, original_key
 
     out = {}
     for key, value in state.items():
         name = original_key(key)
         if key.startswith("transformer_blocks.") and key.endswith(".weight") and value.ndim == 2:
-            scale = value.abs().amax().float() / 448.0
-            out[name] = (value.float() / scale).to(FP8).contiguous()
-            out[name.removesuffix(".weight") + ".weight_scale"] = scale.reshape(())
-            out[name.removesuffix(".weight") + ".input_scale"] = torch.tensor(0.01)
+            out |= as_shipped_fp8(name, value)
         else:
             out[name] = value.to(torch.bfloat16).contiguous()
     return out

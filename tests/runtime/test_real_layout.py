@@ -22,26 +22,11 @@ from moldbatch.runtime import ClipRequest, Runtime, tiny
 from moldbatch.runtime import files as F
 from moldbatch.runtime.types import Refine
 
-from conftest import original_key
+from conftest import original_connector_key, original_key
 
 # Both families (LTX-2.0: its diffusers repo beside the single files; LTX-2.3), and a dev model
 # (guided sampling; the refine adds the distilled LoRA file).
 CASES = ["ltx-2-19b-distilled:fp8", "ltx-2.3-22b-distilled:fp8", "ltx-2-19b-dev:fp8"]
-CONNECTOR_TO_ORIGINAL = (  # diffusers -> original names (see test_keyframes_weights)
-    ("video_connector.", "video_embeddings_connector."),
-    ("audio_connector.", "audio_embeddings_connector."),
-    ("transformer_blocks.", "transformer_1d_blocks."),
-    ("text_proj_in.", "text_embedding_projection.aggregate_embed."),
-    (".norm_q.", ".q_norm."),
-    (".norm_k.", ".k_norm."),
-)
-
-
-def _original_connector_key(key: str) -> str:
-    for new, old in CONNECTOR_TO_ORIGINAL:
-        key = key.replace(new, old)
-    # the connectors under the transformer's prefix, the text projection outside it
-    return key if key.startswith("text_embedding_projection.") else "model.diffusion_model." + key
 
 
 def _write_everything(scratch: Path, model: str, parts) -> None:
@@ -70,7 +55,7 @@ def _write_everything(scratch: Path, model: str, parts) -> None:
     # a VAE tensor as the shipped files have (the loaders skip it)
     single = {original_key(k): v.contiguous() for k, v in parts.transformer.state_dict().items()}
     single |= {
-        _original_connector_key(k): v.contiguous() for k, v in parts.connectors.state_dict().items()
+        original_connector_key(k): v.contiguous() for k, v in parts.connectors.state_dict().items()
     }
     single["vae.per_channel_statistics.mean-of-means"] = torch.zeros(8)
     path = scratch / info.repo / info.transformer_file
