@@ -19,7 +19,7 @@ import torch
 from moldbatch.media.probe import read_video
 from moldbatch.runtime import ClipRequest, Runtime
 
-from conftest import render_spec, write
+from conftest import render_spec, tiny_clip, write
 from keyframe_model import FPS, FRAMES, MODEL, SIZE, follower_runtime, latent_frame_of
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
@@ -38,13 +38,9 @@ def follower(request: pytest.FixtureRequest) -> Runtime:
 
 @pytest.fixture(scope="module")
 def clip() -> ClipRequest:
-    return ClipRequest(
-        model=MODEL,
+    return tiny_clip(
         prompt="a red fox runs through deep snow",
-        width=SIZE,
-        height=SIZE,
         frames=FRAMES,
-        fps=FPS,
         seed=7,
         steps=3,
         guidance=3.0,

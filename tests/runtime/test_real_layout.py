@@ -18,11 +18,11 @@ import pytest
 import torch
 
 from moldbatch.models import MODELS, TEXT_ENCODER_REPO
-from moldbatch.runtime import ClipRequest, Runtime, tiny
+from moldbatch.runtime import Runtime, tiny
 from moldbatch.runtime import files as F
 from moldbatch.runtime.types import Refine
 
-from conftest import original_connector_key, original_key
+from conftest import original_connector_key, original_key, tiny_clip
 
 # Both families (LTX-2.0: its diffusers repo beside the single files; LTX-2.3), and a dev model
 # (guided sampling; the refine adds the distilled LoRA file).
@@ -131,13 +131,9 @@ def test_a_pulled_model_loads_every_component_from_its_shipped_file(real) -> Non
 def test_a_pulled_model_renders_and_refines(real) -> None:
     model, rt, _ = real
     distilled = MODELS[model].distilled
-    req = ClipRequest(
+    req = tiny_clip(
         model=model,
-        prompt="waves on black sand",
-        width=64,
-        height=64,
         frames=9,
-        fps=24.0,
         seed=3,
         steps=8 if distilled else 4,  # the distilled schedule, or a short guided one
         guidance=1.0 if distilled else 3.0,
