@@ -184,9 +184,9 @@ def _batch(transformer, size: int, keyframes: int, gen: torch.Generator):
 
 @contextlib.contextmanager
 def _one_thread() -> Iterator[None]:
-    """Train on one thread: the same numbers on any machine, and no slowdown when other
-    processes share the cores (two processes of two spinning threads on two cores ran ~20x
-    slower); one thread costs ~15% here."""
+    """Train on one thread: results depend less on the machine, and nothing slows down when
+    another process shares the cores (two processes of two spinning threads on two cores ran
+    ~20x slower); one thread costs ~15% here."""
     kept = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -198,25 +198,21 @@ def _one_thread() -> Iterator[None]:
 def train_follower(transformer, steps: int = TRAIN_STEPS, seed: int = TRAIN_SEED) -> float:
     """Train `transformer` in place to follow keyframes (flow matching: the velocity is
     noise - clean); returns its `copy_error` afterwards."""
-    with _one_thread():
-        return _train(transformer, steps, seed)
-
-
-def _train(transformer, steps: int, seed: int) -> float:
     gen = torch.Generator().manual_seed(seed)
     transformer.train().requires_grad_(True)
     opt = torch.optim.AdamW(transformer.parameters(), lr=5e-3, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, 5e-3, total_steps=steps, pct_start=0.1)
     video_tokens = LATENT_FRAMES * CELLS
-    for step in range(steps):
-        inputs, noise, x0, weight = _batch(transformer, 32, 1 + step % 2, gen)
-        velocity = transformer(**inputs)[0][:, :video_tokens]
-        loss = (weight * (velocity - (noise - x0)) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
-        opt.step()
-        schedule.step()
+    with _one_thread():
+        for step in range(steps):
+            inputs, noise, x0, weight = _batch(transformer, 32, 1 + step % 2, gen)
+            velocity = transformer(**inputs)[0][:, :video_tokens]
+            loss = (weight * (velocity - (noise - x0)) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+            opt.step()
+            schedule.step()
     transformer.eval().requires_grad_(False)
     return copy_error(transformer)
 
