@@ -39,6 +39,8 @@ FRAMES, FPS, SIZE = 33, 24.0, 64
 FRAME_GRID, CELL = 8, 32  # pixel frames and pixels per latent cell
 LATENT_FRAMES = (FRAMES - 1) // FRAME_GRID + 1
 CELLS = (SIZE // CELL) ** 2  # tokens per latent frame
+AUDIO_TOKENS = audio_latent_length(FRAMES, FPS, 25.0)  # 25 audio latents per second
+TEXT_TOKENS = tiny.build_tokenizer().model_max_length  # the connectors' sequence length
 TRAIN_SEED, TRAIN_STEPS = 0, 1500
 
 
@@ -141,8 +143,7 @@ def _batch(transformer, size: int, keyframes: int, gen: torch.Generator):
     guide = torch.cat(guides, dim=1)
     t = sigma * 1000  # the pipeline's timesteps: sigma on a 1000 scale, 0 for clean tokens
     audio_t = torch.rand(size, generator=gen) * 1000
-    audio_tokens = audio_latent_length(FRAMES, FPS, 25.0)
-    text_tokens = tiny.build_tokenizer().model_max_length
+    audio_tokens, text_tokens = AUDIO_TOKENS, TEXT_TOKENS
     text_dim = transformer.config.caption_channels
     side = SIZE // CELL
     cpu = torch.device("cpu")
