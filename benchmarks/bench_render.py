@@ -21,7 +21,7 @@ import imageio_ffmpeg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from moldbatch.execute.executor import render_plan  # noqa: E402
-from moldbatch.execute.stages import load_media  # noqa: E402
+from moldbatch.execute.handlers import load_media  # noqa: E402
 from moldbatch.execute.store import ArtifactStore  # noqa: E402
 from moldbatch.media.encode import write_video  # noqa: E402
 from moldbatch.plan.planner import plan_file  # noqa: E402

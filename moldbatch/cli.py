@@ -1,28 +1,24 @@
-"""The command line: parse, call one function, print, set the exit code. Nothing else here.
+"""The command line: parse, call one function of operations.py, print, exit. Nothing else here.
 
-Exit codes: 0 done, 1 spec invalid, 2 usage error, 3 a stage failed (or the work folder is
-locked by another render), 4 a render over its --max-gpu-minutes budget.
+Exit codes (errors.py: each MoldbatchError carries its own, mapped once, in `main`):
+  0  done
+  1  the spec is invalid (or a shot cannot be exported, or its output belongs to another spec)
+  2  usage: an unknown option, model, extra or executor; an unreadable `diff` side
+  3  a stage failed, the work folder is locked, model files are missing, a download failed
+  4  the render is over its --max-gpu-minutes budget
+  130  interrupted (Ctrl-C); run the same command again to resume
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import click
 
-from moldbatch import __version__
-from moldbatch.errors import MoldbatchError, display_path
-
-
-def _plan(file: str, strict: bool = False, out: Path | None = None, workdir: Path | None = None):
-    from moldbatch.plan.planner import plan_file
-
-    return plan_file(
-        Path(file), display=display_path(Path(file)), strict=strict, out_dir=out, workdir=workdir
-    )
+from moldbatch import __version__, operations
+from moldbatch.errors import MoldbatchError, SpecInvalid, display_path
 
 
 def _workdir_option(what: str):
@@ -45,7 +41,35 @@ def _print_diagnostics(plan, stream=None) -> None:
         click.echo(str(d), file=stream or sys.stderr)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _valid(plan, stream=None):
+    """Print a plan's findings; an invalid one ends the command (exit 1, already said)."""
+    _print_diagnostics(plan, stream)
+    if not plan.valid:
+        raise _said(SpecInvalid(plan.errors))
+    return plan
+
+
+def _said(e: MoldbatchError) -> MoldbatchError:
+    e.said = True  # its lines are printed already: `main` only sets the exit code
+    return e
+
+
+class _Commands(click.Group):
+    """The one place an error becomes an exit code: each MoldbatchError carries its own."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MoldbatchError as e:
+            if not getattr(e, "said", False):
+                click.echo(f"moldbatch: {e}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:  # click would print "Aborted!" and exit 1
+            click.echo("moldbatch: interrupted; run the same command again to resume", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="moldbatch")
 def cli() -> None:
     """Render films with LTX-2 / LTX-2.3 from declarative spec files (YAML or TOML)."""
@@ -56,12 +80,11 @@ def cli() -> None:
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
 def validate(files: tuple[str, ...], strict: bool) -> None:
     """Check spec files against the models' rules; print every error as file:line:col."""
-    ok = True
-    for file in files:
-        plan = _plan(file, strict)
-        _print_diagnostics(plan, sys.stdout)
-        ok &= plan.valid
-    sys.exit(0 if ok else 1)
+    plans = [operations.load_plan(f, strict=strict) for f in files]
+    for p in plans:
+        _print_diagnostics(p, sys.stdout)
+    if not all(p.valid for p in plans):
+        raise _said(SpecInvalid([d for p in plans for d in p.errors]))
 
 
 @cli.command()
@@ -85,30 +108,23 @@ def plan(
     html_path: Path | None,
 ) -> None:
     """Dry run: show the shots, clips and stages, which are cached, and what they cost."""
-    from moldbatch.report import cache_status, print_plan
-    from moldbatch.review.cost import estimate
-
-    p = _plan(file, strict, out, workdir)
-    cached = cache_status(p, workdir) if p.valid else {}
-    cost = estimate(p) if p.valid else None
+    p = operations.load_plan(file, strict=strict, out=out, workdir=workdir)
+    view = operations.dry_run(p, workdir) if p.valid else None
     if as_json:
-        doc = p.to_json()
-        for stage in doc["stages"]:
-            stage["cached"] = cached.get(stage["id"], False)
-            stage["cost"] = cost.stages[stage["id"]].to_json()
-        if cost is not None:
-            doc["cost"] = {k: v for k, v in cost.to_json().items() if k != "stages"}
-        click.echo(json.dumps(doc, indent=2))
+        click.echo(json.dumps(view.to_json() if view else p.to_json(), indent=2))
     else:
         _print_diagnostics(p)
-        if p.valid:
-            print_plan(p, cached, cost)
-    if html_path is not None and p.valid:
+        if view is not None:
+            from moldbatch.views import print_plan
+
+            print_plan(p, view.cached, view.cost)
+    if view is None:
+        raise _said(SpecInvalid(p.errors))
+    if html_path is not None:
         from moldbatch.review.storyboard import write_storyboard
 
-        write_storyboard(p, html_path, cached)
+        write_storyboard(p, html_path, view.cached)
         click.echo(f"wrote {display_path(html_path)}", err=True)
-    sys.exit(0 if p.valid else 1)
 
 
 @cli.command()
@@ -174,35 +190,15 @@ def render(
     models_dir: Path | None,
 ) -> None:
     """Render a film: every stage not already cached, then the shot files and the film."""
-    p = _plan(file, False, out, workdir)
+    p = operations.load_plan(file, out=out, workdir=workdir)
     _print_diagnostics(p)
-    if not p.valid:
-        if as_json:
-            click.echo(json.dumps(p.to_json(), indent=2))
-        sys.exit(1)
-    if max_gpu_minutes is not None:
-        from moldbatch.review.cost import over_budget
-
-        refusal = over_budget(p, workdir, max_gpu_minutes)
-        if refusal:
-            click.echo(f"moldbatch: {refusal}", err=True)
-            sys.exit(4)
-    if models_dir is not None:  # the loader (this process and its children) reads it from here
-        os.environ["MOLDBATCH_MODELS"] = str(models_dir)
-    from moldbatch.runtime.files import check_plan
-
-    missing = check_plan(p, workdir)  # real models render from local files only: check first
-    if missing:
-        if as_json:
-            click.echo(json.dumps({"ok": False, "error": missing}, indent=2))
-        click.echo(f"moldbatch: {missing}", err=True)
-        sys.exit(3)
-    from moldbatch.execute.executor import render_plan
-
+    if not p.valid and as_json:
+        click.echo(json.dumps(p.to_json(), indent=2))
     try:
-        summary = render_plan(
+        summary = operations.render(
             p,
             workdir=workdir,
+            out=out,
             keep_going=keep_going,
             device=device,
             progress=not as_json,
@@ -210,19 +206,20 @@ def render(
             ray_options={"address": address, "workers": workers, "retries": retries}
             if executor == "ray"
             else None,
+            max_gpu_minutes=max_gpu_minutes,
+            models_dir=models_dir,
         )
+    except SpecInvalid as e:
+        raise _said(e) from None
+    except operations.ModelFilesMissing as e:
+        if as_json:
+            click.echo(json.dumps({"ok": False, "error": str(e)}, indent=2))
+        raise
     except MoldbatchError as e:
         summary = getattr(e, "summary", None)
         if as_json and summary is not None:  # what was done and kept, even on failure
             click.echo(json.dumps(summary.to_json(), indent=2))
-        click.echo(f"moldbatch: {e}", err=True)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:  # click would print "Aborted!" and exit 1
-        click.echo("moldbatch: interrupted; run the same command again to resume", err=True)
-        sys.exit(130)
-    from moldbatch.review.report import report_after_render
-
-    report_after_render(p, summary, out, workdir, quiet=as_json)
+        raise
     if as_json:
         click.echo(json.dumps(summary.to_json(), indent=2))
     sys.exit(0 if summary.ok else 3)
@@ -234,16 +231,13 @@ def render(
 @click.option("--json", "as_json", is_flag=True)
 def status(file: str, workdir: Path | None, as_json: bool) -> None:
     """Show the progress of the last render of a spec."""
-    from moldbatch.report import print_status, status_doc
-
-    p = _plan(file)
-    _print_diagnostics(p)
-    if not p.valid:
-        sys.exit(1)
-    doc = status_doc(p, workdir)
+    p = _valid(operations.load_plan(file))
+    doc = operations.status(p, workdir)
     if as_json:
         click.echo(json.dumps(doc, indent=2))
     else:
+        from moldbatch.views import print_status
+
         print_status(doc)
 
 
@@ -253,19 +247,10 @@ def status(file: str, workdir: Path | None, as_json: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 def gc(files: tuple[str, ...], workdir: Path | None, dry_run: bool) -> None:
     """Remove artifacts that no stage of the given specs needs."""
-    from moldbatch.execute.store import collect_garbage
-
-    plans = [_plan(f) for f in files]
+    plans = [operations.load_plan(f) for f in files]
     for p in plans:
         _print_diagnostics(p)
-    if not all(p.valid for p in plans):
-        click.echo("moldbatch: gc needs valid specs to know what to keep", err=True)
-        sys.exit(1)
-    try:
-        removed, freed, others = collect_garbage(plans, workdir, dry_run=dry_run)
-    except MoldbatchError as e:
-        click.echo(f"moldbatch: {e}", err=True)
-        sys.exit(e.exit_code)
+    removed, freed, others = operations.gc(plans, workdir, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     kept = f"; kept what {len(others)} other spec(s) rendered here need" if others else ""
     click.echo(f"{verb} {removed} artifacts ({freed / 1e6:.1f} MB){kept}")
@@ -288,26 +273,8 @@ def export() -> None:
 def export_mold(file: str, shot_id: str | None, output: Path | None) -> None:
     """Write a shot as a mold.chain.v1 script, or say which field mold cannot express."""
     from moldbatch.fsio import atomic_write
-    from moldbatch.spec.mold import CannotExport, mold_script
 
-    p = _plan(file)
-    _print_diagnostics(p)
-    if not p.valid:
-        sys.exit(1)
-    if shot_id is None:
-        if len(p.shots) != 1:
-            ids = ", ".join(s.id for s in p.shots)
-            click.echo(
-                f"moldbatch: {file} has {len(p.shots)} shots; pick one with --shot ({ids})",
-                err=True,
-            )
-            sys.exit(2)
-        shot_id = p.shots[0].id
-    try:
-        text = mold_script(p, shot_id, output)
-    except CannotExport as e:
-        click.echo(f"moldbatch: {e}", err=True)
-        sys.exit(1)
+    text = operations.export_mold(_valid(operations.load_plan(file)), shot_id, output)
     if output is None:
         click.echo(text, nl=False)
     else:
@@ -326,13 +293,9 @@ def diff(old: str, new: str, as_json: bool, markdown: bool) -> None:
     OLD and NEW are spec files or git revisions such as HEAD~1:film.yaml. Exit 0 when
     nothing re-renders, 1 when something does, 2 when a side cannot be read or is invalid.
     """
-    from moldbatch.review.diff import DiffError, diff_refs, format_markdown, format_text
+    from moldbatch.review.diff import diff_refs, format_markdown, format_text
 
-    try:
-        d = diff_refs(old, new)
-    except DiffError as e:
-        click.echo(f"moldbatch: {e}", err=True)
-        sys.exit(2)
+    d = diff_refs(old, new)
     if as_json:
         click.echo(json.dumps(d.to_json(), indent=2))
     elif markdown:
@@ -372,38 +335,21 @@ def schema() -> None:
 )
 def pull(model: str, extras: tuple[str, ...], models_dir: Path | None, dry_run: bool) -> None:
     """Download a model's files (resumable), so that `render` can run offline."""
-    from moldbatch.models import MODELS
-    from moldbatch.runtime.files import UnknownExtra, missing_files, model_files, parse_extras
-
-    if model not in MODELS:
-        click.echo(f"moldbatch: unknown model {model!r}; known: {', '.join(MODELS)}", err=True)
-        sys.exit(2)
-    try:
-        chosen = parse_extras(MODELS[model], extras)
-    except UnknownExtra as e:
-        click.echo(f"moldbatch: {e}", err=True)
-        sys.exit(2)
+    _, chosen = operations.pull_choices(model, extras)
     if dry_run:
-        files = model_files(model, chosen)
-        missing = set(missing_files(files, models_dir))
-        for f in files:
-            state = "optional" if f.kind == "optional" else "missing" if f in missing else "present"
-            click.echo(f"{state:8}  {f.role:14}  {f.label}")
-        sys.exit(0)
-    from moldbatch.runtime.pull import pull as do_pull
+        for state, role, label in operations.pull_listing(model, chosen, models_dir):
+            click.echo(f"{state:8}  {role:14}  {label}")
+        return
+    from moldbatch.weights.pull import pull as do_pull
 
-    try:
-        do_pull(model, chosen, models_dir, say=lambda line: click.echo(line, err=True))
-    except MoldbatchError as e:
-        click.echo(f"moldbatch: {e}", err=True)
-        sys.exit(e.exit_code)
+    do_pull(model, chosen, models_dir, say=lambda line: click.echo(line, err=True))
 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
 def models(as_json: bool) -> None:
     """List the models with their caps and features."""
-    from moldbatch.report import print_models
+    from moldbatch.views import print_models
 
     print_models(as_json)
 
@@ -418,9 +364,6 @@ def main() -> None:
         sys.exit(130)
     except click.ClickException as e:
         e.show()
-        sys.exit(e.exit_code)
-    except MoldbatchError as e:
-        click.echo(f"moldbatch: {e}", err=True)
         sys.exit(e.exit_code)
     except BrokenPipeError:  # `moldbatch plan … | head`
         sys.exit(0)

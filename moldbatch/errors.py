@@ -1,4 +1,5 @@
-"""Diagnostics and the small typed exceptions that the CLI turns into one clear line each."""
+"""Diagnostics and the one exception hierarchy: every error moldbatch reports derives from
+MoldbatchError and carries its exit code, which the CLI maps once (see cli.py's table)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,30 @@ class MoldbatchError(Exception):
     exit_code = 1
 
 
+class UsageError(MoldbatchError):
+    """The command was called wrongly: an unknown name, a missing choice (exit 2)."""
+
+    exit_code = 2
+
+
+class OverBudget(MoldbatchError):
+    """The estimated GPU time of what would render is above --max-gpu-minutes (exit 4)."""
+
+    exit_code = 4
+
+
+class RuntimeLoadError(MoldbatchError):
+    """A model could not be loaded (unknown name, Hub unreachable, gated repo, missing files)."""
+
+    exit_code = 2
+
+
+class RuntimeFeatureError(MoldbatchError):
+    """The request asks for something this runtime or model cannot do."""
+
+    exit_code = 2
+
+
 class SpecInvalid(MoldbatchError):
     """The spec has errors; `diagnostics` holds them all, not just the first."""
 
@@ -61,6 +86,13 @@ class WorkdirLocked(MoldbatchError):
 
 class OutputTaken(MoldbatchError):
     """An output path holds what another spec's render wrote (exit 1: fix the spec or --out)."""
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one line: moldbatch's own as they are, others with their type."""
+    text = str(e).strip().splitlines()
+    msg = text[0] if text else ""
+    return msg if isinstance(e, MoldbatchError) else f"{type(e).__name__}: {msg}"
 
 
 def display_path(path: Path) -> str:

@@ -20,6 +20,10 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def fsync_file(path: Path) -> None:
     with Path(path).open("rb+") as f:
         os.fsync(f.fileno())

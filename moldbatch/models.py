@@ -1,4 +1,6 @@
-"""The model registry: one entry per model, and everything that is model-specific."""
+"""The model registry and the rules of the medium, each stated once: one entry per model with
+everything that is model-specific, the frame and size grids, the pipelines, the transitions
+between clips and the output formats."""
 
 from __future__ import annotations
 
@@ -19,11 +21,27 @@ CAMERA_PRESETS = (
 )
 SPATIAL_SCALES = {"x2": 2.0, "x1.5": 1.5}
 TEMPORAL_SCALES = {"x2": 2}
+FORMATS = ("mp4", "gif", "apng", "webp")
+SILENT_FORMATS = ("gif", "apng", "webp")  # no audio track
+SUFFIXES = {".mp4": "mp4", ".gif": "gif", ".png": "apng", ".apng": "apng", ".webp": "webp"}
+TRANSITIONS = ("smooth", "cut", "fade")
 PIPELINES = ("distilled", "two-stage", "one-stage", "keyframe", "a2vid", "retake", "ic-lora")
 # The pipelines that render a half-size first pass, upsample it x2 in latent space and refine
 # it at the render size, as Lightricks' reference pipelines do; `retake` and `one-stage` (mold's
 # name for a single full-size pass) render once at the render size.
 TWO_STAGE_PIPELINES = ("distilled", "two-stage", "keyframe", "a2vid", "ic-lora")
+MEDIA_PIPELINES = ("a2vid", "retake", "ic-lora")  # pipelines whose clips follow a media file
+
+
+def format_of(path: str) -> str | None:
+    """The output format a file name asks for (`.png` is an animated PNG), or None."""
+    suffix = path[path.rfind(".") :].lower() if "." in path else ""
+    return SUFFIXES.get(suffix)
+
+
+def seam_overlap(transition: str, motion_tail: int, fade_frames: int) -> int:
+    """Frames two clips share across a seam: the carried tail, the cross-fade, or none."""
+    return {"smooth": motion_tail, "fade": fade_frames, "cut": 0}[transition]
 
 
 @dataclass(frozen=True)
@@ -48,6 +66,16 @@ class ModelInfo:
     use_cross_timestep: bool = True  # False is the LTX-2.0 behaviour, True LTX-2.3's
     max_sequence_length: int = 1024
     camera_lora_repo_prefix: str | None = None
+
+    @property
+    def built_in(self) -> bool:
+        """Built in memory at run time (the tiny model): no files to pull, check or load."""
+        return self.family == "tiny"
+
+    @property
+    def guided(self) -> bool:
+        """Run with classifier-free guidance (dev models); distilled and tiny models are not."""
+        return not (self.distilled or self.built_in)
 
     @property
     def transformer_repo(self) -> str | None:

@@ -208,3 +208,8 @@ def _specs_rendered_in(workdir: Path) -> list[str]:
             db.close()
     except sqlite3.Error:
         return []
+
+
+def stages_to_run(plan, workdir: Path | None) -> list:
+    """The stages a render would run, found as the executor does, without verifying sums."""
+    return resolve(plan, ArtifactStore(workdir or default_workdir(plan.path)), verify=False)[0]

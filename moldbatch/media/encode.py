@@ -17,13 +17,11 @@ import numpy as np
 
 from moldbatch.fsio import fsync_dir, fsync_file
 from moldbatch.media.timing import fps_fraction, samples_for_frames
+from moldbatch.models import FORMATS, SUFFIXES, format_of
 
 if TYPE_CHECKING:
     import av.container
 
-FORMATS = ("mp4", "gif", "apng", "webp")
-_SUFFIX_FORMATS = {".mp4": "mp4", ".gif": "gif", ".png": "apng", ".apng": "apng", ".webp": "webp"}
-_MUXERS = {"mp4": "mp4", "gif": "gif", "apng": "apng", "webp": "webp"}
 _LAYOUTS = {1: "mono", 2: "stereo", 3: "3.0", 4: "quad", 5: "5.0", 6: "5.1", 8: "7.1"}
 X264_THREADS = 4
 _MBTREE_MIN_SIZE = 256
@@ -38,11 +36,11 @@ def _format_for(path: Path, format: str | None) -> str:
         if format not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
         return format
-    fmt = _SUFFIX_FORMATS.get(path.suffix.lower())
+    fmt = format_of(path.name)
     if fmt is None:
         raise ValueError(
             f"cannot tell the format of {path.name!r} from its suffix; use one of "
-            f"{sorted(_SUFFIX_FORMATS)} or pass format= one of {FORMATS}"
+            f"{sorted(SUFFIXES)} or pass format= one of {FORMATS}"
         )
     return fmt
 
@@ -370,7 +368,7 @@ def write_video(
             if fmt == "mp4"
             else {}
         )
-        out = av.open(str(tmp), "w", format=_MUXERS[fmt], options=options)
+        out = av.open(str(tmp), "w", format=fmt, options=options)  # each format is its muxer
         if fmt == "mp4":
             _encode_mp4(out, frames, h, w, rate, crf, preset, audio, audio_rate, audio_bitrate)
         elif fmt == "gif":

@@ -13,6 +13,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from moldbatch.models import FORMATS
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -62,7 +64,7 @@ def _snap_rate(frames: int, duration: Fraction, tolerance: Fraction) -> Fraction
 
 def _container_name(demuxer: str) -> str:
     names = demuxer.split(",")
-    for short in ("mp4", "gif", "apng", "webp"):
+    for short in FORMATS:
         if short in names or demuxer.startswith(short):
             return short
     return demuxer

@@ -12,9 +12,7 @@ from fractions import Fraction
 import numpy as np
 
 from moldbatch.media.timing import fps_fraction, samples_for_frames
-
-TRANSITIONS = ("smooth", "cut", "fade")
-
+from moldbatch.models import TRANSITIONS
 
 # --------------------------------------------------------------------------- helpers
 

@@ -77,7 +77,7 @@ def clip_picks(plan, shot, store) -> list[tuple[object, list[Pick]]] | None:
                 count = f.get_slice("frames").get_shape()[0]
         locals_ = sorted({0, (count - 1) // 2, count - 1})
         _, images = _frames_at(art.file(MEDIA), locals_)
-        step = factor if stage.kind == "clip" else 1
+        step = factor if stage.kind != "upscale" else 1  # clip and refine: rendered rate
         picks = []
         for local, image in zip(locals_, images, strict=True):
             frame = clip.start + local * step

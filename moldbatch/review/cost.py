@@ -149,34 +149,34 @@ def estimate(plan, rates: dict[str, Rate] | None = None) -> PlanCost:
     for st in plan.stages:
         p = st.params
         if st.kind == "clip":
-            rate = rates.get(p["model"], UNKNOWN)
-            out.rates[p["model"]] = rate
-            tokens = latent_tokens(p["frames"], p["width"], p["height"])
-            ts = tokens * (p["steps"] + DECODE_STEPS)
+            rate = rates.get(p.model, UNKNOWN)
+            out.rates[p.model] = rate
+            tokens = latent_tokens(p.frames, p.width, p.height)
+            ts = tokens * (p.steps + DECODE_STEPS)
             out.stages[st.id] = StageCost(
-                st.id, "clip", p["frames"], tokens, p["steps"], ts, ts * rate.seconds_per_token_step
+                st.id, "clip", p.frames, tokens, p.steps, ts, ts * rate.seconds_per_token_step
             )
-        elif st.kind == "upscale":
-            rate = rates.get(p["model"], UNKNOWN)
+        elif st.kind in ("refine", "upscale"):
+            rate = rates.get(p.model, UNKNOWN)
             src = out.stages[st.needs[0]].frames
-            frames = (src - 1) * 2 + 1 if p.get("temporal") else src
-            tokens = latent_tokens(frames, p["width"], p["height"])
+            frames = (src - 1) * 2 + 1 if p.temporal else src
+            tokens = latent_tokens(frames, p.width, p.height)
             seconds = tokens * rate.seconds_per_token_step
             steps = 0
-            if p.get("refine"):
+            if p.refine:
                 # at the size before any temporal x2, without guidance: one pass per step
                 steps = REFINE_STEPS
-                refined = latent_tokens(src, p["width"], p["height"])
+                refined = latent_tokens(src, p.width, p.height)
                 seconds += (
                     refined * steps * rate.seconds_per_token_step / max(rate.passes_per_step, 1.0)
                 )
             out.stages[st.id] = StageCost(
-                st.id, "upscale", frames, tokens, steps, tokens * (steps + 1), seconds
+                st.id, st.kind, frames, tokens, steps, tokens * (steps + 1), seconds
             )
         elif st.kind in ("stitch", "export"):
             out.stages[st.id] = StageCost(st.id, st.kind, shots[st.shot].frames)
         else:  # join
-            frames = sum(shots[s].frames for s in p.get("shots", []) if s in shots)
+            frames = sum(shots[s].frames for s in p.shots if s in shots)
             out.stages[st.id] = StageCost(st.id, st.kind, frames)
     return out
 
@@ -196,7 +196,7 @@ def over_budget(plan, workdir, max_gpu_minutes: float) -> str | None:
     """Why a render of what is not cached would go over `max_gpu_minutes`, or None. It counts
     the stages a render would actually run (`execute.store.resolve`: nothing upstream of a
     cached output), so a film whose intermediates were collected is not over-counted."""
-    from moldbatch.runtime.files import stages_to_run
+    from moldbatch.execute.store import stages_to_run
 
     todo = [s.id for s in stages_to_run(plan, workdir)]
     seconds = estimate(plan).seconds_for(todo)

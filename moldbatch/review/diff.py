@@ -22,13 +22,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from moldbatch.errors import display_path
+from moldbatch.errors import UsageError, display_path
+from moldbatch.plan.types import key_doc
 from moldbatch.review.cost import estimate, format_seconds
 
 ADDED, REMOVED, CHANGED, SAME = "added", "removed", "changed", "unchanged"
 
 
-class DiffError(Exception):
+class DiffError(UsageError):
     """A side could not be read or planned (exit 2)."""
 
 
@@ -95,21 +96,20 @@ class PlanDiff:
 
 
 # --- comparing two plans ----------------------------------------------------------------------
-def _norm(value):
-    """A param as the key sees it: a file reference counts by its bytes, not its path."""
-    if isinstance(value, dict):
-        return {k: _norm(v) for k, v in value.items() if not (k == "path" and "sha256" in value)}
-    if isinstance(value, list):
-        return [_norm(v) for v in value]
-    return value
+def _fields(params) -> dict:
+    """A stage's params as its key sees them (a file by its bytes, not its path), a clip's
+    conditions (prompt, seed, image, ...) named as fields of their own."""
+    doc = key_doc(params)
+    return {**doc.pop("conditions", {}), **doc}
 
 
 def _reasons(old, new, old_keys: dict[str, str], new_keys: dict[str, str]) -> list[str]:
     reasons = []
     if old.kind != new.kind:
         reasons.append("kind")
-    for name in sorted(set(old.params) | set(new.params)):
-        if _norm(old.params.get(name)) != _norm(new.params.get(name)):
+    was, now = _fields(old.params), _fields(new.params)
+    for name in sorted(set(was) | set(now)):
+        if was.get(name) != now.get(name):
             reasons.append(name)
     if set(old.needs) != set(new.needs):
         gone = [n for n in old.needs if n not in new.needs]

@@ -108,12 +108,12 @@ def storyboard_doc(plan, cached: dict[str, bool], cost: PlanCost) -> dict:
         axis = max(axis, shot.frames)
         retake = None
         rt = stages.get(f"{shot.id}/clip-0")
-        if rt is not None and rt.params.get("retake"):
-            w = rt.params["retake"]
+        if rt is not None and rt.params.retake is not None:
+            w = rt.params.retake
             retake = {
-                "start": round(w["start"] * shot.fps),
-                "end": round(w["end"] * shot.fps),
-                "label": f"retake {w['start']:g}–{w['end']:g} s",
+                "start": round(w.start * shot.fps),
+                "end": round(w.end * shot.fps),
+                "label": f"retake {w.start:g}–{w.end:g} s",
             }
         shots.append(
             {

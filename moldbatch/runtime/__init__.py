@@ -13,7 +13,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from moldbatch.runtime.errors import RuntimeFeatureError, RuntimeLoadError
+from moldbatch.errors import RuntimeFeatureError, RuntimeLoadError
 from moldbatch.runtime.registry import MODEL_SPECS, TINY_MODEL
 from moldbatch.runtime.types import Carry, ClipRequest, ClipResult, Lora
 

@@ -24,7 +24,7 @@ import os
 import torch
 from torch import nn
 
-from moldbatch.runtime.errors import RuntimeLoadError
+from moldbatch.errors import RuntimeLoadError
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Building the pipeline for a model name: the tiny random model, or real weights on disk.
 
 Real models are read from local files only, never downloaded here: `moldbatch pull` fetches
-them (the list is `moldbatch.runtime.files.model_files`) into the Hugging Face cache or a
+them (the list is `moldbatch.weights.files.model_files`) into the Hugging Face cache or a
 models folder (`MOLDBATCH_MODELS`), and a missing file is a RuntimeLoadError naming the
 `moldbatch pull` command. The real weights need a GPU; the path itself runs on the CPU
 with tiny weights in the shipped layouts (tests/runtime/test_real_layout.py).
@@ -26,11 +26,11 @@ from typing import Any, Literal
 
 import torch
 
-from moldbatch.runtime.errors import RuntimeFeatureError, RuntimeLoadError
+from moldbatch.errors import RuntimeFeatureError, RuntimeLoadError
 from moldbatch.runtime.fp8 import prepare_transformer
-from moldbatch.runtime.hub import hub_errors
 from moldbatch.runtime.pipeline import MoldConditionPipeline
 from moldbatch.runtime.registry import TEXT_ENCODER_REPO, ModelSpec
+from moldbatch.weights.hub import hub_errors
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def _load_tiny(device: torch.device, dtype: torch.dtype) -> Loaded:
 
 def local_root(repo: str) -> str:
     """The folder `repo` is read from (models folder or Hugging Face cache snapshot)."""
-    from moldbatch.runtime.files import repo_root
+    from moldbatch.weights.files import repo_root
 
     root = repo_root(repo)
     if root is None:  # require_files said it was there; it went away since
@@ -84,7 +84,7 @@ def local_root(repo: str) -> str:
 
 def require_files(spec: ModelSpec, extras: list[str] | tuple[str, ...] = ()) -> None:
     """Raise a one-line RuntimeLoadError naming `moldbatch pull` when a file is missing."""
-    from moldbatch.runtime.files import missing_message
+    from moldbatch.weights.files import missing_message
 
     message = missing_message({spec.name: list(extras)})
     if message:
@@ -320,7 +320,7 @@ def load_latent_upsampler(
             + (" (x1.5 exists for ltx-2.3 models only)" if role == "spatial-x1.5" else "")
         )
     require_files(spec, [role])
-    from moldbatch.runtime.files import locate, split_ref
+    from moldbatch.weights.files import locate, split_ref
 
     repo, name = split_ref(spec.files[role], spec.transformer_repo or "")
     path = locate(repo, name)

@@ -11,7 +11,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from moldbatch.runtime.errors import RuntimeFeatureError, RuntimeLoadError
+from moldbatch.errors import RuntimeFeatureError, RuntimeLoadError
 from moldbatch.runtime.registry import ModelSpec
 from moldbatch.runtime.types import Lora
 
@@ -22,7 +22,7 @@ DISTILLED_LORA = "distilled-lora"
 
 def camera_lora_location(spec: ModelSpec, preset: str) -> tuple[str, str]:
     """(repo, file) of a camera-control LoRA preset; LTX-2 19B only (see files.py)."""
-    from moldbatch.runtime.files import UnknownExtra, camera_location
+    from moldbatch.weights.files import UnknownExtra, camera_location
 
     try:
         return camera_location(spec, preset)
@@ -122,7 +122,7 @@ class LoraSwitch:
         if path.startswith(CAMERA_PREFIX):
             preset = path[len(CAMERA_PREFIX) :]
             repo, filename = camera_lora_location(self._spec, preset)
-            from moldbatch.runtime.files import locate, missing_message
+            from moldbatch.weights.files import locate, missing_message
 
             found = locate(repo, filename)
             if found is None:  # never downloaded at render time: `moldbatch pull` fetches it
@@ -144,7 +144,7 @@ class LoraSwitch:
             return f"{self._spec.name}:{DISTILLED_LORA}"
         if DISTILLED_LORA not in self._spec.files:
             raise RuntimeFeatureError(f"{self._spec.name} has no distilled LoRA (it needs none)")
-        from moldbatch.runtime.files import locate, missing_message, split_ref
+        from moldbatch.weights.files import locate, missing_message, split_ref
 
         repo, filename = split_ref(
             self._spec.files[DISTILLED_LORA], self._spec.transformer_repo or ""

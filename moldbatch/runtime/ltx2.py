@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from moldbatch.errors import RuntimeFeatureError, RuntimeLoadError
 from moldbatch.runtime import carry as carry_math
 from moldbatch.runtime import sources
-from moldbatch.runtime.errors import RuntimeFeatureError, RuntimeLoadError
 from moldbatch.runtime.loading import load, load_latent_upsampler
 from moldbatch.runtime.lora import DISTILLED_LORA, LoraSwitch, reference_downscale_factor
 from moldbatch.runtime.registry import DISTILLED_STEPS, ModelSpec, model_spec

@@ -21,7 +21,7 @@ def model_spec(name: str) -> ModelSpec:
     try:
         return MODELS[name]
     except KeyError:
-        from moldbatch.runtime.errors import RuntimeLoadError
+        from moldbatch.errors import RuntimeLoadError
 
         raise RuntimeLoadError(
             f"unknown model {name!r}; known models: {', '.join(MODELS)}"

@@ -18,8 +18,8 @@ from typing import Literal
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
-from moldbatch.errors import Diagnostic
-from moldbatch.fsio import atomic_write
+from moldbatch.errors import Diagnostic, MoldbatchError
+from moldbatch.models import FORMATS, TRANSITIONS
 from moldbatch.spec.messages import pydantic_diagnostics
 from moldbatch.spec.schema import MAX_SEED
 from moldbatch.spec.source import PathKey, Source
@@ -66,7 +66,7 @@ class MoldChain(_Strict):
     guidance: float = Field(3.0, ge=0, le=30)
     strength: float = Field(1.0, ge=0, le=1)
     motion_tail_frames: StrictInt = Field(4, ge=0)
-    output_format: Literal["mp4", "gif", "apng", "webp"] = "mp4"
+    output_format: Literal[FORMATS] = "mp4"  # type: ignore[valid-type]
     enable_audio: StrictBool | None = None
 
 
@@ -77,7 +77,7 @@ class MoldStage(_Strict):
     source_image_b64: StrictStr | None = None
     negative_prompt: StrictStr | None = None
     seed_offset: StrictInt | None = Field(None, ge=0, le=MAX_SEED)
-    transition: Literal["smooth", "cut", "fade"] = "smooth"
+    transition: Literal[TRANSITIONS] = "smooth"  # type: ignore[valid-type]
     fade_frames: StrictInt | None = Field(None, ge=1)
 
 
@@ -121,14 +121,19 @@ def _lenient(model, raw):
     return None
 
 
-def film_from_mold(src: Source, inline_dir: Path) -> tuple[Source | None, list[Diagnostic]]:
+def film_from_mold(
+    src: Source, inline_dir: Path
+) -> tuple[Source | None, list[Diagnostic], dict[str, bytes]]:
     """The script in `src` as a one-shot film Source (positions and field names kept in the
-    script's terms), or None when it cannot be read as one; and the diagnostics found."""
+    script's terms), or None when it cannot be read as one; the diagnostics found; and the
+    inline images, path (in `inline_dir`, named by content) -> bytes, for the executor to
+    write: reading a script writes nothing."""
     diags: list[Diagnostic] = []
+    inline: dict[str, bytes] = {}
     data = src.data
     if isinstance(data.get("schema"), str) and data["schema"] != SCHEMA:
         message = f"unsupported mold script schema '{data['schema']}': moldbatch reads {SCHEMA}"
-        return None, [src.diag(("schema",), message)]
+        return None, [src.diag(("schema",), message)], inline
     try:
         MoldScript.model_validate(data)  # every field-level error at once
     except ValidationError as e:
@@ -137,7 +142,7 @@ def film_from_mold(src: Source, inline_dir: Path) -> tuple[Source | None, list[D
     raw_stages = data.get("stage") if isinstance(data.get("stage"), list) else []
     stages = [_lenient(MoldStage, st) for st in raw_stages]
     if chain is None or not stages or any(st is None for st in stages):
-        return None, diags
+        return None, diags, inline
     shot: dict = {"id": _shot_id(src.path.stem), "audio": bool(chain.enable_audio)}
     names: dict[PathKey, PathKey] = {("shots", 0): ("chain",), ("shots",): ("stage",)}
     for ours, theirs in CHAIN_FIELDS.items():
@@ -177,10 +182,12 @@ def film_from_mold(src: Source, inline_dir: Path) -> tuple[Source | None, list[D
             names[("shots", 0, "clips", i, "image")] = ("stage", i, "source_image_path")
         elif stage.source_image_b64 is not None:
             where = ("stage", i, "source_image_b64")
-            path = _decode_image(stage.source_image_b64, inline_dir)
-            if isinstance(path, str):
-                diags.append(src.diag(where, path))
+            decoded = _decode_image(stage.source_image_b64, inline_dir)
+            if isinstance(decoded, str):
+                diags.append(src.diag(where, decoded))
             else:
+                path, raw = decoded
+                inline[str(path)] = raw
                 clip["image"] = str(path)
                 names[("shots", 0, "clips", i, "image")] = where
         clips.append(clip)
@@ -191,7 +198,7 @@ def film_from_mold(src: Source, inline_dir: Path) -> tuple[Source | None, list[D
     out.positions = {k: src.locate(v) for k, v in names.items()}
     out.key_positions = {k: src.locate(v, key=True) for k, v in names.items()}
     out.rename = lambda path: _rename(path, names)
-    return out, diags
+    return out, diags, inline
 
 
 def _rename(path: PathKey, names: dict[PathKey, PathKey]) -> PathKey:
@@ -207,8 +214,9 @@ def _shot_id(stem: str) -> str:
     return safe or "chain"
 
 
-def _decode_image(b64: str, inline_dir: Path) -> Path | str:
-    """Decode an inline image into the work folder, named by its content; or say why not."""
+def _decode_image(b64: str, inline_dir: Path) -> tuple[Path, bytes] | str:
+    """An inline image's bytes and the path in the work folder it will have, named by its
+    content; or why it cannot be used."""
     try:
         raw = base64.b64decode(b64.strip(), validate=True)
     except (binascii.Error, ValueError):
@@ -216,19 +224,13 @@ def _decode_image(b64: str, inline_dir: Path) -> Path | str:
     suffix = next((ext for magic, ext in IMAGE_SUFFIX.items() if raw.startswith(magic)), None)
     if suffix is None:
         return "the decoded image is not a PNG or JPEG"
-    path = inline_dir / f"{hashlib.sha256(raw).hexdigest()[:32]}{suffix}"
-    if not path.is_file():
-        try:
-            atomic_write(path, raw)
-        except OSError as e:
-            return f"cannot decode the image into {inline_dir}: {e.strerror or e} (--workdir)"
-    return path
+    return inline_dir.resolve() / f"{hashlib.sha256(raw).hexdigest()[:32]}{suffix}", raw
 
 
 # --- writing ------------------------------------------------------------------------------
 
 
-class CannotExport(Exception):
+class CannotExport(MoldbatchError):
     """The shot uses something a mold chain script cannot express."""
 
 
@@ -245,11 +247,11 @@ def mold_script(plan, shot_id: str, out_path: Path | None = None) -> str:
         raise CannotExport(f"shot '{shot_id}' cannot be a mold chain script: `{field}` {why}")
 
     for field in ("audio_file", "video", "retake"):
-        if first.get(field):
+        if getattr(first, field):
             refuse(field, "has no mold chain equivalent")
-    if first["loras"]:
+    if first.conditions.loras:
         refuse("loras", "has no mold chain equivalent (mold chains take no LoRAs)")
-    if first["camera_control"]:
+    if first.conditions.camera_control:
         refuse("camera_control", "has no mold chain equivalent")
     if any(c.keyframes for c in shot.clips):
         refuse("keyframes", "has no mold chain equivalent")
@@ -280,10 +282,15 @@ def mold_script(plan, shot_id: str, out_path: Path | None = None) -> str:
         "height": shot.height,
         "fps": int(shot.fps),
         "seed": base,
-        "steps": first["steps"],
-        "guidance": first["guidance"],
+        "steps": first.steps,
+        "guidance": first.guidance,
         "strength": next(
-            (p.params["image_strength"] for p in clip_stages if "image_strength" in p.params), 1.0
+            (
+                st.params.conditions.image_strength
+                for st in clip_stages
+                if st.params.conditions.image_strength is not None
+            ),
+            1.0,
         ),
         "motion_tail_frames": smooth[0] if smooth else shot.motion_tail,
         "output_format": shot.format,
@@ -292,9 +299,11 @@ def mold_script(plan, shot_id: str, out_path: Path | None = None) -> str:
     stages = []
     for i, (clip, stage) in enumerate(zip(shot.clips, clip_stages, strict=True)):
         entry = {"prompt": clip.prompt, "frames": clip.frames}
-        if clip.image is not None:
+        if clip.image in plan.inline:  # it came inline: it goes back inline
+            entry["source_image_b64"] = base64.b64encode(plan.inline[clip.image]).decode()
+        elif clip.image is not None:
             entry["source_image_path"] = _relative(Path(clip.image), out_path)
-        negative = stage.params["negative_prompt"]
+        negative = stage.params.conditions.negative_prompt
         if negative:
             entry["negative_prompt"] = negative
         entry["seed_offset"] = base ^ clip.seed

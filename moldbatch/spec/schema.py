@@ -18,13 +18,11 @@ from pydantic import (
     field_validator,
 )
 
-from moldbatch.models import CAMERA_PRESETS
+from moldbatch.models import CAMERA_PRESETS, FORMATS, PIPELINES, TRANSITIONS
 
-Format = Literal["mp4", "gif", "apng", "webp"]
-Transition = Literal["smooth", "cut", "fade"]
-Pipeline = Literal[
-    "auto", "distilled", "two-stage", "one-stage", "keyframe", "a2vid", "retake", "ic-lora"
-]
+Format = Literal[FORMATS]  # type: ignore[valid-type]
+Transition = Literal[TRANSITIONS]  # type: ignore[valid-type]
+Pipeline = Literal[("auto", *PIPELINES)]  # type: ignore[valid-type]
 CameraPreset = Literal[CAMERA_PRESETS]  # type: ignore[valid-type]
 SHOT_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 # Sanity bounds, far beyond any real shot, so that a typo cannot plan a billion clips.

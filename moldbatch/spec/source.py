@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from moldbatch.errors import Diagnostic
+from moldbatch.errors import Diagnostic, MoldbatchError
 
 PathKey = tuple  # ("shots", 2, "frames")
 
@@ -72,7 +72,7 @@ def format_path(path: PathKey) -> str:
     return out
 
 
-class SourceError(Exception):
+class SourceError(MoldbatchError):
     def __init__(self, diagnostic: Diagnostic):
         self.diagnostic = diagnostic
         super().__init__(str(diagnostic))

@@ -107,7 +107,7 @@ def test_chained_shot_is_stitched_as_planned(tmp_path, runtimes):
     assert audio is not None and audio.shape[1] == pytest.approx(40 / 24 * rate, abs=1024)
     # the seams: stitched frames 17..29 come from clip 1 after its first 4 (carried) frames,
     # and frame 30 is clip 2's fifth frame
-    from moldbatch.execute.stages import load_media
+    from moldbatch.execute.handlers import load_media
     from moldbatch.execute.store import ArtifactStore
 
     store = ArtifactStore(tmp_path / ".moldbatch")
@@ -279,7 +279,7 @@ def test_cut_and_fade_chains_are_stitched_as_planned(tmp_path, runtimes, transit
     plan = plan_file(spec)
     shot = plan.shots[0]
     assert render(spec, runtimes).ok
-    from moldbatch.execute.stages import load_media
+    from moldbatch.execute.handlers import load_media
     from moldbatch.execute.store import ArtifactStore
 
     store = ArtifactStore(tmp_path / ".moldbatch")
@@ -410,7 +410,7 @@ def test_a_shot_encodes_to_the_same_bytes_every_time(tmp_path, runtimes):
     # defaults x264 is not repeatable on the tiny model's small noisy frames
     import hashlib
 
-    from moldbatch.execute.stages import load_media
+    from moldbatch.execute.handlers import load_media
     from moldbatch.execute.store import ArtifactStore
     from moldbatch.media.encode import write_video
 

@@ -140,7 +140,7 @@ def test_storyboard_after_a_render_shows_cached_stages_and_clip_details(browser,
     assert len(re.findall(r'class="clip lane\d cached', dom)) == 5
     details = dom.split('id="details"', 1)[1].split("</div>\n", 1)[0]
     clip = plan.stage("walk/clip-1")
-    assert "a lake shore" in details and f"seed {clip.params['seed']}" in details
+    assert "a lake shore" in details and f"seed {clip.params.conditions.seed}" in details
     assert clip.key in details and "17 frames rendered" in details
     browser.screenshot(url, "storyboard-rendered.png", size=(1400, 700))
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from moldbatch.execute.stages import load_media
+from moldbatch.execute.handlers import load_media
 from moldbatch.execute.store import ArtifactStore
 from moldbatch.media.encode import resample_audio, write_video
 from moldbatch.media.probe import read_audio, read_video
@@ -181,7 +181,7 @@ shots:
     )
     plan, _ = render_spec(spec, runtimes)
     clips = [s for s in plan.stages if s.kind == "clip"]
-    assert [s.params["audio_window"] for s in clips] == [[0.0, 17 / 24], [13 / 24, 30 / 24]]
+    assert [list(s.params.audio_window) for s in clips] == [[0.0, 17 / 24], [13 / 24, 30 / 24]]
     store = ArtifactStore(tmp_path / ".moldbatch")
     rate = rt.sample_rate
     source, source_rate = read_audio(tmp_path / "song.wav")
@@ -273,7 +273,7 @@ shots:
     )
     plan, _ = render_spec(spec, runtimes)
     up = plan.stage("fix/upscale-0")
-    assert up.params["refine"] is None and up.params["retake_source"]["retake"]["start"] == 0.5
+    assert up.params.refine is None and up.params.retake_source.retake.start == 0.5
     source, _, _ = read_video(source_mp4)
     fitted = sources.fit_frames(source, 128, 128)
     frames, _, _ = read_video(tmp_path / "renders" / "fix.mp4")

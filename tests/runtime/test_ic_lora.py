@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from moldbatch.execute.stages import LATENTS
+from moldbatch.execute.handlers import LATENTS
 from moldbatch.media.encode import write_video
 from moldbatch.media.probe import probe
 from moldbatch.runtime import Lora, Runtime, RuntimeFeatureError
@@ -68,7 +68,7 @@ def test_ic_lora_chain_follows_its_reference_and_carries(tmp_path, runtimes) -> 
     shot = plan.shots[0]
     assert shot.pipeline == "ic-lora" and [c.frames for c in shot.clips] == [17, 17]
     # each clip follows its own stretch of the reference
-    windows = [plan.stage(f"dance/clip-{i}").params["source_window"] for i in (0, 1)]
+    windows = [list(plan.stage(f"dance/clip-{i}").params.source_window) for i in (0, 1)]
     assert windows[0][0] == 0 and windows[1][0] == pytest.approx(8 / 24)
     info = probe(tmp_path / "renders" / "dance.mp4")
     assert (info.frames, info.width, info.height, info.has_audio) == (25, 64, 64, True)

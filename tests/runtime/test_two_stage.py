@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from moldbatch.execute.stages import LATENTS, load_media
+from moldbatch.execute.handlers import LATENTS, load_media
 from moldbatch.execute.store import ArtifactStore
 from moldbatch.media.probe import probe
 from moldbatch.plan.planner import plan_file
@@ -51,9 +51,9 @@ def test_two_stage_renders_half_size_then_refines_to_the_render_size(tmp_path, r
     )
     plan, store = render_spec(spec, runtimes)
     clip, refine = plan.stage("dev/clip-0"), plan.stage("dev/refine-0")
-    assert (clip.params["width"], clip.params["height"]) == (64, 64)
+    assert (clip.params.width, clip.params.height) == (64, 64)
     assert refine.kind == "upscale" and refine.needs == ["dev/clip-0"]
-    assert refine.params["spatial"] == "x2" and refine.params["refine"]["prompt"].startswith("a l")
+    assert refine.params.spatial == "x2" and refine.params.refine.prompt.startswith("a l")
     assert plan.stage("dev/stitch").needs == ["dev/refine-0"]
     first = load_media(store.get(clip.key))[0]
     second = load_media(store.get(refine.key))[0]
@@ -134,8 +134,8 @@ def test_spatial_upscale_refines_with_the_clip_prompt_and_image(tmp_path, runtim
     )
     plan, store = render_spec(spec, runtimes)
     up = plan.stage("big/upscale-0")
-    assert up.params["refine"]["image"]["path"].endswith("red.png")
-    assert up.params["temporal"] == "x2" and plan.stage("big/clip-0").params["frames"] == 9
+    assert up.params.refine.image.path.endswith("red.png")
+    assert up.params.temporal == "x2" and plan.stage("big/clip-0").params.frames == 9
     # the stage keeps the refined latents before the temporal upsampler (what a carry holds)
     assert latents(store, plan, "big/upscale-0")["video"].shape[2:] == (2, 4, 4)
     assert load_media(store.get(up.key))[0].shape == (17, 128, 128, 3)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from moldbatch.execute.stages import load_media
+from moldbatch.execute.handlers import load_media
 from moldbatch.execute.store import ArtifactStore
 from moldbatch.media.probe import probe, read_video
 from moldbatch.runtime import ClipRequest, Runtime, RuntimeFeatureError

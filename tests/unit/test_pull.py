@@ -15,9 +15,11 @@ import pytest
 from click.testing import CliRunner
 
 from moldbatch.cli import cli
+from moldbatch.execute.store import stages_to_run
 from moldbatch.models import CAMERA_PRESETS, MODELS, TEXT_ENCODER_REPO
-from moldbatch.runtime import files as F
-from moldbatch.runtime.pull import PullError, pull
+from moldbatch.operations import missing_model_files
+from moldbatch.weights import files as F
+from moldbatch.weights.pull import PullError, pull
 
 from conftest import REPO, write
 
@@ -236,9 +238,9 @@ def test_render_preflight_passes_with_everything_present(hf_cache, tmp_path):
 
     plan = plan_file(write(tmp_path, "film.yaml", FILM))
     assert plan.valid
-    assert F.plan_needs(F.stages_to_run(plan, None)) == {D19: ["camera:dolly-in", "spatial-x2"]}
+    assert F.plan_needs(stages_to_run(plan, None)) == {D19: ["camera:dolly-in", "spatial-x2"]}
     fill(lambda r, p: cache_put(hf_cache, r, p), F.model_files(D19, ["camera:dolly-in"]))
-    assert F.check_plan(plan, None) is None
+    assert missing_model_files(plan, None) is None
 
 
 def test_render_preflight_with_models_dir_option(hf_cache, tmp_path, monkeypatch):
@@ -260,7 +262,7 @@ def test_tiny_model_needs_nothing(hf_cache, tmp_path):
     spec.write_text(text.replace("1216, height: 704", "128, height: 96"))
     plan = plan_file(spec)
     assert plan.valid, [str(d) for d in plan.diagnostics]
-    assert F.check_plan(plan, None) is None
+    assert missing_model_files(plan, None) is None
 
 
 # --- pull ---------------------------------------------------------------------------------------
@@ -395,7 +397,7 @@ def test_pull_network_failure_is_one_line(hf_cache, monkeypatch):
 
 def test_loader_refuses_missing_files_without_downloading(hf_cache, monkeypatch):
     pytest.importorskip("torch")
-    from moldbatch.runtime.errors import RuntimeLoadError
+    from moldbatch.errors import RuntimeLoadError
     from moldbatch.runtime.lora import LoraSwitch
     from moldbatch.runtime.registry import model_spec
 

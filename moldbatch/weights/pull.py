@@ -11,9 +11,9 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from moldbatch.errors import RuntimeLoadError
 from moldbatch.models import MODELS
-from moldbatch.runtime.errors import RuntimeLoadError
-from moldbatch.runtime.files import (
+from moldbatch.weights.files import (
     HubFile,
     describe_missing,
     hub_cache_dir,
@@ -24,7 +24,7 @@ from moldbatch.runtime.files import (
     models_dir,
     pull_command,
 )
-from moldbatch.runtime.hub import gated_message
+from moldbatch.weights.hub import gated_message
 
 
 class PullError(RuntimeLoadError):

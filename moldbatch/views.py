@@ -1,29 +1,18 @@
-"""What the CLI prints: the plan table, cache state, run status and the model list."""
+"""What the CLI prints in a terminal: the plan tables, the run status and the model list."""
 
 from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from moldbatch.execute.lock import render_running
-from moldbatch.execute.store import ArtifactStore, default_workdir
 from moldbatch.models import MODELS
 
 
 def _out() -> Console:
     return Console(file=sys.stdout, highlight=False, width=None if sys.stdout.isatty() else 160)
-
-
-def cache_status(plan, workdir: Path | None) -> dict[str, bool]:
-    """Which stages already have a complete artifact (size-checked; render verifies sums)."""
-    store = ArtifactStore(workdir or default_workdir(plan.path))
-    if not store.root.is_dir():
-        return {s.id: False for s in plan.stages}
-    return {s.id: store.get(s.key, verify=False) is not None for s in plan.stages}
 
 
 def print_plan(plan, cached: dict[str, bool], cost=None) -> None:
@@ -102,34 +91,6 @@ def _clips_cell(shot) -> str:
     for (kind, n), f in zip(shot.seams, frames[1:], strict=True):
         parts.append(f"{'cut' if kind == 'cut' else f'{kind} {n}'}→ {f}")
     return " ".join(parts)
-
-
-def status_doc(plan, workdir: Path | None) -> dict:
-    from moldbatch.execute.state import StateDB
-
-    workdir = workdir or default_workdir(plan.path)
-    cached = cache_status(plan, workdir)
-    last = None
-    if (workdir / "state.sqlite").exists():
-        db = StateDB(workdir, readonly=True)
-        try:
-            last = db.last_run(str(plan.path.resolve()))
-        finally:
-            db.close()
-        if last and last["status"] == "running" and not render_running(workdir):
-            # the process that ran it is gone (killed): say so rather than "running" forever
-            last["status"] = "interrupted"
-            for stage in last["stages"]:
-                if stage["status"] == "running":
-                    stage["status"] = "interrupted"
-    return {
-        "spec": plan.file,
-        "workdir": str(workdir),
-        "cached": sum(cached.values()),
-        "stages": len(plan.stages),
-        "last_run": last,
-        "plan": [{"id": s.id, "cached": cached[s.id]} for s in plan.stages],
-    }
 
 
 def print_status(doc: dict) -> None:

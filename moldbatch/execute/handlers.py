@@ -1,4 +1,5 @@
-"""What each kind of stage does: render a clip, upscale it, stitch a shot, export, join.
+"""What each kind of stage does: render a clip, refine or upscale it, stitch a shot, export,
+join.
 
 Each handler reads the artifacts of the stages it needs and writes its own into `out` (an
 ArtifactWriter); it never touches a final output path. Only this module and the runtime
@@ -17,7 +18,7 @@ from safetensors.numpy import save_file as save_np
 
 from moldbatch.execute.store import Artifact, ArtifactWriter
 from moldbatch.models import FRAME_GRID
-from moldbatch.plan.model import Stage
+from moldbatch.plan.types import ClipParams, Conditions, Stage
 
 MEDIA = "media.safetensors"
 LATENTS = "latents.safetensors"
@@ -81,94 +82,96 @@ def run_clip(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
     from moldbatch.runtime.carry import carry_from
     from moldbatch.runtime.types import ClipRequest
 
-    p = stage.params
+    p: ClipParams = stage.params
+    c = p.conditions
     carry = None
-    if p.get("carry_tail") and stage.needs:
+    if c.carry_tail and stage.needs:
         prev = ctx.inputs[stage.needs[0]]
         lat = load_file(str(prev.file(LATENTS)))
         carry = carry_from(
             lat["video"],
             lat.get("audio"),
-            tail_frames=p["carry_tail"],
+            tail_frames=c.carry_tail,
             frames=prev.meta["frames"],
-            fps=p["fps"],
+            fps=p.fps,
         )
     req = ClipRequest(
-        model=p["model"],
-        prompt=p["prompt"],
-        negative_prompt=p["negative_prompt"],
-        width=p["width"],
-        height=p["height"],
-        frames=p["frames"],
-        fps=p["fps"],
-        seed=p["seed"],
-        steps=p["steps"],
-        guidance=p["guidance"],
-        audio=p["audio"],
-        image=Path(p["image"]["path"]) if p.get("image") else None,
-        keyframes=[(k["frame"], Path(k["path"])) for k in p["keyframes"]],
-        loras=_loras(p),
+        model=p.model,
+        prompt=c.prompt,
+        negative_prompt=c.negative_prompt,
+        width=p.width,
+        height=p.height,
+        frames=p.frames,
+        fps=p.fps,
+        seed=c.seed,
+        steps=p.steps,
+        guidance=p.guidance,
+        audio=p.audio,
+        image=Path(c.image.path) if c.image else None,
+        keyframes=[(k.frame, Path(k.image.path)) for k in c.keyframes],
+        loras=_loras(c),
         carry=carry,
-        image_strength=p.get("image_strength", 1.0),
+        image_strength=c.image_strength if c.image_strength is not None else 1.0,
         **_clip_media(p),
     )
-    result = ctx.runtime(p["model"]).render_clip(req, on_step=ctx.on_step)
+    result = ctx.runtime(p.model).render_clip(req, on_step=ctx.on_step)
     latents = {"video": result.video_latents.contiguous()}
     if result.audio_latents is not None:
         latents["audio"] = result.audio_latents.contiguous()
     save_file(latents, str(out.path(LATENTS)))
-    save_media(out, result.frames, result.audio, result.sample_rate, p["fps"])
+    save_media(out, result.frames, result.audio, result.sample_rate, p.fps)
 
 
-def _clip_media(p: dict) -> dict:
+def _clip_media(p: ClipParams) -> dict:
     """ClipRequest fields for the media a clip follows: the audio of a2vid (the whole file,
     the clip starting at its `audio_window`), the source of a retake (the clip's own
     frames of it, its audio, and the retake window in clip-local seconds), or the reference
     video of an IC-LoRA clip (its own frames of it)."""
     from moldbatch.media.probe import read_audio
 
-    pipeline = p.get("pipeline")
-    if pipeline == "a2vid" and p.get("audio_file"):
-        audio, rate = read_audio(p["audio_file"]["path"])
-        window = p.get("audio_window") or [0.0, p["frames"] / p["fps"]]
+    if p.pipeline == "a2vid" and p.audio_file:
+        audio, rate = read_audio(p.audio_file.path)
+        window = p.audio_window or (0.0, p.frames / p.fps)
         return {"audio_input": audio, "audio_input_rate": rate, "audio_input_start": window[0]}
-    if pipeline == "retake" and p.get("video") and p.get("retake"):
-        frames, audio, rate, start = _source_stretch(p)
+    if p.pipeline == "retake" and p.video and p.retake:
+        frames, audio, rate, start = _source_stretch(p.video.path, p.source_window, p.fps, p.frames)
         media = {
             "source_frames": frames,
-            "retake_window": (p["retake"]["start"] - start, p["retake"]["end"] - start),
+            "retake_window": (p.retake.start - start, p.retake.end - start),
         }
         if audio is not None and audio.shape[1] > 0:
             media.update(audio_input=audio, audio_input_rate=rate, audio_input_start=start)
         return media
-    if pipeline == "ic-lora" and p.get("video"):
-        return {"reference_frames": _source_stretch(p)[0]}
+    if p.pipeline == "ic-lora" and p.video:
+        return {
+            "reference_frames": _source_stretch(p.video.path, p.source_window, p.fps, p.frames)[0]
+        }
     return {}
 
 
-def _source_stretch(p: dict):
-    """The clip's stretch of the shot's source video (shot time is source time), frame by
-    frame at the render rate: the source frame showing at each clip frame's time. Returns
-    (frames, the source's whole audio or None, its rate, the clip's start in seconds)."""
+def _source_stretch(path: str, window, fps: float, count: int):
+    """A clip's stretch of the shot's source video (shot time is source time), frame by frame
+    at the render rate `fps`: the source frame showing at each of the clip's `count` frames'
+    times, from `window[0]` seconds. Returns (frames, the source's whole audio or None, its
+    rate, the clip's start in seconds)."""
     import math
 
     from moldbatch.media.probe import probe, read_video
 
-    path = p["video"]["path"]
     frames, audio, rate = read_video(path)
-    source_fps = float(probe(path).fps) or p["fps"]
-    start = (p.get("source_window") or [0.0])[0]
+    source_fps = float(probe(path).fps) or fps
+    start = (window or (0.0,))[0]
     index = [
-        min(math.floor((start + i / p["fps"]) * source_fps + 0.5), len(frames) - 1)
-        for i in range(p["frames"])
+        min(math.floor((start + i / fps) * source_fps + 0.5), len(frames) - 1) for i in range(count)
     ]
     return frames[index], audio, rate, start
 
 
 def run_upscale(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
     """Latent upscale of one clip (`needs[0]`): spatial, refine, temporal, decode. With a
-    refine on a smooth seam, `needs[1]` is the previous clip's upscale, whose refined tail
-    is held at the start, as the first pass held the rendered one."""
+    refine on a smooth seam, `needs[1]` is the previous clip's stage at this step, whose
+    refined tail is held at the start, as the first pass held the rendered one. A `refine`
+    stage (the two-stage pipelines' x2 + refine) runs here too."""
     from safetensors.torch import load_file, save_file
 
     from moldbatch.runtime.carry import carry_from
@@ -176,39 +179,39 @@ def run_upscale(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
 
     p = stage.params
     source = ctx.inputs[stage.needs[0]]
-    rt = ctx.runtime(p["model"])
+    rt = ctx.runtime(p.model)
     audio, rate = load_audio(source)  # the upscale works on the latents: no frames needed
     refine = None
-    if p.get("refine"):
-        r = p["refine"]
+    if p.refine is not None:
+        r = p.refine
         carry = None
-        if r.get("carry_tail") and len(stage.needs) > 1:
+        if r.carry_tail and len(stage.needs) > 1:
             previous = load_file(str(ctx.inputs[stage.needs[1]].file(LATENTS)))["video"]
             carry = carry_from(
                 previous,
-                tail_frames=r["carry_tail"],
+                tail_frames=r.carry_tail,
                 frames=(previous.shape[2] - 1) * FRAME_GRID + 1,
-                fps=p["fps"],
+                fps=p.fps,
             )
         refine = Refine(
-            prompt=r["prompt"],
-            negative_prompt=r["negative_prompt"],
-            seed=r["seed"],
+            prompt=r.prompt,
+            negative_prompt=r.negative_prompt,
+            seed=r.seed,
             loras=_loras(r),
-            image=Path(r["image"]["path"]) if r.get("image") else None,
-            image_strength=r.get("image_strength", 1.0),
-            keyframes=[(k["frame"], Path(k["path"])) for k in r["keyframes"]],
+            image=Path(r.image.path) if r.image else None,
+            image_strength=r.image_strength if r.image_strength is not None else 1.0,
+            keyframes=[(k.frame, Path(k.image.path)) for k in r.keyframes],
             carry=carry,
         )
     result = rt.upscale(
         source.file(LATENTS),
-        spatial=p["spatial"],
-        temporal=p["temporal"],
+        spatial=p.spatial,
+        temporal=p.temporal,
         audio=audio,
         sample_rate=rate,
-        width=p["width"],
-        height=p["height"],
-        fps=p["fps"],
+        width=p.width,
+        height=p.height,
+        fps=p.fps,
         refine=refine,
         on_step=ctx.on_step,
     )
@@ -217,36 +220,34 @@ def run_upscale(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
         latents["audio"] = result.audio_latents.contiguous()
     save_file(latents, str(out.path(LATENTS)))
     frames = result.frames
-    if p.get("retake_source"):
+    if p.retake_source is not None:
         frames = _keep_the_source(frames, p)
-    save_media(out, frames, result.audio, result.sample_rate, p["fps"])
+    save_media(out, frames, result.audio, result.sample_rate, p.fps)
 
 
-def _keep_the_source(frames: np.ndarray, p: dict) -> np.ndarray:
+def _keep_the_source(frames: np.ndarray, p) -> np.ndarray:
     """An upscaled retake clip with the source's own frames (at the output size and rate)
     outside the retake window, as the clip itself had them at the render size."""
     from moldbatch.runtime import sources
 
-    r = p["retake_source"]
+    r = p.retake_source
     count = frames.shape[0]
-    source, _, _, start = _source_stretch(
-        {"video": r["video"], "source_window": r["source_window"], "fps": p["fps"], "frames": count}
-    )
-    window = (r["retake"]["start"] - start, r["retake"]["end"] - start)
-    keep = sources.kept_frames(sources.retake_pixel_window(window, p["fps"], count), count)
+    source, _, _, start = _source_stretch(r.video.path, r.source_window, p.fps, count)
+    window = (r.retake.start - start, r.retake.end - start)
+    keep = sources.kept_frames(sources.retake_pixel_window(window, p.fps, count), count)
     out = frames.copy()
     fitted = sources.fit_frames(source, frames.shape[2], frames.shape[1])
     out[keep] = fitted[keep]
     return out
 
 
-def _loras(p: dict) -> list:
+def _loras(c: Conditions) -> list:
     """The clip's LoRAs with their scales, and its camera preset's LoRA."""
     from moldbatch.runtime.types import Lora
 
-    loras = [Lora(lo["path"], lo["scale"]) for lo in p["loras"]]
-    if p.get("camera_control"):
-        loras.append(Lora(f"camera-control:{p['camera_control']}", 1.0))
+    loras = [Lora(lo.file.path, lo.scale) for lo in c.loras]
+    if c.camera_control:
+        loras.append(Lora(f"camera-control:{c.camera_control}", 1.0))
     return loras
 
 
@@ -255,23 +256,23 @@ def run_stitch(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
 
     p = stage.params
     clips = [load_media(ctx.inputs[n]) for n in stage.needs]
-    seams = [tuple(seam) for seam in p["seams"]]
-    frames = stitch_frames([c[0] for c in clips], "cut", 0, 0, p["frames"], seams=seams)
+    seams = [tuple(seam) for seam in p.seams]
+    frames = stitch_frames([c[0] for c in clips], "cut", 0, 0, p.frames, seams=seams)
     audio, rate = None, None
-    if p["audio"]:
+    if p.audio:
         rate = clips[0][2]
         audio = stitch_audio(
             [c[1] for c in clips],
             "cut",
             0,
             0,
-            p["fps"],
+            p.fps,
             rate,
-            p["frames"],
+            p.frames,
             clip_frames=[c[0].shape[0] for c in clips],
             seams=seams,
         )
-    save_media(out, frames, audio, rate, p["fps"])
+    save_media(out, frames, audio, rate, p.fps)
 
 
 def run_export(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
@@ -279,14 +280,14 @@ def run_export(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
 
     p = stage.params
     frames, audio, rate = load_media(ctx.inputs[stage.needs[0]])
-    name = f"shot.{p['format']}"
+    name = f"shot.{p.format}"
     write_video(
         out.path(name),
         frames,
-        p["fps"],
-        audio=audio if p["audio"] else None,
+        p.fps,
+        audio=audio if p.audio else None,
         sample_rate=rate,
-        format=p["format"],
+        format=p.format,
     )
     out.meta.update(file=name)
 
@@ -302,15 +303,16 @@ def run_join(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
     for frames, audio, r in shots:
         if audio is not None and r != rate:
             audio = resample_audio(audio, r, rate)
-        parts.append((frames, audio if p["audio"] else None))
-    frames, audio = join(parts, p["fps"], rate)
-    name = f"film.{p['format']}"
-    write_video(out.path(name), frames, p["fps"], audio=audio, sample_rate=rate, format=p["format"])
+        parts.append((frames, audio if p.audio else None))
+    frames, audio = join(parts, p.fps, rate)
+    name = f"film.{p.format}"
+    write_video(out.path(name), frames, p.fps, audio=audio, sample_rate=rate, format=p.format)
     out.meta.update(file=name)
 
 
 HANDLERS = {
     "clip": run_clip,
+    "refine": run_upscale,
     "upscale": run_upscale,
     "stitch": run_stitch,
     "export": run_export,

@@ -19,7 +19,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from moldbatch.errors import UsageError
 from moldbatch.models import CAMERA_PRESETS, MODELS, TEXT_ENCODER_REPO, ModelInfo
+from moldbatch.plan.types import RUNTIME_KINDS
 
 MODELS_ENV = "MOLDBATCH_MODELS"
 
@@ -66,7 +68,7 @@ class HubFile:
         return f"{self.repo}/{self.path}"
 
 
-class UnknownExtra(ValueError):
+class UnknownExtra(UsageError):
     """An extra that does not exist, or not for this model; the message says which do."""
 
 
@@ -161,7 +163,7 @@ def model_files(model: ModelInfo | str, extras: Iterable[str] = ()) -> list[HubF
     (names from `available_extras`)."""
     if isinstance(model, str):
         model = MODELS[model]
-    if model.family == "tiny":
+    if model.built_in:
         return []
     assert model.repo and model.transformer_file and model.diffusers_repo
     out = [HubFile(model.repo, model.transformer_file, "transformer")]
@@ -345,39 +347,29 @@ def missing_message(
 
 
 def plan_needs(stages: Iterable) -> dict[str, list[str]]:
-    """model -> extras, for the clip and upscale stages given (those that will run)."""
+    """model -> extras, for the runtime stages given (those that will run)."""
     needs: dict[str, list[str]] = {}
     for st in stages:
+        if st.kind not in RUNTIME_KINDS:
+            continue
         p = st.params
-        model = MODELS.get(p.get("model", ""))
-        if model is None or model.family == "tiny" or st.kind not in ("clip", "upscale"):
+        model = MODELS.get(p.model)
+        if model is None or model.built_in:
             continue
         extras = needs.setdefault(model.name, [])
         wanted = []
         if st.kind == "clip":
-            if p.get("camera_control"):
-                wanted.append(f"camera:{p['camera_control']}")
+            if p.conditions.camera_control:
+                wanted.append(f"camera:{p.conditions.camera_control}")
         else:
-            if p.get("spatial"):
-                wanted.append(f"spatial-{p['spatial']}")
-            if p.get("temporal"):
-                wanted.append(f"temporal-{p['temporal']}")
-            refine = p.get("refine") or {}
-            if refine.get("camera_control"):
-                wanted.append(f"camera:{refine['camera_control']}")
-            if refine and not model.distilled and "distilled-lora" in model.files:
-                wanted.append("distilled-lora")  # dev models refine with it
+            if p.spatial:
+                wanted.append(f"spatial-{p.spatial}")
+            if p.temporal:
+                wanted.append(f"temporal-{p.temporal}")
+            if p.refine is not None:
+                if p.refine.camera_control:
+                    wanted.append(f"camera:{p.refine.camera_control}")
+                if not model.distilled and "distilled-lora" in model.files:
+                    wanted.append("distilled-lora")  # dev models refine with it
         extras += [w for w in wanted if w not in extras]
     return needs
-
-
-def stages_to_run(plan, workdir: Path | None) -> list:
-    """The stages a render would run, found as the executor does, without verifying sums."""
-    from moldbatch.execute.store import ArtifactStore, default_workdir, resolve
-
-    return resolve(plan, ArtifactStore(workdir or default_workdir(plan.path)), verify=False)[0]
-
-
-def check_plan(plan, workdir: Path | None, mdir: str | os.PathLike | None = None) -> str | None:
-    """The missing-files line for the stages a render of `plan` would run, or None."""
-    return missing_message(plan_needs(stages_to_run(plan, workdir)), mdir)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from moldbatch.runtime.errors import RuntimeLoadError
+from moldbatch.errors import RuntimeLoadError
 
 
 def _hint(repo: str) -> str:

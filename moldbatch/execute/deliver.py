@@ -1,0 +1,103 @@
+"""Delivery: finished shot files and the film copied (atomically) from the store to their
+output paths. A file already there that moldbatch did not write is kept, renamed aside, and a
+file another spec's render wrote is never written over: nothing a user made is lost."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rich.console import Console
+
+from moldbatch.errors import OutputTaken, display_path
+from moldbatch.execute.state import StateDB
+from moldbatch.execute.store import Artifact
+from moldbatch.fsio import atomic_copy, sha256_file
+from moldbatch.plan.types import TERMINAL_KINDS, Plan
+
+
+def check_outputs_are_ours(plan: Plan, db: StateDB, spec: str) -> None:
+    """Refuse, before rendering anything, to write over a file that another spec's render
+    wrote: two specs in one folder with a shot id (or film output) in common."""
+    for stage in plan.stages:
+        if stage.kind not in TERMINAL_KINDS:
+            continue
+        dst = Path(stage.output).resolve()
+        owner = db.delivered_for(dst)
+        # a spec that no longer exists (renamed, deleted) has given its outputs up
+        if owner and owner != spec and dst.is_file() and Path(owner).is_file():
+            if stage.shot:
+                fix = "give this shot another id"
+                what = f"shot '{stage.shot}'"
+            else:
+                fix = "give this film another `output`"
+                what = "the film"
+            raise OutputTaken(
+                f"{display_path(dst)} ({what}) was rendered by {display_path(Path(owner))}, "
+                f"which writes into the same folder; {fix} or render with --out DIR; "
+                "nothing was rendered"
+            )
+
+
+def deliver(
+    plan: Plan,
+    found: dict[str, Artifact],
+    db: StateDB,
+    spec: str,
+    console: Console,
+    errors: list[str],
+) -> list[str]:
+    """Copy each finished shot and the film to its output path (only complete ones); the
+    paths written. A path that cannot be written adds a line to `errors`."""
+    paths = []
+    for stage in plan.stages:
+        art = found.get(stage.id)
+        if stage.kind not in TERMINAL_KINDS or art is None:
+            continue
+        src = art.file(art.meta["file"])
+        want = art.manifest["files"][art.meta["file"]]["sha256"]
+        dst = Path(stage.output).resolve()
+        try:
+            _deliver_one(src, dst, want, db, spec, console)
+        except OSError as e:
+            errors.append(
+                f"cannot write {display_path(dst)}: {e.strerror or e}; the render is kept "
+                "in the work folder: fix the path and run the same command again"
+            )
+            continue
+        paths.append(str(dst))
+    return paths
+
+
+def _deliver_one(src: Path, dst: Path, want: str, db: StateDB, spec: str, console: Console) -> None:
+    if dst.exists() and not dst.is_file():
+        raise IsADirectoryError(21, "a folder is in the way")
+    if dst.is_file():
+        st, ours = dst.stat(), db.delivered(dst)
+        if ours and (ours[1], ours[2]) == (st.st_size, st.st_mtime_ns):
+            have = ours[0]  # untouched since we wrote it: no need to read it again
+        else:
+            have = sha256_file(dst)
+        if have == want:
+            db.record_delivery(dst, want, spec)
+            return
+        if not ours or ours[0] != have:
+            aside = free_name(dst)
+            os.replace(dst, aside)
+            console.print(
+                f"[yellow]![/] {display_path(dst)} was not written by moldbatch; "
+                f"kept as {display_path(aside)}"
+            )
+    atomic_copy(src, dst)
+    db.record_delivery(dst, want, spec)
+
+
+def free_name(path: Path) -> Path:
+    """`name.orig.mp4`, or `name.orig-2.mp4`, … : the first that does not exist."""
+    n = 1
+    while True:
+        tag = "orig" if n == 1 else f"orig-{n}"
+        candidate = path.with_name(f"{path.stem}.{tag}{path.suffix}")
+        if not candidate.exists():
+            return candidate
+        n += 1

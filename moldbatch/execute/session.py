@@ -1,0 +1,288 @@
+"""One render's bookkeeping, shared by every way of running its stages (in this process, or on
+a Ray cluster): what is cached, each stage's outcome in the state database and the failure
+log, the progress bars, the artifact store's writes, and the delivery at the end.
+
+A way of running stages is a function `(session, todo) -> "done" | "failed"` that calls
+`begin` / `end` around each stage it runs elsewhere, or `run_here` for one it runs in this
+process (`run_in_order` is the local one). Evaluation is pulled from the outputs: a stage
+whose artifact is present and intact is not run, and nothing upstream of it is looked at.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from moldbatch.errors import MoldbatchError, OutputTaken, StageFailed, display_path, one_line
+from moldbatch.execute.deliver import check_outputs_are_ours, deliver
+from moldbatch.execute.handlers import HANDLERS, StageContext
+from moldbatch.execute.progress import StageBars
+from moldbatch.execute.state import StateDB
+from moldbatch.execute.store import Artifact, ArtifactStore, resolve
+from moldbatch.fsio import atomic_write
+from moldbatch.plan.types import RUNTIME_KINDS, TERMINAL_KINDS, Plan, Stage
+
+
+@dataclass
+class StageOutcome:
+    id: str
+    kind: str
+    status: str  # rendered | cached | failed | skipped | pending
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class Summary:
+    spec: str
+    workdir: Path
+    stages: list[StageOutcome] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    delivery_errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    runtime_seconds: float = 0.0  # time spent inside the runtime (clip/refine/upscale stages)
+
+    @property
+    def ok(self) -> bool:
+        # "skipped" alone is fine: an intermediate no output needed this time
+        return not self.delivery_errors and not any(
+            s.status in ("failed", "pending") for s in self.stages
+        )
+
+    @property
+    def failed(self) -> list[StageOutcome]:
+        return [s for s in self.stages if s.status == "failed"]
+
+    def to_json(self) -> dict:
+        return {
+            "spec": self.spec,
+            "ok": self.ok,
+            "workdir": str(self.workdir),
+            "seconds": round(self.seconds, 3),
+            "rendered": sum(s.status == "rendered" for s in self.stages),
+            "cached": sum(s.status == "cached" for s in self.stages),
+            "stages": [
+                {
+                    "id": s.id,
+                    "kind": s.kind,
+                    "status": s.status,
+                    "seconds": round(s.seconds, 3),
+                    **({"error": s.error} if s.error else {}),
+                }
+                for s in self.stages
+            ],
+            "outputs": self.outputs,
+        }
+
+
+RunStages = Callable[["RenderSession", list[Stage]], str]
+
+
+class RenderSession:
+    def __init__(
+        self,
+        plan: Plan,
+        workdir: Path,
+        keep_going: bool = False,
+        device: str | None = None,
+        progress: bool = True,
+        runtimes: dict | None = None,
+    ):
+        self.plan, self.workdir, self.keep_going = plan, workdir, keep_going
+        self.store = ArtifactStore(workdir)
+        self.console = Console(stderr=True, highlight=False)
+        self.show = progress
+        self.ctx = StageContext(device=device, inputs={}, runtimes=runtimes or {})
+        self.found: dict[str, Artifact] = {}
+        self.outcomes: dict[str, StageOutcome] = {}
+        self.summary = Summary(plan.file, workdir)
+        self.bars: StageBars | None = None
+        self._db: StateDB | None = None
+        self._run_id: int | None = None
+
+    # --- what a way of running stages calls -------------------------------------------
+    def begin(self, stage: Stage) -> Callable[[int, int], None] | None:
+        """A stage starts; returns the callback for its denoising steps, if it has any."""
+        self._db.set_stage(self._run_id, stage.id, "running")
+        return self.bars.start(stage)
+
+    def end(self, stage: Stage, seconds: float, error: BaseException | None = None) -> bool:
+        """Record how a stage ended (outcome, state database, failure log, bars); True when it
+        rendered."""
+        outcome = self.outcomes[stage.id]
+        outcome.seconds = seconds
+        if stage.kind in RUNTIME_KINDS:
+            self.summary.runtime_seconds += seconds
+        if error is not None:
+            outcome.status, outcome.error = "failed", one_line(error)
+            self._log_failure(stage, error)
+            self._db.set_stage(
+                self._run_id, stage.id, "failed", seconds=seconds, error=outcome.error
+            )
+            self.console.print(f"[red]✗[/] {stage.id}: {outcome.error}")
+            self.bars.done(stage)
+            return False
+        outcome.status = "rendered"
+        self._db.set_stage(self._run_id, stage.id, "rendered", seconds=seconds)
+        self.bars.done(stage)
+        return True
+
+    def skip(self, stage: Stage) -> None:
+        """A stage that cannot run: something it needs failed."""
+        self.outcomes[stage.id].status = "skipped"
+        self._db.set_stage(self._run_id, stage.id, "skipped")
+
+    def pending(self, stage: Stage) -> None:
+        """A stage that was stopped before it ended: neither done nor failed."""
+        self.outcomes[stage.id].status = "pending"
+        self._db.set_stage(self._run_id, stage.id, "pending")
+
+    def run_here(self, stage: Stage) -> bool:
+        """Run one stage's handler in this process, its inputs all committed; True when it
+        rendered."""
+        self.ctx.on_step = self.begin(stage)
+        self.ctx.inputs = {n: self.found[n] for n in stage.needs}
+        out = self.store.writer(stage.key, stage.id)
+        t = time.perf_counter()
+        try:
+            HANDLERS[stage.kind](stage, self.ctx, out)
+            self.found[stage.id] = out.commit()
+        except (Exception, MoldbatchError) as e:  # noqa: BLE001 - every failure is recorded
+            out.discard()
+            return self.end(stage, time.perf_counter() - t, e)
+        finally:
+            self.ctx.on_step = None
+        return self.end(stage, time.perf_counter() - t)
+
+    def commit(self, stage: Stage, files: dict[str, bytes], meta: dict) -> None:
+        """Store a stage's files rendered elsewhere, with the same writer, key and manifest as
+        one rendered here."""
+        out = self.store.writer(stage.key, stage.id)
+        try:
+            for name, data in files.items():
+                out.path(name).write_bytes(data)
+            out.meta.update(meta)
+            self.found[stage.id] = out.commit()
+        except BaseException:
+            out.discard()
+            raise
+
+    # --- the render -------------------------------------------------------------------
+    def run(self, run_stages: RunStages) -> Summary:
+        t0 = time.perf_counter()
+        self.store.clean_tmp()
+        self._write_inline()
+        db = self._db = StateDB(self.workdir)
+        spec = str(self.plan.path.resolve())
+        try:
+            check_outputs_are_ours(self.plan, db, spec)
+        except OutputTaken:
+            db.close()
+            raise
+        run_id = self._run_id = db.start_run(spec, self.plan.stages)
+        todo, self.found = resolve(self.plan, self.store)
+        todo_ids = {s.id for s in todo}
+        self.outcomes = {s.id: StageOutcome(s.id, s.kind, "pending") for s in self.plan.stages}
+        for sid in self.found:
+            self.outcomes[sid].status = "cached"
+            db.set_stage(run_id, sid, "cached", seconds=0.0)
+        for s in self.plan.stages:  # upstream of a cached output: not needed this time
+            if self.outcomes[s.id].status == "pending" and s.id not in todo_ids:
+                cached = self.store.get(s.key, verify=False)
+                self.outcomes[s.id].status = "cached" if cached else "skipped"
+                db.set_stage(run_id, s.id, self.outcomes[s.id].status, seconds=0.0)
+        summary = self.summary
+        try:
+            with StageBars(self.console, todo, enabled=self.show) as self.bars:
+                status = run_stages(self, todo)
+        except KeyboardInterrupt:
+            db.interrupt_run(run_id)
+            db.close()
+            raise
+        summary.outputs = deliver(
+            self.plan, self.found, db, spec, self.console, summary.delivery_errors
+        )
+        summary.stages = [self.outcomes[s.id] for s in self.plan.stages]
+        summary.seconds = time.perf_counter() - t0
+        if summary.delivery_errors:
+            status = "failed"
+        if self.show:
+            self._report()
+        db.finish_run(run_id, status)
+        db.close()
+        if summary.delivery_errors and not summary.failed:
+            raise StageFailed(summary.delivery_errors[0], summary)
+        if status == "failed" and not self.keep_going:
+            bad = summary.failed[0]
+            raise StageFailed(
+                f"stage {bad.id} failed: {bad.error}\n"
+                f"  {sum(o.status in ('rendered', 'cached') for o in summary.stages)} stages "
+                f"are done and kept; fix the cause and run `moldbatch render {self.plan.file}` "
+                f"again to resume (details in {self.workdir / 'logs'})",
+                summary,
+            )
+        return summary
+
+    def _write_inline(self) -> None:
+        """The files the spec carries inline (a mold script's images), written where the plan
+        names them, before any stage reads them."""
+        for path, data in self.plan.inline.items():
+            target = Path(path)
+            if not target.is_file() or target.read_bytes() != data:
+                atomic_write(target, data)
+
+    def _report(self) -> None:
+        summary = self.summary
+        shots = {s.id: s for s in self.plan.shots}
+        done = {o.id for o in summary.stages if o.status in ("rendered", "cached")}
+        for stage in self.plan.stages:
+            if stage.kind not in TERMINAL_KINDS or stage.id not in done:
+                continue
+            if stage.kind == "export":
+                s = shots[stage.shot]
+                what = f"{s.frames} frames, {s.width}x{s.height}, {s.fps:g} fps"
+            else:
+                what = f"{sum(s.frames for s in self.plan.shots)} frames, film"
+            self.console.print(f"[green]✓[/] Saved: {display_path(Path(stage.output))} ({what})")
+        rendered = sum(o.status == "rendered" for o in summary.stages)
+        cached = sum(o.status == "cached" for o in summary.stages)
+        if not summary.ok:
+            failed = len(summary.failed) + len(summary.delivery_errors)
+            self.console.print(
+                f"[red]✗[/] Failed after {summary.seconds:.1f}s: {failed} "
+                f"failed, {rendered} stages rendered, {cached} cached"
+            )
+            return
+        self.console.print(
+            f"[green]✓[/] Done in {summary.seconds:.1f}s: {rendered} stages "
+            f"rendered, {cached} cached"
+        )
+
+    def _log_failure(self, stage: Stage, e: BaseException) -> None:
+        logs = self.workdir / "logs"
+        logs.mkdir(exist_ok=True)
+        with (logs / "failures.log").open("a") as f:
+            f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {stage.id} ({stage.key})\n")
+            f.write("".join(traceback.format_exception(e)))
+
+
+def run_in_order(session: RenderSession, todo: list[Stage]) -> str:
+    """Run the stages in plan order, one at a time, in this process; "done" or "failed"."""
+    blocked: set[str] = set()
+    status = "done"
+    for stage in todo:
+        if any(n in blocked for n in stage.needs):
+            blocked.add(stage.id)
+            session.skip(stage)
+            continue
+        if not session.run_here(stage):
+            blocked.add(stage.id)
+            status = "failed"
+            if not session.keep_going:
+                break
+    return status

@@ -1,0 +1,196 @@
+"""A planned shot as stages with their keys: each clip's ladder (clip -> refine -> upscale),
+the shot's stitch and export, and the film's join.
+
+A clip's first pass renders at half size on the two-stage pipelines, whose `refine` stage
+upsamples it x2 in latent space and refines it at the render size; a shot's own spatial or
+temporal upscale follows as an `upscale` stage. On a smooth seam each step holds the previous
+clip's tail at the same step, so it needs that stage too.
+"""
+
+from __future__ import annotations
+
+from moldbatch.models import MEDIA_PIPELINES, MODELS, first_pass_size, format_of
+from moldbatch.plan.inputs import Inputs
+from moldbatch.plan.keys import content_key
+from moldbatch.plan.rules import Settings
+from moldbatch.plan.types import (
+    ClipParams,
+    Conditions,
+    ExportParams,
+    FileRef,
+    JoinParams,
+    KeyframeRef,
+    LoraRef,
+    RetakeSource,
+    ShotPlan,
+    Stage,
+    StitchParams,
+    UpscaleParams,
+    Window,
+)
+
+
+def film_stages(
+    shots: list[ShotPlan], settings: dict[str, Settings], inputs: Inputs, output: str | None
+) -> list[Stage]:
+    stages: list[Stage] = []
+    for shot in shots:
+        stages += shot_stages(shot, settings[shot.id], inputs)
+    if output is not None and shots:
+        fmt = format_of(output)
+        needs = [f"{p.id}/stitch" for p in shots]
+        keys = {st.id: st.key for st in stages}
+        params = JoinParams(
+            format=fmt,
+            audio=fmt == "mp4" and any(p.audio for p in shots),
+            fps=shots[0].fps,
+            shots=tuple(p.id for p in shots),
+        )
+        key = content_key("join", params, [keys[n] for n in needs])
+        stages.append(Stage("film/join", "join", None, needs, key, params, output))
+    return stages
+
+
+def shot_stages(shot: ShotPlan, s: Settings, inputs: Inputs) -> list[Stage]:
+    def ref(value: str | None) -> FileRef | None:
+        if value is None:
+            return None
+        path = inputs.resolve(value)
+        return FileRef(str(path), inputs.digest(path))
+
+    loras = tuple(LoraRef(ref(lo.path), lo.scale) for lo in s["loras"])
+    model = MODELS[shot.model]
+    two_stage = model.renders_in_two_stages(shot.pipeline)
+    retake = Window(s["retake"].start, s["retake"].end) if s["retake"] is not None else None
+    out: list[Stage] = []
+    finals = []
+    last: dict[str, Stage] = {}  # the previous clip's stage of each step of the ladder
+    for clip in shot.clips:
+        seam = shot.seams[clip.index - 1] if clip.index > 0 else None
+        carry_tail = 0
+        if seam is not None and seam[0] == "smooth" and seam[1] > 0:
+            # the seam carries the previous clip's tail: this clip needs its latents
+            # (in rendered frames: with temporal x2 a tail of T frames is T / 2 rendered)
+            carry_tail = seam[1] // 2 if shot.temporal_upscale else seam[1]
+        image = ref(clip.image)
+        conditions = Conditions(
+            prompt=clip.prompt,
+            negative_prompt=(
+                clip.negative_prompt if clip.negative_prompt is not None else s["negative_prompt"]
+            ),
+            seed=clip.seed,
+            loras=loras,
+            camera_control=s["camera_control"],
+            image=image,
+            image_strength=s["image_strength"] if image is not None else None,
+            keyframes=tuple(KeyframeRef(k["frame"], ref(k["image"])) for k in clip.keyframes),
+            carry_tail=carry_tail,
+        )
+        source_window = None
+        if shot.pipeline in ("retake", "ic-lora"):
+            # the seconds of the source this clip follows (shot time is source time)
+            begin = clip.start / shot.fps
+            source_window = (begin, begin + clip.frames / shot.render_fps)
+        params = ClipParams(
+            model=shot.model,
+            pipeline=shot.pipeline if shot.pipeline in MEDIA_PIPELINES else "generate",
+            width=first_pass_size(shot.render_width) if two_stage else shot.render_width,
+            height=first_pass_size(shot.render_height) if two_stage else shot.render_height,
+            fps=shot.render_fps,
+            frames=clip.frames,
+            steps=s["steps"] or model.default_steps,
+            guidance=s["guidance"],
+            audio=shot.audio,
+            conditions=conditions,
+            audio_file=ref(s["audio_file"]),
+            audio_window=tuple(clip.audio_window) if clip.audio_window is not None else None,
+            video=ref(s["video"]),
+            source_window=source_window,
+            retake=retake,
+        )
+        final = _step(shot, "clip", clip.index, params, None, last, out)
+        # a refine pass has the clip's prompt, seed, LoRAs and conditions; an IC-LoRA works
+        # with its reference tokens, which the refine pass has not
+        refine = conditions
+        if shot.pipeline == "ic-lora":
+            refine = Conditions(**{**vars(conditions), "loras": ()})
+        if two_stage:
+            # stage 2: x2 latent upsample to the render size and a refine pass
+            up = UpscaleParams(
+                shot.model, "x2", None, shot.render_width, shot.render_height,
+                shot.render_fps, shot.audio, refine,
+            )  # fmt: skip
+            final = _step(shot, "refine", clip.index, up, final, last, out)
+        if shot.spatial_upscale or shot.temporal_upscale:
+            is_retake = shot.pipeline == "retake"
+            up = UpscaleParams(
+                model=shot.model,
+                spatial=shot.spatial_upscale,
+                temporal=shot.temporal_upscale,
+                width=shot.width,
+                height=shot.height,
+                fps=shot.fps,
+                audio=shot.audio,
+                # a refine would re-noise the frames a retake keeps: it pastes them instead
+                refine=refine if shot.spatial_upscale and not is_retake else None,
+                retake_source=(
+                    RetakeSource(params.video, source_window, retake) if is_retake else None
+                ),
+            )
+            final = _step(shot, "upscale", clip.index, up, final, last, out)
+        finals.append(final)
+    stitch = StitchParams(
+        seams=tuple((kind, n) for kind, n in shot.seams),
+        frames=shot.frames,
+        fps=shot.fps,
+        audio=shot.audio,
+        width=shot.width,
+        height=shot.height,
+    )
+    st = Stage(
+        f"{shot.id}/stitch",
+        "stitch",
+        shot.id,
+        [f.id for f in finals],
+        content_key("stitch", stitch, [f.key for f in finals]),
+        stitch,
+    )
+    out.append(st)
+    export = ExportParams(shot.format, shot.fps, shot.audio)
+    key = content_key("export", export, [st.key])
+    out.append(
+        Stage(f"{shot.id}/export", "export", shot.id, [st.id], key, export, shot.output_path)
+    )
+    return out
+
+
+def _step(
+    shot: ShotPlan,
+    step: str,
+    index: int,
+    params: ClipParams | UpscaleParams,
+    source: Stage | None,
+    last: dict[str, Stage],
+    out: list[Stage],
+) -> Stage:
+    """One clip's stage at one step of its ladder: it needs its `source` (the step below), and
+    on a carrying seam the previous clip's stage at the same step, whose tail it holds (a clip
+    needs its latents; a refine its refined latents)."""
+    needs = [source] if source is not None else []
+    refine = params.conditions if step == "clip" else params.refine
+    if refine is not None and refine.carry_tail and step in last:
+        needs.append(last[step])
+    stage = Stage(
+        f"{shot.id}/{step}-{index}",
+        step,
+        shot.id,
+        [n.id for n in needs],
+        content_key(step, params, [n.key for n in needs]),
+        params,
+    )
+    out.append(stage)
+    last[step] = stage
+    return stage
+
+
+__all__ = ["film_stages", "shot_stages"]
