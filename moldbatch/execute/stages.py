@@ -106,7 +106,7 @@ def run_clip(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
         guidance=p["guidance"],
         audio=p["audio"],
         image=Path(p["image"]["path"]) if p.get("image") else None,
-        keyframes=[(k["frame"], Path(k["path"])) for k in p["keyframes"]],
+        keyframes=[(k["frame"], Path(k["path"]), k.get("strength", 1.0)) for k in p["keyframes"]],
         loras=_loras(p),
         carry=carry,
         image_strength=p.get("image_strength", 1.0),
@@ -197,7 +197,9 @@ def run_upscale(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
             loras=_loras(r),
             image=Path(r["image"]["path"]) if r.get("image") else None,
             image_strength=r.get("image_strength", 1.0),
-            keyframes=[(k["frame"], Path(k["path"])) for k in r["keyframes"]],
+            keyframes=[
+                (k["frame"], Path(k["path"]), k.get("strength", 1.0)) for k in r["keyframes"]
+            ],
             carry=carry,
         )
     result = rt.upscale(

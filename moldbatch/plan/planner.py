@@ -448,7 +448,8 @@ class Planner:
                     where + ("frames",),
                     f"{clip.frames} frames is above "
                     f"{model.name}'s cap of {model.clip_cap} frames per clip; split "
-                    "it into more clips",
+                    "it into more clips (mold does not cap a stage's frames; moldbatch "
+                    "holds every clip to its model's cap)",
                 )
                 ok = False
             if i == 0:
@@ -463,13 +464,22 @@ class Planner:
                 seam = (kind, amount)
                 seams.append(seam)
                 start = spans[-1].end - amount
-                if amount >= clip.frames or (kind == "fade" and amount > spans[-1].frames):
+                if amount >= clip.frames:
                     what = "motion_tail" if kind == "smooth" else "fade_frames"
                     self.error(
                         where + ("frames",),
                         f"clip {i} has {clip.frames} frames: its "
                         f"{kind} seam overlaps {amount} ({what}); every clip must add "
                         "fresh frames",
+                    )
+                    ok = False
+                elif kind == "fade" and amount > spans[-1].frames:
+                    # the clip before is the short one (mold's stitch refuses it too)
+                    self.error(
+                        base + (i - 1, "frames"),
+                        f"clip {i - 1} has {spans[-1].frames} frames, fewer than the "
+                        f"{amount} frames of the fade into clip {i} (fade_frames): lengthen "
+                        f"clip {i - 1} or shorten the fade",
                     )
                     ok = False
             keep_from = start if seam is None or seam[0] == "cut" else start + seam[1]
@@ -494,7 +504,8 @@ class Planner:
                     base + (i, "frames"),
                     f"clip {i} has {spans[i].frames} frames, "
                     f"fewer than the {head + tail} its seams need ({head} overlapping "
-                    f"the clip before, {tail} fading into the clip after)",
+                    f"the clip before, {tail} fading into the clip after; mold would let "
+                    "the fade reach into the clip before, moldbatch refuses)",
                 )
                 ok = False
         if not ok:
@@ -915,24 +926,33 @@ class Planner:
             params = dict(common, prompt=clip.prompt, seed=clip.seed, frames=clip.frames)
             if clip.negative_prompt is not None:
                 params["negative_prompt"] = clip.negative_prompt
-            params["image"] = self._file_ref(clip.image)
-            if clip.image is not None:
-                params["image_strength"] = s["image_strength"]
-            params["keyframes"] = [
-                {"frame": k["frame"], **self._file_ref(k["image"])} for k in clip.keyframes
-            ]
-            if clip.audio_window is not None:
-                params["audio_window"] = clip.audio_window
-            if shot.pipeline in ("retake", "ic-lora"):
-                # the seconds of the source this clip follows (shot time is source time)
-                begin = clip.start / shot.fps
-                params["source_window"] = [begin, begin + clip.frames / shot.render_fps]
             seam = shot.seams[clip.index - 1] if clip.index > 0 else None
             carry_tail = 0
             if seam is not None and seam[0] == "smooth" and seam[1] > 0:
                 # the seam carries the previous clip's tail: this clip needs its latents
                 # (in rendered frames: with temporal x2 a tail of T frames is T / 2 rendered)
                 carry_tail = seam[1] // 2 if shot.temporal_upscale else seam[1]
+            # mold's rule for a clip's image: the first clip's holds with `image_strength`; a
+            # cut or fade starts afresh from its image at full strength; on a smooth seam the
+            # carried tail owns frame 0, so the image guides the first frame past the tail
+            guide = clip.image if carry_tail else None
+            params["image"] = self._file_ref(None if guide else clip.image)
+            if clip.image is not None and guide is None:
+                params["image_strength"] = s["image_strength"] if clip.index == 0 else 1.0
+            params["keyframes"] = [
+                {"frame": k["frame"], **self._file_ref(k["image"])} for k in clip.keyframes
+            ]
+            if guide is not None:
+                params["keyframes"].append(
+                    {"frame": carry_tail, **self._file_ref(guide), "strength": GUIDE_STRENGTH}
+                )
+            if clip.audio_window is not None:
+                params["audio_window"] = clip.audio_window
+            if shot.pipeline in ("retake", "ic-lora"):
+                # the seconds of the source this clip follows (shot time is source time)
+                begin = clip.start / shot.fps
+                params["source_window"] = [begin, begin + clip.frames / shot.render_fps]
+            if carry_tail:
                 params["carry_tail"] = carry_tail
             final = self._ladder_stage(
                 shot, "clip", clip.index, params, None, last, carry_tail, out
@@ -946,7 +966,7 @@ class Planner:
             if shot.pipeline == "ic-lora":
                 # an IC-LoRA works with its reference tokens, which the refine pass has not
                 refine["loras"] = []
-            if clip.image is not None:
+            if "image_strength" in params:
                 refine["image_strength"] = params["image_strength"]
             if carry_tail:
                 refine["carry_tail"] = carry_tail
@@ -1056,6 +1076,9 @@ class Planner:
 
 
 MEDIA_PIPELINES = ("a2vid", "retake", "ic-lora")  # pipelines whose clips follow a media file
+# the strength of an image on a smooth continuation, a guide just past the carried tail:
+# mold's CHAIN_SOFT_ANCHOR_STRENGTH (mold-inference ltx2/pipeline.rs `render_chain_stage`)
+GUIDE_STRENGTH = 0.4
 
 
 def _available(values, what: str = "") -> str:
