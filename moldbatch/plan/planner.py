@@ -473,13 +473,17 @@ class Planner:
                         "fresh frames",
                     )
                     ok = False
-                elif kind == "fade" and amount > spans[-1].frames:
-                    # the clip before is the short one (mold's stitch refuses it too)
+                elif kind != "cut" and amount > spans[-1].frames:
+                    # the clip before is the short one (mold refuses it too)
+                    what, does = {
+                        "smooth": ("motion_tail", "the smooth seam into clip {i} carries"),
+                        "fade": ("fade_frames", "the fade into clip {i} blends"),
+                    }[kind]
                     self.error(
                         base + (i - 1, "frames"),
                         f"clip {i - 1} has {spans[-1].frames} frames, fewer than the "
-                        f"{amount} frames of the fade into clip {i} (fade_frames): lengthen "
-                        f"clip {i - 1} or shorten the fade",
+                        f"{amount} {does.format(i=i)} ({what}): lengthen clip {i - 1} or "
+                        f"lower {what}",
                     )
                     ok = False
             keep_from = start if seam is None or seam[0] == "cut" else start + seam[1]

@@ -177,9 +177,10 @@ def film_from_mold(src: Source, inline_dir: Path) -> tuple[Source | None, list[D
     pipeline = MODELS[chain.model].base_pipeline if chain.model in MODELS else "distilled"
     for where, reason in mold_limits(chain.model, pipeline, tail, [st.frames for st in stages]):
         if where == "motion_tail" and any(
-            i > 0 and st.transition == "smooth" and tail >= st.frames for i, st in enumerate(stages)
+            st.transition == "smooth" and tail >= min(st.frames, before.frames + 1)
+            for before, st in zip(stages, stages[1:], strict=False)
         ):
-            continue  # a smooth stage the tail swallows: the planner refuses it, as mold does
+            continue  # a smooth seam the clips cannot hold: the planner refuses it, as mold does
         path = {"stages": ("stage",), "motion_tail": ("chain", "motion_tail_frames")}.get(
             where, ("chain", where)
         )

@@ -421,6 +421,16 @@ def test_a_fade_longer_than_the_clip_before_it_names_that_short_clip(film_dir):
     assert diag.message.startswith("clip 0 has 9 frames, fewer than the 12")
 
 
+def test_a_tail_longer_than_the_clip_it_comes_from_names_that_short_clip(film_dir):
+    # mold-core chain.rs `normalise` refuses a tail not below stage 0's frames; moldbatch
+    # cannot carry 17 frames out of a 9-frame clip either
+    stages = [{"prompt": "a", "frames": 9}, {"prompt": "b", "frames": 97}]
+    plan = plan_file(mold_file(film_dir, stages, motion_tail_frames=17))
+    (diag,) = plan.diagnostics
+    assert diag.severity == "error" and diag.path == "stage[0].frames"
+    assert diag.message.startswith("clip 0 has 9 frames, fewer than the 17")
+
+
 def test_mold_arithmetic_matches_molds_own_totals(film_dir):
     # mold-core chain.rs tests `estimated_total_all_smooth` (241), `estimated_total_with_cut`
     # (266), `estimated_total_with_fade` (283), all on a motion tail of 25; ltx2/chain.rs
