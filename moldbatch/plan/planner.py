@@ -309,6 +309,13 @@ class Planner:
             if temporal:
                 local = local // 2
             clips[idx].keyframes.append({"frame": local, "image": str(path)})
+        for c, (kind, tail) in zip(clips[1:], chain.seams, strict=True):
+            if c.image is not None and kind == "smooth" and tail > 0:
+                # mold's rule: the carried tail owns the first frames of a smooth continuation,
+                # so its image becomes a soft guide at the first frame past the tail
+                at = tail // 2 if temporal else tail
+                c.keyframes.append({"frame": at, "image": c.image, "strength": GUIDE_STRENGTH})
+                c.image = None
         transition = s["transition"]
         return ShotPlan(
             id=shot.id,
@@ -930,26 +937,22 @@ class Planner:
             params = dict(common, prompt=clip.prompt, seed=clip.seed, frames=clip.frames)
             if clip.negative_prompt is not None:
                 params["negative_prompt"] = clip.negative_prompt
+            params["image"] = self._file_ref(clip.image)
+            if clip.image is not None:
+                # mold's rule: `image_strength` holds the first clip's image; a cut or fade
+                # starts afresh from its image at full strength
+                params["image_strength"] = s["image_strength"] if clip.index == 0 else 1.0
+            params["keyframes"] = [
+                {"frame": k["frame"], **self._file_ref(k["image"])}
+                | ({"strength": k["strength"]} if "strength" in k else {})
+                for k in clip.keyframes
+            ]
             seam = shot.seams[clip.index - 1] if clip.index > 0 else None
             carry_tail = 0
             if seam is not None and seam[0] == "smooth" and seam[1] > 0:
                 # the seam carries the previous clip's tail: this clip needs its latents
                 # (in rendered frames: with temporal x2 a tail of T frames is T / 2 rendered)
                 carry_tail = seam[1] // 2 if shot.temporal_upscale else seam[1]
-            # mold's rule for a clip's image: the first clip's holds with `image_strength`; a
-            # cut or fade starts afresh from its image at full strength; on a smooth seam the
-            # carried tail owns frame 0, so the image guides the first frame past the tail
-            guide = clip.image if carry_tail else None
-            params["image"] = self._file_ref(None if guide else clip.image)
-            if clip.image is not None and guide is None:
-                params["image_strength"] = s["image_strength"] if clip.index == 0 else 1.0
-            params["keyframes"] = [
-                {"frame": k["frame"], **self._file_ref(k["image"])} for k in clip.keyframes
-            ]
-            if guide is not None:
-                params["keyframes"].append(
-                    {"frame": carry_tail, **self._file_ref(guide), "strength": GUIDE_STRENGTH}
-                )
             if clip.audio_window is not None:
                 params["audio_window"] = clip.audio_window
             if shot.pipeline in ("retake", "ic-lora"):

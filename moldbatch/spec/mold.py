@@ -254,8 +254,8 @@ def mold_limits(model: str, pipeline: str, tail: int, frames: list[int]) -> list
         out.append(
             (
                 "model",
-                f"'{model}' is not a distilled model: mold chains run the distilled pipeline "
-                "only and fail on it at render",
+                f"'{model}' is not a distilled model (it renders with the {pipeline} "
+                "pipeline): mold chains run the distilled pipeline only and fail on it at render",
             )
         )
     elif pipeline != "distilled":
@@ -330,7 +330,8 @@ def mold_script(plan, shot_id: str, out_path: Path | None = None) -> str:
         refuse("loras", "has no mold chain equivalent (mold chains take no LoRAs)")
     if first["camera_control"]:
         refuse("camera_control", "has no mold chain equivalent")
-    if any(c.keyframes for c in shot.clips):
+    # a keyframe with a strength is a smooth continuation's image, which mold guides alike
+    if any("strength" not in k for c in shot.clips for k in c.keyframes):
         refuse("keyframes", "has no mold chain equivalent")
     if shot.spatial_upscale or shot.temporal_upscale:
         refuse(
@@ -360,7 +361,10 @@ def mold_script(plan, shot_id: str, out_path: Path | None = None) -> str:
             if shortest > 1
             else "give every clip more than one frame",
         ),
-        "model": ("model", "use ltx-2-19b-distilled:fp8 or ltx-2.3-22b-distilled:fp8"),
+        "model": (
+            "model",
+            "use a distilled model (ltx-2-19b-distilled:fp8, ltx-2.3-22b-distilled:fp8)",
+        ),
         "pipeline": ("pipeline", "set `pipeline: distilled`"),
     }
     for what, reason in mold_limits(
@@ -392,8 +396,9 @@ def mold_script(plan, shot_id: str, out_path: Path | None = None) -> str:
     stages = []
     for i, (clip, stage) in enumerate(zip(shot.clips, clip_stages, strict=True)):
         entry = {"prompt": clip.prompt, "frames": clip.frames}
-        if clip.image is not None:
-            entry["source_image_path"] = _relative(Path(clip.image), out_path)
+        image = clip.image or next((k["image"] for k in clip.keyframes), None)
+        if image is not None:
+            entry["source_image_path"] = _relative(Path(image), out_path)
         negative = stage.params["negative_prompt"]
         if negative:
             entry["negative_prompt"] = negative

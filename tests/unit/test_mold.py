@@ -358,6 +358,10 @@ def test_an_image_on_stage_0_holds_with_strength_and_later_ones_as_mold_applies_
     ]
     for tail in (4, 17):
         plan = planned(mold_file(film_dir, stages, strength=0.6, motion_tail_frames=tail))
+        clips = plan.shots[0].clips
+        assert clips[1].image is None
+        assert clips[1].keyframes == [{"frame": tail, "image": clips[0].image, "strength": 0.4}]
+        assert all(c.image is not None and c.keyframes == [] for c in (clips[0], *clips[2:]))
         first, smooth, cut, fade = (plan.stage(f"chain/clip-{i}").params for i in range(4))
         assert first["image"] and first["image_strength"] == 0.6 and first["keyframes"] == []
         assert smooth["image"] is None and "image_strength" not in smooth
@@ -660,6 +664,10 @@ def test_whatever_export_writes_replans_to_the_same_clips_seams_and_seeds(clips,
         assert [c.frames for c in a.clips] == [c.frames for c in b.clips]
         assert a.seams == b.seams and [c.seed for c in a.clips] == [c.seed for c in b.clips]
         assert a.frames == b.frames
+        assert [(c.image, c.keyframes) for c in a.clips] == [
+            (c.image, c.keyframes) for c in b.clips
+        ]
+        assert [s.key for s in plan.stages] == [s.key for s in again.stages]
 
 
 def test_readme_renders_fewer_frames_than_mold_for_400_frames_at_tails_4_and_17(film_dir):
