@@ -38,6 +38,9 @@ IMAGE_KEYS = ("source_image", "source_image_b64", "source_image_path")
 MOLD_IGNORES_UNKNOWN = (
     " (mold ignores unknown keys; moldbatch refuses them so that a misspelt key is not lost)"
 )
+# stage keys mold reserves, and refuses when set (mold-core chain.rs `normalise`)
+MOLD_RESERVED = re.compile(r"stage\[\d+\]\.(model|loras|references)")
+MOLD_REFUSES_RESERVED = " (mold reserves it for a later release and refuses it, too)"
 
 # our shot field -> mold's [chain] key
 CHAIN_FIELDS = {
@@ -52,7 +55,7 @@ CHAIN_FIELDS = {
     "motion_tail": "motion_tail_frames",
     "format": "output_format",
 }
-# our clip field -> mold's [[stage]] key (image is source_image_path or source_image_b64)
+# our clip field -> mold's [[stage]] key (the image is one of IMAGE_KEYS)
 STAGE_FIELDS = {
     "prompt": "prompt",
     "frames": "frames",
@@ -147,12 +150,11 @@ def film_from_mold(src: Source, inline_dir: Path) -> tuple[Source | None, list[D
     try:
         MoldScript.model_validate(data)  # every field-level error at once
     except ValidationError as e:
-        diags += [
-            dataclasses.replace(d, message=d.message + MOLD_IGNORES_UNKNOWN)
-            if d.message.startswith("unknown key")
-            else d
-            for d in pydantic_diagnostics(src, (), e, _mold_fields)
-        ]
+        for d in pydantic_diagnostics(src, (), e, _mold_fields):
+            if d.message.startswith("unknown key"):
+                why = MOLD_REFUSES_RESERVED if MOLD_RESERVED.fullmatch(d.path) else None
+                d = dataclasses.replace(d, message=d.message + (why or MOLD_IGNORES_UNKNOWN))
+            diags.append(d)
     chain = _lenient(MoldChain, data.get("chain"))
     raw_stages = data.get("stage") if isinstance(data.get("stage"), list) else []
     stages = [_lenient(MoldStage, st) for st in raw_stages]

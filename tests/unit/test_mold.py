@@ -685,3 +685,34 @@ def test_readme_renders_fewer_frames_than_mold_for_400_frames_at_tails_4_and_17(
         )
         shot = planned(spec).shots[0]
         assert shot.frames == 400 and sum(c.frames for c in shot.clips) == ours
+
+
+REAL = {"model": "ltx-2-19b-distilled:fp8", "width": 1216, "height": 704, "steps": 8}
+
+
+@pytest.mark.parametrize(
+    ("doc", "path", "words"),
+    [
+        # the cases of mold-cli tests/chain_validate_corpus.rs (its tests/adversarial/ scripts)
+        ({"schema": "mold.chain.v99"}, "schema", "mold.chain.v99"),  # rejects_unknown_schema
+        ({"stage": [{"prompt": "a", "frames": 96}]}, "stage[0].frames", "8k+1"),  # non_8kplus1
+        (  # rejects_reserved_loras: mold refuses a stage's reserved `loras`, and so do we
+            {"stage": [{"prompt": "a", "frames": 97, "loras": [{"path": "x", "scale": 0.8}]}]},
+            "stage[0].loras",
+            "mold reserves it",
+        ),
+    ],
+)
+def test_molds_adversarial_scripts_are_refused_naming_the_field(film_dir, doc, path, words):
+    doc = {"schema": "mold.chain.v1", "chain": dict(MOLD_CHAIN, **REAL), **doc}
+    doc.setdefault("stage", [{"prompt": "a", "frames": 97}])
+    plan = plan_file(write(film_dir, "bad.toml", tomli_w.dumps(doc)))
+    errors = [d for d in plan.diagnostics if d.severity == "error"]
+    assert [d.path for d in errors] == [path] and words in errors[0].message
+
+
+def test_a_prompt_across_lines_is_accepted_as_mold_accepts_it(film_dir):
+    # mold-cli tests/chain_validate_corpus.rs `accepts_newline_prompt`
+    prompt = "first line\nsecond line\n"
+    plan = planned(mold_file(film_dir, [{"prompt": prompt, "frames": 97}], **REAL))
+    assert plan.shots[0].clips[0].prompt == prompt
