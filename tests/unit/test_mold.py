@@ -716,3 +716,37 @@ def test_a_prompt_across_lines_is_accepted_as_mold_accepts_it(film_dir):
     prompt = "first line\nsecond line\n"
     plan = planned(mold_file(film_dir, [{"prompt": prompt, "frames": 97}], **REAL))
     assert plan.shots[0].clips[0].prompt == prompt
+
+
+def test_a_script_as_molds_write_script_emits_it_plans_with_its_images(film_dir):
+    # mold-core chain_toml.rs `write_script` serialises `ChainScript`: schema first, every
+    # [chain] field, and per stage `transition` always (stage 0's too) and the image as
+    # base64 `source_image`; mold-core tests/chain_toml.rs `write_then_read_is_identity`
+    # uses stages of 97, 49, 97 (cut) and 97 (fade 12) at tail 25
+    image = b64(film_dir / "assets" / "start.png")
+    stages = [
+        {"prompt": "a", "frames": 97, "source_image": image, "transition": "smooth"},
+        {"prompt": "b", "frames": 49, "transition": "smooth"},
+        {"prompt": "c", "frames": 97, "transition": "cut", "source_image": image},
+        {"prompt": "d", "frames": 97, "transition": "fade", "fade_frames": 12},
+    ]
+    plan = planned(mold_file(film_dir, stages, motion_tail_frames=25, seed=42, **REAL))
+    shot = plan.shots[0]
+    assert shot.seams == [["smooth", 25], ["cut", 0], ["fade", 12]]
+    assert shot.frames == 97 + 49 - 25 + 97 + 97 - 12
+    assert [c.image is not None for c in shot.clips] == [True, False, True, False]
+
+
+def test_a_script_without_a_schema_line_is_read_as_mold_chain_v1(film_dir):
+    # mold-core chain_toml.rs test `read_accepts_missing_schema_header`
+    doc = {"chain": MOLD_CHAIN, "stage": [{"prompt": "hello", "frames": 9}]}
+    plan = planned(write(film_dir, "bare.toml", tomli_w.dumps(doc)))
+    assert [c.prompt for c in plan.shots[0].clips] == ["hello"]
+
+
+def test_a_missing_source_image_path_is_named(film_dir):
+    # mold-core chain_toml.rs test `read_reports_missing_source_image_file`
+    stage = {"prompt": "x", "frames": 9, "source_image_path": "missing.png"}
+    plan = plan_file(mold_file(film_dir, [stage]))
+    (diag,) = plan.diagnostics
+    assert diag.path == "stage[0].source_image_path" and "missing.png" in diag.message
