@@ -947,19 +947,18 @@ class Planner:
                 | ({"strength": k["strength"]} if "strength" in k else {})
                 for k in clip.keyframes
             ]
-            seam = shot.seams[clip.index - 1] if clip.index > 0 else None
-            carry_tail = 0
-            if seam is not None and seam[0] == "smooth" and seam[1] > 0:
-                # the seam carries the previous clip's tail: this clip needs its latents
-                # (in rendered frames: with temporal x2 a tail of T frames is T / 2 rendered)
-                carry_tail = seam[1] // 2 if shot.temporal_upscale else seam[1]
             if clip.audio_window is not None:
                 params["audio_window"] = clip.audio_window
             if shot.pipeline in ("retake", "ic-lora"):
                 # the seconds of the source this clip follows (shot time is source time)
                 begin = clip.start / shot.fps
                 params["source_window"] = [begin, begin + clip.frames / shot.render_fps]
-            if carry_tail:
+            seam = shot.seams[clip.index - 1] if clip.index > 0 else None
+            carry_tail = 0
+            if seam is not None and seam[0] == "smooth" and seam[1] > 0:
+                # the seam carries the previous clip's tail: this clip needs its latents
+                # (in rendered frames: with temporal x2 a tail of T frames is T / 2 rendered)
+                carry_tail = seam[1] // 2 if shot.temporal_upscale else seam[1]
                 params["carry_tail"] = carry_tail
             final = self._ladder_stage(
                 shot, "clip", clip.index, params, None, last, carry_tail, out
