@@ -972,7 +972,7 @@ class Planner:
             if shot.pipeline == "ic-lora":
                 # an IC-LoRA works with its reference tokens, which the refine pass has not
                 refine["loras"] = []
-            if "image_strength" in params:
+            if clip.image is not None:
                 refine["image_strength"] = params["image_strength"]
             if carry_tail:
                 refine["carry_tail"] = carry_tail
