@@ -108,7 +108,7 @@ def run_clip(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
         guidance=p.guidance,
         audio=p.audio,
         image=Path(c.image.path) if c.image else None,
-        keyframes=[(k.frame, Path(k.image.path)) for k in c.keyframes],
+        keyframes=[(k.frame, Path(k.image.path), k.strength) for k in c.keyframes],
         loras=_loras(c),
         carry=carry,
         image_strength=c.image_strength if c.image_strength is not None else 1.0,
@@ -200,7 +200,7 @@ def run_upscale(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
             loras=_loras(r),
             image=Path(r.image.path) if r.image else None,
             image_strength=r.image_strength if r.image_strength is not None else 1.0,
-            keyframes=[(k.frame, Path(k.image.path)) for k in r.keyframes],
+            keyframes=[(k.frame, Path(k.image.path), k.strength) for k in r.keyframes],
             carry=carry,
         )
     result = rt.upscale(

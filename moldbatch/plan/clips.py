@@ -126,7 +126,8 @@ def explicit_chain(
                 where + ("frames",),
                 f"{clip.frames} frames is above "
                 f"{model.name}'s cap of {model.clip_cap} frames per clip; split "
-                "it into more clips",
+                "it into more clips (mold does not cap a stage's frames; moldbatch "
+                "holds every clip to its model's cap)",
             )
             ok = False
         if i == 0:
@@ -137,13 +138,26 @@ def explicit_chain(
             seam = (kind, amount)
             seams.append(seam)
             start = spans[-1].end - amount
-            if amount >= clip.frames or (kind == "fade" and amount > spans[-1].frames):
+            if amount >= clip.frames:
                 what = "motion_tail" if kind == "smooth" else "fade_frames"
                 c.error(
                     where + ("frames",),
                     f"clip {i} has {clip.frames} frames: its "
                     f"{kind} seam overlaps {amount} ({what}); every clip must add "
                     "fresh frames",
+                )
+                ok = False
+            elif kind != "cut" and amount > spans[-1].frames:
+                # the clip before is the short one (mold refuses it too)
+                what, does = {
+                    "smooth": ("motion_tail", "the smooth seam into clip {i} carries"),
+                    "fade": ("fade_frames", "the fade into clip {i} blends"),
+                }[kind]
+                c.error(
+                    base + (i - 1, "frames"),
+                    f"clip {i - 1} has {spans[-1].frames} frames, fewer than the "
+                    f"{amount} {does.format(i=i)} ({what}): lengthen clip {i - 1} or "
+                    f"lower {what}",
                 )
                 ok = False
         keep_from = start if seam is None or seam[0] == "cut" else start + seam[1]
@@ -155,15 +169,6 @@ def explicit_chain(
         image = None
         if clip.image is not None:
             image = c.image_at(where + ("image",), clip.image)
-            if image is not None and seam is not None and seam[0] == "smooth" and seam[1] > 0:
-                # the carried tail owns the clip's first frames: the image would not be seen
-                c.warn(
-                    where + ("image",),
-                    f"clip {i}'s image is not used: its smooth seam starts it with the last "
-                    f"{seam[1]} frames of clip {i - 1}; give it `transition: cut` (or fade) "
-                    "to start from the image",
-                )
-                image = None
         elif i == 0:
             image = c.image_path(s, "image")
         seed = s["seed"] ^ clip.seed_offset if clip.seed_offset is not None else s["seed"] + i
@@ -177,7 +182,8 @@ def explicit_chain(
                 base + (i, "frames"),
                 f"clip {i} has {spans[i].frames} frames, "
                 f"fewer than the {head + tail} its seams need ({head} overlapping "
-                f"the clip before, {tail} fading into the clip after)",
+                f"the clip before, {tail} fading into the clip after; mold would let "
+                "the fade reach into the clip before, moldbatch refuses)",
             )
             ok = False
     if not ok:

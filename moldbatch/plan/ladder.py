@@ -82,8 +82,15 @@ def shot_stages(shot: ShotPlan, s: Settings, inputs: Inputs) -> list[Stage]:
             loras=loras,
             camera_control=s["camera_control"],
             image=image,
-            image_strength=s["image_strength"] if image is not None else None,
-            keyframes=tuple(KeyframeRef(k["frame"], ref(k["image"])) for k in clip.keyframes),
+            # mold's rule: `image_strength` holds the first clip's image; a cut or fade starts
+            # afresh from its image at full strength
+            image_strength=(
+                (s["image_strength"] if clip.index == 0 else 1.0) if image is not None else None
+            ),
+            keyframes=tuple(
+                KeyframeRef(k["frame"], ref(k["image"]), k.get("strength", 1.0))
+                for k in clip.keyframes
+            ),
             carry_tail=carry_tail,
         )
         source_window = None

@@ -90,6 +90,11 @@ def _known_fields(loc: PathKey) -> list[str]:
     }.get(tail, [])
 
 
+# the strength of an image on a smooth continuation, a guide just past the carried tail:
+# mold's CHAIN_SOFT_ANCHOR_STRENGTH (mold-inference ltx2/pipeline.rs `render_chain_stage`)
+GUIDE_STRENGTH = 0.4
+
+
 class Planner:
     def __init__(self, src: Source, inputs: Inputs, out_dir: Path | None = None):
         self.src, self.inputs = src, inputs
@@ -239,6 +244,15 @@ class Planner:
             if temporal:
                 local = local // 2
             clips[idx].keyframes.append({"frame": local, "image": str(path)})
+        for clip, (kind, tail) in zip(clips[1:], chain.seams, strict=True):
+            if clip.image is not None and kind == "smooth" and tail > 0:
+                # mold's rule: the carried tail owns the first frames of a smooth continuation,
+                # so its image becomes a soft guide at the first frame past the tail
+                at = tail // 2 if temporal else tail
+                clip.keyframes.append(
+                    {"frame": at, "image": clip.image, "strength": GUIDE_STRENGTH}
+                )
+                clip.image = None
         transition = s["transition"]
         return ShotPlan(
             id=shot.id,

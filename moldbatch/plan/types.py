@@ -33,6 +33,7 @@ class LoraRef:
 class KeyframeRef:
     frame: int  # clip-local rendered frame
     image: FileRef
+    strength: float = 1.0  # below 1: a guide (the image of a smooth continuation)
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,9 @@ class ClipPlan:
     keep_from: int  # shot frame of its first frame that survives the stitch
     prompt: str
     seed: int
-    keyframes: list[dict] = field(default_factory=list)  # {"frame": local, "image": path}
+    # {"frame": local, "image": path}, and "strength" for a guide below full strength (the
+    # image of a smooth continuation, which the carried tail keeps off its first frame)
+    keyframes: list[dict] = field(default_factory=list)
     image: str | None = None  # image at this clip's first frame
     negative_prompt: str | None = None  # this clip's own, when it has one
     audio_window: list[float] | None = None  # [start, end] seconds of audio_file this clip follows

@@ -621,7 +621,7 @@ class Runtime:
                 raise RuntimeFeatureError(
                     f"retake window {tuple(req.retake_window)} must end after it starts"
                 )
-        for frame, _ in req.keyframes:
+        for frame, *_ in req.keyframes:
             if not 0 <= frame < req.frames:
                 raise RuntimeFeatureError(
                     f"keyframe at frame {frame} is outside the clip's {req.frames} frames"
@@ -660,7 +660,8 @@ class Runtime:
         if req.image is not None:
             items.append((0, Path(req.image), req.image_strength, False))
         items.extend(
-            (int(f), Path(p), 1.0, True) for f, p in sorted(req.keyframes, key=lambda kv: kv[0])
+            (int(k[0]), Path(k[1]), float(k[2]) if len(k) > 2 else 1.0, True)
+            for k in sorted(req.keyframes, key=lambda kv: kv[0])
         )
         conditions: list[Any] = []
         appended_frames: list[int] = []

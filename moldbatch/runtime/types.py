@@ -41,7 +41,8 @@ class ClipRequest:
     negative_prompt: str = ""
     audio: bool = True
     image: Path | None = None  # first-frame conditioning at clip frame 0
-    keyframes: list[tuple[int, Path]] = field(default_factory=list)  # (clip-local frame, image)
+    # (clip-local frame, image) or (clip-local frame, image, strength); strength defaults to 1
+    keyframes: list[tuple] = field(default_factory=list)
     loras: list[Lora] = field(default_factory=list)
     carry: Carry | None = None
     image_strength: float = 1.0  # conditioning strength of `image` (1: the frame is kept)
@@ -90,5 +91,5 @@ class Refine:
     loras: list[Lora] = field(default_factory=list)
     image: Path | None = None
     image_strength: float = 1.0
-    keyframes: list[tuple[int, Path]] = field(default_factory=list)
+    keyframes: list[tuple] = field(default_factory=list)  # as ClipRequest.keyframes
     carry: Carry | None = None

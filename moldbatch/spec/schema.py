@@ -103,7 +103,11 @@ class ShotSettings(_Strict):
     )
     image: StrictStr | None = Field(None, description="first-frame image (PNG/JPEG)")
     image_strength: float | None = Field(
-        None, ge=0, le=1, description="how firmly the first-frame image holds (mold's strength)"
+        None,
+        ge=0,
+        le=1,
+        description="how firmly the first clip's image holds (mold's strength); later clips' "
+        "images hold fully",
     )
     keyframes: list[Keyframe] | None = None
     audio_file: StrictStr | None = Field(None, description="audio the video follows (a2vid)")
@@ -119,7 +123,11 @@ class ClipSpec(_Strict):
 
     prompt: StrictStr | None = Field(None, description="this clip's prompt (default: the shot's)")
     frames: StrictInt = Field(ge=1, description="frames this clip renders: 8k+1, within the cap")
-    image: StrictStr | None = Field(None, description="image at this clip's first frame")
+    image: StrictStr | None = Field(
+        None,
+        description="image at this clip's first frame; after a smooth seam, a guide at the "
+        "first frame past the carried tail (strength 0.4, as mold does)",
+    )
     negative_prompt: StrictStr | None = None
     seed_offset: StrictInt | None = Field(
         None,
