@@ -20,13 +20,13 @@ from pathlib import Path
 import imageio_ffmpeg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from moldbatch.execute.executor import render_plan  # noqa: E402
-from moldbatch.execute.handlers import load_media  # noqa: E402
-from moldbatch.execute.store import ArtifactStore  # noqa: E402
-from moldbatch.media.encode import write_video  # noqa: E402
-from moldbatch.plan.planner import plan_file  # noqa: E402
+from moldbatch.execute.executor import render_plan
+from moldbatch.execute.handlers import load_media
+from moldbatch.execute.store import ArtifactStore
+from moldbatch.media.encode import write_video
+from moldbatch.plan.planner import plan_file
 
-from bench_encode import best_of_alternating, ffmpeg_encode  # noqa: E402
+from bench_encode import best_of_alternating, ffmpeg_encode
 
 FILM = """\
 version: 1

@@ -236,7 +236,7 @@ def bench_model(name: str, spec: dict, args, device: str, smoke: bool) -> dict:
                 out[f"{label}_layers"] = use_fp8_linears(
                     model, dtype, fp8_matmul=label == "fp8_scaled"
                 )
-            except Exception as exc:  # report and go on: bf16 numbers stand on their own
+            except Exception as exc:  # noqa: BLE001 - report and go on: bf16 numbers stand alone
                 out[f"{label}_error"] = f"{type(exc).__name__}: {exc}"
                 continue
             if cuda:
@@ -259,7 +259,7 @@ def bench_model(name: str, spec: dict, args, device: str, smoke: bool) -> dict:
             )
             try:
                 seconds = time_forward(model, kw, args.repeat, sync)
-            except Exception as exc:  # e.g. out of memory at batch 2: say so, keep the rest
+            except Exception as exc:  # noqa: BLE001 - e.g. out of memory at batch 2: keep the rest
                 out[f"{label}_b{batch}_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
                 del kw
                 continue

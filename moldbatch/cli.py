@@ -29,6 +29,12 @@ def _workdir_option(what: str):
     )
 
 
+def _models_dir_option(help: str):
+    return click.option(
+        "--models-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=help
+    )
+
+
 _out_option = click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -168,12 +174,9 @@ def plan(
     help="Refuse (exit 4) before starting when the estimated GPU time of what is not cached "
     "is above this.",
 )
-@click.option(
-    "--models-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Read real models' files from this folder (as written by `moldbatch pull "
-    "--models-dir`) before the Hugging Face cache (default: $MOLDBATCH_MODELS).",
+@_models_dir_option(
+    "Read real models' files from this folder (as written by `moldbatch pull "
+    "--models-dir`) before the Hugging Face cache (default: $MOLDBATCH_MODELS)."
 )
 def render(
     file: str,
@@ -323,12 +326,9 @@ def schema() -> None:
     help="Extras, comma-separated: spatial-x2, spatial-x1.5, temporal-x2, distilled-lora, "
     "camera:<preset>, camera:all, or all.",
 )
-@click.option(
-    "--models-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Write plain copies under DIR/<org>/<name>/ instead of the Hugging Face cache "
-    "(default: $MOLDBATCH_MODELS when set).",
+@_models_dir_option(
+    "Write plain copies under DIR/<org>/<name>/ instead of the Hugging Face cache "
+    "(default: $MOLDBATCH_MODELS when set)."
 )
 @click.option(
     "--dry-run", is_flag=True, help="List the files and which are present; fetch nothing."

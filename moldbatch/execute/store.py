@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moldbatch.fsio import fsync_dir, fsync_file, sha256_file
+from moldbatch.plan.types import TERMINAL_KINDS
 
 MANIFEST = "manifest.json"
-TERMINAL = ("export", "join")  # the stages whose results leave the work folder
 
 
 def default_workdir(spec_path: Path) -> Path:
@@ -153,7 +153,7 @@ def resolve(plan, store: ArtifactStore, *, verify: bool = True):
             need(by_id[dep])
 
     for stage in plan.stages:
-        if stage.kind in TERMINAL:
+        if stage.kind in TERMINAL_KINDS:
             need(stage)
     return [s for s in plan.stages if s.id in todo], found
 

@@ -342,7 +342,7 @@ def _upsampler_from_file(path: Path, role: str) -> Any:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         weights = load_file(str(path))
-    except Exception as exc:  # noqa: BLE001 - any read failure is a load error
+    except Exception as exc:
         raise RuntimeLoadError(f"cannot read the {role} latent upsampler {path}: {exc}") from exc
     config = json.loads(meta["config"]) if "config" in meta else {}
     if "initial_conv.weight" not in weights:

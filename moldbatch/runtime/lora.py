@@ -43,7 +43,7 @@ def reference_downscale_factor(loras: list[Lora]) -> int:
         try:
             with safe_open(str(file), framework="pt") as f:
                 meta = f.metadata() or {}
-        except Exception as exc:  # noqa: BLE001 - any read failure is a load error
+        except Exception as exc:
             raise RuntimeLoadError(f"cannot read LoRA {lora.path}: {exc}") from exc
         temporal = meta.get("reference_temporal_scale_factor", "1")
         if temporal.strip() not in ("1", "1.0"):

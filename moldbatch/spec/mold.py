@@ -312,19 +312,12 @@ class CannotExport(MoldbatchError):
     """The shot uses something a mold chain script cannot express."""
 
 
-def mold_script(plan, shot_id: str, out_path: Path | None = None) -> str:
-    """The shot `shot_id` of a valid plan as a mold.chain.v1 script (TOML text) that mold reads
-    and renders as moldbatch plans it; CannotExport, naming the field and why, when there is
-    none."""
-    shots = {s.id: s for s in plan.shots}
-    if shot_id not in shots:
-        raise CannotExport(f"no shot '{shot_id}' in {plan.file} (shots: {', '.join(shots)})")
-    shot = shots[shot_id]
-    clip_stages = [s for s in plan.stages if s.shot == shot_id and s.kind == "clip"]
-    first = clip_stages[0].params
+def _exportable_tail(shot, first) -> int:
+    """The motion tail a mold script of `shot` carries; CannotExport, naming the field, the
+    reason and a fix, for anything mold cannot read or render as moldbatch plans it."""
 
     def refuse(field: str, why: str) -> None:
-        raise CannotExport(f"shot '{shot_id}' cannot be a mold chain script: `{field}` {why}")
+        raise CannotExport(f"shot '{shot.id}' cannot be a mold chain script: `{field}` {why}")
 
     for field in ("audio_file", "video", "retake"):
         if getattr(first, field):
@@ -383,6 +376,22 @@ def mold_script(plan, shot_id: str, out_path: Path | None = None) -> str:
                 f"{base} gives clip {clip.index} the seed {clip.seed}, past TOML's integer range "
                 f"(at most {TOML_INT_MAX}), so mold could not read it back: use a smaller seed",
             )
+    return tail
+
+
+def mold_script(plan, shot_id: str, out_path: Path | None = None) -> str:
+    """The shot `shot_id` of a valid plan as a mold.chain.v1 script (TOML text) that mold reads
+    and renders as moldbatch plans it; CannotExport, naming the field and why, when there is
+    none."""
+    shots = {s.id: s for s in plan.shots}
+    if shot_id not in shots:
+        raise CannotExport(f"no shot '{shot_id}' in {plan.file} (shots: {', '.join(shots)})")
+    shot = shots[shot_id]
+    clip_stages = [s for s in plan.stages if s.shot == shot_id and s.kind == "clip"]
+    first = clip_stages[0].params
+
+    tail = _exportable_tail(shot, first)
+    base = shot.clips[0].seed
     chain = {
         "model": shot.model,
         "width": shot.width,
@@ -403,7 +412,7 @@ def mold_script(plan, shot_id: str, out_path: Path | None = None) -> str:
         entry = {"prompt": clip.prompt, "frames": clip.frames}
         image = clip.image or next((k["image"] for k in clip.keyframes), None)
         if image in plan.inline:  # it came inline: it goes back inline
-            entry["source_image_b64"] = base64.b64encode(plan.inline[image]).decode()
+            entry["source_image"] = base64.b64encode(plan.inline[image]).decode()
         elif image is not None:
             entry["source_image_path"] = _relative(Path(image), out_path)
         negative = stage.params.conditions.negative_prompt

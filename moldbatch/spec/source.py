@@ -21,7 +21,7 @@ from moldbatch.errors import Diagnostic, MoldbatchError
 PathKey = tuple  # ("shots", 2, "frames")
 
 
-class _LOADER(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # noqa: N801
+class _LOADER(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
     """libyaml's parser when PyYAML was built with it (several times faster; same nodes and
     marks), reading `5e-1` and `1e2` as numbers as YAML 1.2 does (1.1 wants a dot)."""
 

@@ -24,7 +24,7 @@ from moldbatch.weights.files import (
     models_dir,
     pull_command,
 )
-from moldbatch.weights.hub import gated_message
+from moldbatch.weights.hub import failure, gated_message
 
 
 class PullError(RuntimeLoadError):
@@ -38,21 +38,9 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _status(exc: BaseException) -> int | None:
-    response = getattr(exc, "response", None)
-    return getattr(response, "status_code", None)
-
-
 def download_repo(repo: str, patterns: list[str], local_dir: Path | None) -> None:
     """snapshot_download of `patterns` from `repo`, failures turned into one-line PullErrors."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-    )
 
     try:
         snapshot_download(
@@ -61,27 +49,24 @@ def download_repo(repo: str, patterns: list[str], local_dir: Path | None) -> Non
             local_dir=str(local_dir) if local_dir is not None else None,
             cache_dir=None if local_dir is not None else str(hub_cache_dir()),
         )
-    except GatedRepoError as exc:
-        raise PullError(gated_message(repo)) from exc
-    except RepositoryNotFoundError as exc:
-        if _status(exc) in (401, 403):
-            raise PullError(gated_message(repo)) from exc
-        raise PullError(
-            f"{repo} was not found on the Hugging Face Hub, or it needs a login "
-            "(`hf auth login` or HF_TOKEN)"
-        ) from exc
-    except (OfflineModeIsEnabled, LocalEntryNotFoundError) as exc:
-        raise PullError(
-            f"cannot reach the Hugging Face Hub to download from {repo} ({_one_line(exc)}); "
-            "check the network (and that HF_HUB_OFFLINE is not set)"
-        ) from exc
-    except HfHubHTTPError as exc:
-        if _status(exc) in (401, 403):
-            raise PullError(gated_message(repo)) from exc
-        raise PullError(f"the Hub refused a download from {repo}: {_one_line(exc)}") from exc
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # network errors come from the HTTP client, not as OSError
+        kind = failure(exc)
+        if kind == "gated":
+            raise PullError(gated_message(repo)) from exc
+        if kind == "missing":
+            raise PullError(
+                f"{repo} was not found on the Hugging Face Hub, or it needs a login "
+                "(`hf auth login` or HF_TOKEN)"
+            ) from exc
+        if kind == "offline":
+            raise PullError(
+                f"cannot reach the Hugging Face Hub to download from {repo} "
+                f"({_one_line(exc)}); check the network (and that HF_HUB_OFFLINE is not set)"
+            ) from exc
+        if kind == "refused":
+            raise PullError(f"the Hub refused a download from {repo}: {_one_line(exc)}") from exc
         raise PullError(
             f"download from {repo} failed ({type(exc).__name__}: {_one_line(exc)}); run the "
             "same command again to resume"
