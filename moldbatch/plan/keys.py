@@ -10,7 +10,7 @@ from moldbatch.fsio import sha256_file
 
 # Bump when a change to moldbatch changes what a stage produces for the same inputs, so that
 # old artifacts are not taken for new ones.
-KEY_VERSION = "moldbatch-stage-2"  # bumped whenever the same params render differently
+KEY_VERSION = "moldbatch-stage-3"  # bumped whenever the same params render differently
 
 
 def content_key(kind: str, params: dict, needs: list[str]) -> str:

@@ -950,6 +950,7 @@ class Planner:
                 refine["image_strength"] = params["image_strength"]
             if carry_tail:
                 refine["carry_tail"] = carry_tail
+            refine["audio"] = refine_audio(MODELS[shot.model], shot.pipeline, params["keyframes"])
             if two_stage:
                 # stage 2: x2 latent upsample to the render size and a refine pass
                 up = self._upscale_params(shot, "x2", None, refine)
@@ -1056,6 +1057,21 @@ class Planner:
 
 
 MEDIA_PIPELINES = ("a2vid", "retake", "ic-lora")  # pipelines whose clips follow a media file
+
+
+def refine_audio(model, pipeline: str, keyframes: list) -> str:
+    """What a clip's refine does with its first pass's audio (runtime.types.Refine.audio), as
+    the Lightricks pipeline that renders such a clip (docs/reference-parity.md). Like the
+    clip's key, it follows the model and the inputs, not the pipeline's name: a2vid holds the
+    audio it follows (`a2vid_two_stage.py`); a distilled model (`distilled.py`), keyframes
+    (`keyframe_interpolation.py`) and an IC-LoRA (`ic_lora.py`) keep the refined audio; a dev
+    model's text/image-to-video (`ti2vid_two_stages.py`) denoises it with the video but keeps
+    the first pass's sound."""
+    if pipeline == "a2vid":
+        return "hold"
+    if model.distilled or pipeline == "ic-lora" or keyframes:
+        return "refine"
+    return "keep"
 
 
 def _available(values, what: str = "") -> str:
