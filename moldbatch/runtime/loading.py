@@ -19,9 +19,7 @@ with tiny weights in the shipped layouts (tests/runtime/test_real_layout.py).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -82,9 +80,9 @@ def finish_pipeline(pipe: MoldConditionPipeline) -> None:
     * no separate `audio_scheduler`: the audio copies the video's scheduler, so the schedule
       the runtime sets (distilled sigmas unshifted, the dev schedule, the refine's) is the
       audio's too (a repo's own audio scheduler would keep its own shift);
-    * the video VAE untiled: encoding is never tiled (the reference encodes conditioning
-      images whole, ltx-pipelines `utils/helpers.py:147`) and decoding is tiled only inside
-      `decode_tiling`, at the reference's tile sizes.
+    * the video VAE untiled: conditioning images encode whole (ltx-pipelines
+      `utils/helpers.py:147`); decoding and the encoding of videos (a retake's source, an
+      IC-LoRA's reference) tile inside `pipeline.reference_tiling`, at the reference's sizes.
     """
     torch.nn.Module.to(pipe.vocoder, torch.float32)  # (ModelMixin.to warns about fp32 modules)
     if getattr(pipe, "audio_scheduler", None) is not None:
@@ -93,46 +91,6 @@ def finish_pipeline(pipe: MoldConditionPipeline) -> None:
     pipe.vae.use_framewise_encoding = False
     pipe.vae.use_framewise_decoding = False
     pipe.set_progress_bar_config(disable=True)
-
-
-# The reference's decode tiling (ltx-core `model/video_vae/tiling.py:64-69`,
-# TilingConfig.default()): 768 px spatial tiles overlapping by 64 px, 80-frame temporal tiles
-# overlapping by 24 frames. diffusers counts a stride (tile - overlap) instead of an overlap.
-DECODE_TILE_PIXELS = 768
-DECODE_TILE_OVERLAP_PIXELS = 64
-DECODE_TILE_FRAMES = 80
-DECODE_TILE_OVERLAP_FRAMES = 24
-
-
-@contextlib.contextmanager
-def decode_tiling(vae: Any) -> Iterator[None]:
-    """Within this block `vae.decode` tiles as the reference's decoder does (see above)."""
-    names = (
-        "use_tiling",
-        "use_framewise_decoding",
-        "tile_sample_min_height",
-        "tile_sample_min_width",
-        "tile_sample_stride_height",
-        "tile_sample_stride_width",
-        "tile_sample_min_num_frames",
-        "tile_sample_stride_num_frames",
-    )
-    kept = {name: getattr(vae, name) for name in names}
-    stride = DECODE_TILE_PIXELS - DECODE_TILE_OVERLAP_PIXELS
-    vae.enable_tiling(
-        tile_sample_min_height=DECODE_TILE_PIXELS,
-        tile_sample_min_width=DECODE_TILE_PIXELS,
-        tile_sample_min_num_frames=DECODE_TILE_FRAMES,
-        tile_sample_stride_height=stride,
-        tile_sample_stride_width=stride,
-        tile_sample_stride_num_frames=DECODE_TILE_FRAMES - DECODE_TILE_OVERLAP_FRAMES,
-    )
-    vae.use_framewise_decoding = True
-    try:
-        yield
-    finally:
-        for name, value in kept.items():
-            setattr(vae, name, value)
 
 
 def local_root(repo: str) -> str:
@@ -406,7 +364,7 @@ def _load_real(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> Loa
             pipe.scheduler.config, use_dynamic_shifting=False, shift=1.0, shift_terminal=None
         )
     pipe.to(device)
-    finish_pipeline(pipe)  # (full-size clips decode in the reference's tiles: decode_tiling)
+    finish_pipeline(pipe)  # (clips decode in the reference's tiles: pipeline.reference_tiling)
     return Loaded(pipe=pipe)
 
 

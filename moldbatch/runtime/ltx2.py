@@ -18,8 +18,9 @@ import torch
 from moldbatch.runtime import carry as carry_math
 from moldbatch.runtime import sources
 from moldbatch.runtime.errors import RuntimeFeatureError, RuntimeLoadError
-from moldbatch.runtime.loading import decode_tiling, load, load_latent_upsampler
+from moldbatch.runtime.loading import load, load_latent_upsampler
 from moldbatch.runtime.lora import DISTILLED_LORA, LoraSwitch, reference_downscale_factor
+from moldbatch.runtime.pipeline import reference_tiling
 from moldbatch.runtime.registry import DISTILLED_STEPS, ModelSpec, model_spec
 from moldbatch.runtime.types import Carry, ClipRequest, ClipResult, Lora, Refine
 
@@ -329,7 +330,8 @@ class Runtime:
         vae = self.pipe.vae
         x = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)[None]
         x = (x.float() / 127.5 - 1.0).to(device=self.device, dtype=vae.dtype)
-        return vae.encode(x).latent_dist.mode().float().cpu()
+        with reference_tiling(vae):  # a video encodes in the reference's tiles
+            return vae.encode(x).latent_dist.mode().float().cpu()
 
     @torch.no_grad()
     def encode_audio(
@@ -378,7 +380,7 @@ class Runtime:
         if vae.config.timestep_conditioning:
             # Decode at timestep 0 with no added noise, diffusers' default decode settings.
             timestep = torch.zeros(latents.shape[0], device=self.device, dtype=latents.dtype)
-        with decode_tiling(vae):  # the reference's tiles (encoding is never tiled)
+        with reference_tiling(vae):  # the reference's tiles
             video = vae.decode(latents, timestep, return_dict=False)[0]  # [1, 3, F, H, W], [-1, 1]
         video = ((video[0].float().clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
         return video.permute(1, 2, 3, 0).cpu().numpy()

@@ -335,6 +335,49 @@ def _unperturbed_hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> tup
     return args, kwargs
 
 
+# The reference's VAE tiling (ltx-core `model/video_vae/tiling.py:64-69`,
+# TilingConfig.default(), for decoding and for encoding videos: ltx-pipelines
+# `utils/helpers.py:85`): 768 px spatial tiles overlapping by 64 px, 80-frame temporal tiles
+# overlapping by 24 frames. diffusers counts a stride (tile - overlap) instead of an overlap.
+DECODE_TILE_PIXELS = 768
+DECODE_TILE_OVERLAP_PIXELS = 64
+DECODE_TILE_FRAMES = 80
+DECODE_TILE_OVERLAP_FRAMES = 24
+
+
+@contextlib.contextmanager
+def reference_tiling(vae: Any) -> Iterator[None]:
+    """Within this block `vae.decode` and `vae.encode` tile as the reference's decoder and
+    video encoder do (see above); outside it the VAE does not tile (images encode whole)."""
+    names = (
+        "use_tiling",
+        "use_framewise_decoding",
+        "tile_sample_min_height",
+        "tile_sample_min_width",
+        "tile_sample_stride_height",
+        "tile_sample_stride_width",
+        "tile_sample_min_num_frames",
+        "tile_sample_stride_num_frames",
+    )
+    kept = {name: getattr(vae, name) for name in names}
+    stride = DECODE_TILE_PIXELS - DECODE_TILE_OVERLAP_PIXELS
+    vae.enable_tiling(
+        tile_sample_min_height=DECODE_TILE_PIXELS,
+        tile_sample_min_width=DECODE_TILE_PIXELS,
+        tile_sample_min_num_frames=DECODE_TILE_FRAMES,
+        tile_sample_stride_height=stride,
+        tile_sample_stride_width=stride,
+        tile_sample_stride_num_frames=DECODE_TILE_FRAMES - DECODE_TILE_OVERLAP_FRAMES,
+    )
+    # (diffusers' encoder reads the decoding flag for its temporal tiles too)
+    vae.use_framewise_decoding = True
+    try:
+        yield
+    finally:
+        for name, value in kept.items():
+            setattr(vae, name, value)
+
+
 class MoldConditionPipeline(HeldLatents, LTX2ConditionPipeline):
     """LTX2ConditionPipeline with latent carries and exact keyframe positions."""
 
@@ -347,9 +390,15 @@ class MoldConditionPipeline(HeldLatents, LTX2ConditionPipeline):
 
 class MoldInContextPipeline(HeldLatents, LTX2InContextPipeline):
     """LTX2InContextPipeline (IC-LoRA: reference-video tokens appended to the sequence) with
-    the same carries and keyframe positions, so IC-LoRA shots chain like any other."""
+    the same carries and keyframe positions, so IC-LoRA shots chain like any other. Its
+    reference video encodes in the reference's tiles, as ltx-pipelines' `ic_lora.py` does
+    (`utils/helpers.py:85`)."""
 
     _callback_tensor_inputs: ClassVar[list[str]] = [
         *LTX2InContextPipeline._callback_tensor_inputs,
         "audio_latents",
     ]
+
+    def _encode_reference_conditions(self, *args: Any, **kwargs: Any) -> Any:
+        with reference_tiling(self.vae):
+            return super()._encode_reference_conditions(*args, **kwargs)

@@ -348,9 +348,13 @@ def test_the_vocoder_runs_in_float32_in_a_bf16_pipeline(rt) -> None:
 # -- 7. VAE tiling: the reference's decode tiles, untiled encoding
 
 
-def test_decode_tiles_as_the_reference_and_encoding_is_untiled(rt, image) -> None:
+def test_vae_tiles_as_the_reference_and_images_encode_whole(rt) -> None:
     """ltx-core model/video_vae/tiling.py:64-69: 768 px / 64 overlap spatial and 80-frame / 24
-    overlap temporal decode tiles; ltx-pipelines utils/helpers.py:147: images encode whole."""
+    overlap temporal tiles, for decoding and for encoding a video (ltx-pipelines
+    utils/helpers.py:85); utils/helpers.py:147: a conditioning image encodes whole."""
+    from diffusers.pipelines.ltx2 import LTX2VideoCondition
+    from PIL import Image
+
     vae = rt.pipe.vae
     config: list[dict] = []
 
@@ -375,10 +379,49 @@ def test_decode_tiles_as_the_reference_and_encoding_is_untiled(rt, image) -> Non
     assert {(c["size"], c["frames"]) for c in config} == {((768, 704), (80, 56))}
     assert not vae.use_tiling and not vae.use_framewise_decoding  # off again
 
-    with _inputs(vae.encoder) as encoded:
-        rt.encode_video(np.zeros((1, 576, 576, 3), np.uint8))  # above diffusers' 512 tiles
-        rt.render_clip(tiny_clip(frames=9, steps=2, image=image))  # the image condition
-    assert [tuple(x.shape[-2:]) for x in encoded] == [(576, 576), (64, 64)]
+    with _inputs(vae.encoder) as video:
+        rt.encode_video(np.zeros((1, 832, 832, 3), np.uint8))  # a (one-frame) video
+    assert [tuple(x.shape[-2:]) for x in video] == [(768, 768), (768, 128), (128, 768), (128, 128)]
+    picture = Image.new("RGB", (832, 832), (200, 40, 40))
+    with _inputs(vae.encoder) as image:
+        rt.pipe.prepare_latents(
+            conditions=[LTX2VideoCondition(frames=picture, index=0, strength=1.0)],
+            height=832,
+            width=832,
+            num_frames=9,
+            num_channels_latents=8,
+            dtype=torch.float32,
+            device=torch.device("cpu"),
+            generator=torch.Generator().manual_seed(0),
+        )
+    assert [tuple(x.shape[-2:]) for x in image] == [(832, 832)]  # whole, not in tiles
+
+
+def test_an_ic_lora_reference_video_encodes_in_the_reference_tiles(rt, tmp_path) -> None:
+    """ic_lora.py encodes its reference video with video_latent_from_file's tiled encode
+    (utils/helpers.py:85); moldbatch's in-context pipeline does the same."""
+    from safetensors.torch import save_file
+
+    from moldbatch.runtime import Lora
+    from moldbatch.runtime.tiny import random_lora
+
+    path = tmp_path / "ic.safetensors"
+    save_file(random_lora(rt.pipe.transformer, "attn1.to_k", seed=9), path)
+    vae = rt.pipe.vae
+    seen: list[tuple] = []
+    handle = vae.encoder.register_forward_pre_hook(
+        lambda module, args: seen.append(
+            (vae.use_tiling, vae.tile_sample_min_width, args[0].shape[2])
+        )
+    )
+    reference = np.random.default_rng(3).integers(0, 256, (9, 64, 64, 3), dtype=np.uint8)
+    try:
+        rt.render_clip(
+            tiny_clip(frames=9, audio=False, loras=[Lora(str(path))], reference_frames=reference)
+        )
+    finally:
+        handle.remove()
+    assert seen == [(True, 768, 9)]
 
 
 # -- 8. audio latent length (kept)
