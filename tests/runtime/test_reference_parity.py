@@ -530,3 +530,21 @@ def test_registry_steps_follow_the_reference_defaults() -> None:
     assert MODELS["ltx-2-19b-dev:fp8"].default_steps == 40
     assert MODELS["ltx-2.3-22b-dev:fp8"].default_steps == 30
     assert MODELS["ltx-2-19b-distilled:fp8"].default_steps == 8
+
+
+def test_a_distilled_model_off_its_8_sigmas_is_allowed_with_a_warning(caplog) -> None:
+    """Kept extension: Lightricks' distilled pipeline runs only DISTILLED_SIGMA_VALUES
+    (ltx-pipelines utils/constants.py:15); other step counts take diffusers' schedule."""
+    from diffusers.pipelines.ltx2.utils import DISTILLED_SIGMA_VALUES
+
+    from moldbatch.runtime.ltx2 import sampling_kwargs
+    from moldbatch.runtime.registry import model_spec
+
+    spec = model_spec("ltx-2.3-22b-distilled:fp8")
+    assert sampling_kwargs(spec, tiny_clip(model=spec.name, steps=8))["sigmas"] == list(
+        DISTILLED_SIGMA_VALUES
+    )
+    assert not caplog.records
+    with caplog.at_level("WARNING"):
+        assert sampling_kwargs(spec, tiny_clip(model=spec.name, steps=4))["sigmas"] is None
+    assert "8-sigma schedule" in caplog.text
