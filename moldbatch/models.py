@@ -63,7 +63,9 @@ class ModelInfo:
     distilled: bool = False  # trained on a fixed 8-step schedule, run without guidance
     diffusers_repo: str | None = None  # the other components, in diffusers layout
     stg_blocks: tuple[int, ...] = ()  # spatio-temporal guidance blocks (dev models)
-    use_cross_timestep: bool = True  # False is the LTX-2.0 behaviour, True LTX-2.3's
+    # diffusers' name for its LTX-2.0 (False) / LTX-2.3 (True) cross-attention timesteps. The
+    # runtime follows the reference's one rule for both families instead (docs/reference-parity.md)
+    use_cross_timestep: bool = True
     max_sequence_length: int = 1024
     camera_lora_repo_prefix: str | None = None
 
@@ -122,7 +124,8 @@ MODELS: dict[str, ModelInfo] = {
             "ltx-2",
             "LTX-2 19B, two-stage, highest quality",
             "two-stage",
-            default_steps=30,
+            # LTX-2.0's reference default (ltx-pipelines `utils/constants.py:39`); 30 is LTX-2.3's
+            default_steps=40,
             camera_control=True,
             repo="Lightricks/LTX-2",
             diffusers_repo="Lightricks/LTX-2",
@@ -172,6 +175,8 @@ MODELS: dict[str, ModelInfo] = {
             spatial_upscales=("x2", "x1.5"),
             repo="Lightricks/LTX-2.3-fp8",
             distilled=True,
+            # Lightricks pairs the 1.1 distilled weights with the 1.1 x2 upscaler; which version
+            # this fp8 file holds cannot be checked offline (docs/reference-parity.md)
             diffusers_repo="diffusers/LTX-2.3-Distilled-Diffusers",
             files={"transformer": "ltx-2.3-22b-distilled-fp8.safetensors", **_LTX23_UPSCALERS},
         ),

@@ -174,7 +174,7 @@ def run_upscale(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
     stage (the two-stage pipelines' x2 + refine) runs here too."""
     from safetensors.torch import load_file, save_file
 
-    from moldbatch.runtime.carry import carry_from
+    from moldbatch.runtime.carry import audio_latent_length, carry_from
     from moldbatch.runtime.types import Refine
 
     p = stage.params
@@ -186,12 +186,22 @@ def run_upscale(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
         r = p.refine
         carry = None
         if r.carry_tail and len(stage.needs) > 1:
-            previous = load_file(str(ctx.inputs[stage.needs[1]].file(LATENTS)))["video"]
+            previous = load_file(str(ctx.inputs[stage.needs[1]].file(LATENTS)))
+            frames = (previous["video"].shape[2] - 1) * FRAME_GRID + 1
+            # the refine's audio is denoised too: it holds the previous refined audio tail, cut
+            # at the rate the clips were rendered at (half the output rate before a temporal x2)
+            render_fps = p.fps / 2 if p.temporal else p.fps
+            tail_audio = previous.get("audio")
+            if tail_audio is not None and tail_audio.shape[2] != audio_latent_length(
+                frames, render_fps
+            ):
+                tail_audio = None
             carry = carry_from(
-                previous,
+                previous["video"],
+                tail_audio,
                 tail_frames=r.carry_tail,
-                frames=(previous.shape[2] - 1) * FRAME_GRID + 1,
-                fps=p.fps,
+                frames=frames,
+                fps=render_fps,
             )
         refine = Refine(
             prompt=r.prompt,
@@ -202,6 +212,7 @@ def run_upscale(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
             image_strength=r.image_strength if r.image_strength is not None else 1.0,
             keyframes=[(k.frame, Path(k.image.path), k.strength) for k in r.keyframes],
             carry=carry,
+            audio=p.refine_audio or "refine",
         )
     result = rt.upscale(
         source.file(LATENTS),

@@ -121,11 +121,12 @@ def shot_stages(shot: ShotPlan, s: Settings, inputs: Inputs) -> list[Stage]:
         refine = conditions
         if shot.pipeline == "ic-lora":
             refine = Conditions(**{**vars(conditions), "loras": ()})
+        audio_mode = refine_audio(model, shot.pipeline, clip.keyframes)
         if two_stage:
             # stage 2: x2 latent upsample to the render size and a refine pass
             up = UpscaleParams(
                 shot.model, "x2", None, shot.render_width, shot.render_height,
-                shot.render_fps, shot.audio, refine,
+                shot.render_fps, shot.audio, refine, audio_mode,
             )  # fmt: skip
             final = _step(shot, "refine", clip.index, up, final, last, out)
         if shot.spatial_upscale or shot.temporal_upscale:
@@ -140,6 +141,7 @@ def shot_stages(shot: ShotPlan, s: Settings, inputs: Inputs) -> list[Stage]:
                 audio=shot.audio,
                 # a refine would re-noise the frames a retake keeps: it pastes them instead
                 refine=refine if shot.spatial_upscale and not is_retake else None,
+                refine_audio=audio_mode if shot.spatial_upscale and not is_retake else None,
                 retake_source=(
                     RetakeSource(params.video, source_window, retake) if is_retake else None
                 ),
@@ -169,6 +171,21 @@ def shot_stages(shot: ShotPlan, s: Settings, inputs: Inputs) -> list[Stage]:
         Stage(f"{shot.id}/export", "export", shot.id, [st.id], key, export, shot.output_path)
     )
     return out
+
+
+def refine_audio(model, pipeline: str, keyframes: list[dict]) -> str:
+    """What a clip's refine does with its first pass's audio (runtime.types.Refine.audio), as
+    the Lightricks pipeline that renders such a clip (docs/reference-parity.md). Like the
+    clip's key, it follows the model and the inputs, not the pipeline's name: a2vid holds the
+    audio it follows (`a2vid_two_stage.py`); a distilled model (`distilled.py`), keyframes
+    (`keyframe_interpolation.py`) and an IC-LoRA (`ic_lora.py`) keep the refined audio; a dev
+    model's text/image-to-video (`ti2vid_two_stages.py`) denoises it with the video but keeps
+    the first pass's sound. (A smooth continuation's guide image is no keyframe.)"""
+    if pipeline == "a2vid":
+        return "hold"
+    if model.distilled or pipeline == "ic-lora" or any("strength" not in k for k in keyframes):
+        return "refine"
+    return "keep"
 
 
 def _step(

@@ -49,8 +49,10 @@ def audio_latent_length(
     """Audio latents the runtime generates for a clip: the fewest whose decoded audio covers it.
 
     L latents decode to 4L - 3 mel frames, i.e. (4L - 3) / (4 * rate) seconds, so L is
-    ceil(duration * rate + 3/4). diffusers' default, round(duration * rate), can come up to
-    about 50 ms short, which would leave a gap at every seam of a chain.
+    ceil(duration * rate + 3/4). diffusers' default and Lightricks' reference (ltx-core
+    `types.py:131-147`, AudioLatentShape.from_duration), round(duration * rate), can come up to
+    about 50 ms short, which would leave a gap at every seam of a chain: a deliberate
+    difference, kept for the seams (docs/reference-parity.md).
     """
     duration = frames / fps
     # The tiny epsilon keeps an exact product (e.g. 1.0 * 25 + 0.75) from rounding up a whole latent.

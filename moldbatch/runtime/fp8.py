@@ -1,18 +1,28 @@
 """fp8 weights for the 19B / 22B transformers, run one of two ways.
 
-The published checkpoints store the transformer blocks' linear weights in fp8 (e4m3), each
-with a per-tensor scale. On a GPU those layers keep their weights in fp8 with a per-tensor
-scale (`Fp8Linear`), one byte per parameter, and multiply either
+The published checkpoints store most of the transformer blocks' linear weights in fp8 (e4m3),
+each with a per-tensor `weight_scale`, and the rest in bf16. As Lightricks' fp8-scaled-mm
+path (ltx-core `quantization/fp8_scaled_mm.py:136-164`), exactly the layers the file stores
+as F8_E4M3 with a `weight_scale` become `Fp8Linear`, holding the file's own fp8 bytes and
+scale (`Fp8Linear.stored`, `loading.load_transformer`); a layer the file stores in bf16 stays
+a bf16 Linear, and the gates' `to_gate_logits` (LTX-2.3) stay in bf16 whatever the file does
+(ltx-core `quantization/fp8_cast.py:122-143, 290-301`). Nothing is re-quantized. Layers
+multiply either
 
 * **scaled**: in fp8 with `torch._scaled_mm`, the activations quantized per row on the fly
   (GPUs with fp8 tensor cores: compute capability 8.9+, Ada and Hopper, and a torch that runs
   the row-wise kernel there, which is probed once), the result in the compute dtype; or
 * **cast**: with the weight upcast to the compute dtype (bf16) for each call (older GPUs).
 
+Deliberate difference: activations are quantized per row on the fly, not with the file's
+static `input_scale` (finer; the reference clamps to the static scale). `cast` upcasts the
+file's codes times its scale, where the reference's fp8-cast re-casts bf16 weights without one.
+
 Embeddings, norms and the input and output projections stay in the compute dtype.
-`MOLDBATCH_FP8=scaled|cast|off` overrides the choice (`off`: plain bf16 weights, twice the
-memory). On the CPU the transformer runs in the compute dtype unless `MOLDBATCH_FP8` says
-otherwise (the CPU runs both forms: the tests use them).
+`MOLDBATCH_FP8=scaled|cast|off` overrides the choice (`off`: the file's fp8 weights folded with
+their scales into bf16, twice the memory). On the CPU the transformer runs in the compute dtype
+unless `MOLDBATCH_FP8` says otherwise (the CPU runs both forms: the tests use them).
+`use_fp8_linears` quantizes a float model's block linears itself (tests, bf16 checkpoints).
 """
 
 from __future__ import annotations
@@ -33,6 +43,14 @@ FP8_MAX = float(torch.finfo(FP8).max)  # 448
 ENV = "MOLDBATCH_FP8"
 MODES = ("scaled", "cast", "off")
 _GRID = 16  # fp8 matmuls want both matrix dimensions in multiples of 16
+# Linears that stay in the compute dtype even when a file stores them in fp8 (the reference's
+# fp8 subset leaves LTX-2.3's attention gates out).
+KEEP_PRECISION = ("to_gate_logits",)
+
+
+def keeps_precision(name: str) -> bool:
+    """Whether the layer (or weight) `name` stays in the compute dtype."""
+    return any(part in name.split(".") for part in KEEP_PRECISION)
 
 
 def has_fp8_matmul(device: torch.device) -> bool:
@@ -82,23 +100,58 @@ class Fp8Linear(nn.Linear):
     `compute_dtype` for the call. An nn.Linear, so that PEFT can put LoRAs on it.
     """
 
-    def __init__(self, linear: nn.Linear, compute_dtype: torch.dtype, fp8_matmul: bool = True):
+    def __init__(
+        self,
+        linear: nn.Linear,
+        compute_dtype: torch.dtype,
+        fp8_matmul: bool = True,
+        *,
+        codes: torch.Tensor | None = None,
+        scale: torch.Tensor | None = None,
+    ):
+        """Quantize `linear`'s weight (amax / 448 scale), or, given `codes` (e4m3) and their
+        per-tensor `scale`, take those as they are (the file's own: see `stored`)."""
         nn.Module.__init__(self)
         self.in_features = linear.in_features
         self.out_features = linear.out_features
         self.compute_dtype = compute_dtype
-        self.fp8_matmul = fp8_matmul
-        weight = linear.weight.detach().float()
-        scale = weight.abs().amax().clamp(min=1e-12) / FP8_MAX
-        self.register_buffer("weight", (weight / scale).to(FP8))
-        self.register_buffer("weight_scale", scale.reshape(1, 1))
+        # the fp8 kernels want every dimension in multiples of 16: others upcast
+        self.fp8_matmul = (
+            fp8_matmul and self.in_features % _GRID == 0 and self.out_features % _GRID == 0
+        )
+        if codes is None:
+            weight = linear.weight.detach().float()
+            scale = weight.abs().amax().clamp(min=1e-12) / FP8_MAX
+            codes = (weight / scale).to(FP8)
+        elif codes.dtype != FP8 or tuple(codes.shape) != (self.out_features, self.in_features):
+            raise ValueError(
+                f"fp8 codes {codes.dtype} {tuple(codes.shape)} do not fit a "
+                f"{self.in_features} -> {self.out_features} e4m3 layer"
+            )
+        assert scale is not None
+        self.register_buffer("weight", codes.contiguous())
+        self.register_buffer("weight_scale", scale.detach().float().reshape(1, 1))
         bias = linear.bias
         self.bias = None if bias is None else nn.Parameter(bias.detach().to(compute_dtype), False)
 
     @classmethod
-    def fits(cls, module: nn.Module) -> bool:
+    def stored(
+        cls,
+        linear: nn.Linear,
+        codes: torch.Tensor,
+        scale: torch.Tensor,
+        compute_dtype: torch.dtype,
+        fp8_matmul: bool = True,
+    ) -> Fp8Linear:
+        """The layer with a checkpoint's own fp8 `codes` and per-tensor `scale` (its weight may
+        be an empty placeholder: only its shape and bias are read)."""
+        return cls(linear, compute_dtype, fp8_matmul, codes=codes, scale=scale)
+
+    @classmethod
+    def fits(cls, module: nn.Module, name: str = "") -> bool:
         return (
             type(module) is nn.Linear
+            and not keeps_precision(name)
             and module.in_features % _GRID == 0
             and module.out_features % _GRID == 0
         )
@@ -134,9 +187,10 @@ class Fp8Linear(nn.Linear):
 def use_fp8_linears(
     transformer: nn.Module, compute_dtype: torch.dtype, fp8_matmul: bool = True
 ) -> int:
-    """Swap the linear layers of the transformer blocks for Fp8Linear, in place; the
-    embeddings, norms and the input and output projections stay as they are. Returns how
-    many layers were swapped."""
+    """Quantize the linear layers of the transformer blocks into Fp8Linear, in place (for a
+    float model: the shipped fp8 files keep their own codes, `swap_stored`); the embeddings,
+    norms, the input and output projections and the attention gates stay as they are.
+    Returns how many layers were swapped."""
     blocks = [
         m for name, m in transformer.named_children() if name in ("transformer_blocks", "blocks")
     ]
@@ -144,15 +198,25 @@ def use_fp8_linears(
     for container in blocks:
         for parent in list(container.modules()):
             for name, child in list(parent.named_children()):
-                if Fp8Linear.fits(child):
+                if Fp8Linear.fits(child, name):
                     setattr(parent, name, Fp8Linear(child, compute_dtype, fp8_matmul))
                     swapped += 1
     return swapped
 
 
-def prepare_transformer(transformer: nn.Module, device: torch.device, dtype: torch.dtype) -> str:
-    """Put the loaded (compute-dtype) transformer in this device's fp8 form; returns the mode."""
-    mode = fp8_mode(device)
-    if mode != "off":
-        use_fp8_linears(transformer, dtype, fp8_matmul=mode == "scaled")
-    return mode
+def swap_stored(
+    transformer: nn.Module,
+    stored: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    compute_dtype: torch.dtype,
+    fp8_matmul: bool = True,
+) -> int:
+    """Replace each Linear named in `stored` (module name -> the file's fp8 codes and
+    per-tensor scale) by an Fp8Linear holding them; returns how many were swapped."""
+    for name, (codes, scale) in stored.items():
+        parent_name, _, attr = name.rpartition(".")
+        parent = transformer.get_submodule(parent_name) if parent_name else transformer
+        linear = getattr(parent, attr)
+        if not isinstance(linear, nn.Linear):
+            raise RuntimeLoadError(f"{name} is stored in fp8 but is not a linear layer")
+        setattr(parent, attr, Fp8Linear.stored(linear, codes, scale, compute_dtype, fp8_matmul))
+    return len(stored)

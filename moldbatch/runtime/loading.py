@@ -27,7 +27,7 @@ from typing import Any, Literal
 import torch
 
 from moldbatch.errors import RuntimeFeatureError, RuntimeLoadError
-from moldbatch.runtime.fp8 import prepare_transformer
+from moldbatch.runtime.fp8 import FP8, fp8_mode, keeps_precision, swap_stored
 from moldbatch.runtime.pipeline import MoldConditionPipeline
 from moldbatch.runtime.registry import TEXT_ENCODER_REPO, ModelSpec
 from moldbatch.weights.hub import hub_errors
@@ -68,8 +68,29 @@ def _load_tiny(device: torch.device, dtype: torch.dtype) -> Loaded:
     pipe.to(device)
     for upsampler in upsamplers.values():
         upsampler.to(device)
-    pipe.set_progress_bar_config(disable=True)
+    finish_pipeline(pipe)
     return Loaded(pipe=pipe, upsamplers=upsamplers)
+
+
+def finish_pipeline(pipe: MoldConditionPipeline) -> None:
+    """What every loaded pipeline gets, tiny or real, as Lightricks' pipelines run:
+
+    * the vocoder in float32 whatever the compute dtype (ltx-core
+      `model/audio_vae/vocoder.py:572-609`, 63fd9a4: bf16 degrades its spectra);
+    * no separate `audio_scheduler`: the audio copies the video's scheduler, so the schedule
+      the runtime sets (distilled sigmas unshifted, the dev schedule, the refine's) is the
+      audio's too (a repo's own audio scheduler would keep its own shift);
+    * the video VAE untiled: conditioning images encode whole (ltx-pipelines
+      `utils/helpers.py:147`); decoding and the encoding of videos (a retake's source, an
+      IC-LoRA's reference) tile inside `pipeline.reference_tiling`, at the reference's sizes.
+    """
+    torch.nn.Module.to(pipe.vocoder, torch.float32)  # (ModelMixin.to warns about fp32 modules)
+    if getattr(pipe, "audio_scheduler", None) is not None:
+        pipe.audio_scheduler = None
+    pipe.vae.use_tiling = False
+    pipe.vae.use_framewise_encoding = False
+    pipe.vae.use_framewise_decoding = False
+    pipe.set_progress_bar_config(disable=True)
 
 
 def local_root(repo: str) -> str:
@@ -134,6 +155,7 @@ def read_original(
     checkpoint: str | Path,
     dtype: torch.dtype,
     part: Literal["transformer", "connectors"] = "transformer",
+    fp8: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """One part ("transformer" or "connectors") of an original (ltx-core) single file, in
     `dtype`, with the original key names (the transformer's keep their `model.diffusion_model.`
@@ -141,7 +163,12 @@ def read_original(
     `.weight_scale` (and a static `.input_scale` for their own fp8 matmul): the weight is
     `fp8 * weight_scale`, so it is folded here (read raw, weights come out ~1000x too large).
     Input scales are dropped: our fp8 path scales activations per row on the fly. The file's
-    other components (VAEs, vocoder) are left out."""
+    other components (VAEs, vocoder) are left out.
+
+    Given an `fp8` dict, the weights the file stores as float8 e4m3 with a per-tensor
+    `weight_scale` (except those that keep their precision, `fp8.keeps_precision`) are not
+    folded: their codes and scale go to `fp8[key]` as stored, and the returned dict holds an
+    empty (meta) placeholder of their shape for them."""
     from safetensors import safe_open
 
     if part not in ("transformer", "connectors"):
@@ -173,6 +200,15 @@ def read_original(
                     f"{Path(checkpoint).name}: {key}_scale has shape {tuple(scale.shape)}; "
                     "only per-tensor fp8 scales are supported"
                 )
+            if (
+                fp8 is not None
+                and value.dtype == FP8
+                and key.endswith(".weight")
+                and not keeps_precision(key)
+            ):
+                fp8[key] = (value, scale.reshape(()))
+                out[key] = torch.empty(value.shape, dtype=dtype, device="meta")
+                continue
             value = value.float() * scale.reshape(())
         out[key] = value.to(dtype)
     if part == "connectors":
@@ -218,34 +254,61 @@ def load_connectors(checkpoint: str | Path, config_root: str | Path, dtype: torc
     return connectors.to(dtype).eval()
 
 
-def load_transformer(checkpoint: str | Path, config_root: str | Path, dtype: torch.dtype) -> Any:
+def load_transformer(
+    checkpoint: str | Path,
+    config_root: str | Path,
+    dtype: torch.dtype,
+    fp8: str = "off",
+) -> Any:
     """The LTX-2 transformer from its original single-file checkpoint, read locally.
 
     `checkpoint` holds the original (ltx-core) key names, `model.diffusion_model.*`, which
-    diffusers' single-file converter renames (plus the LTX-2.3 names it does not know yet);
-    fp8 weights are folded with their scales (`read_original`). `config_root` is
-    a diffusers-format folder whose `transformer/config.json` gives the architecture. The
-    model is built without allocating weights and loaded strictly: a missing or unknown
-    weight is an error, never a silently random layer. Nothing is downloaded.
+    diffusers' single-file converter renames (plus the LTX-2.3 names it does not know yet).
+    `fp8` is the device's fp8 mode (`fp8.fp8_mode`): "off" folds the fp8 weights with their
+    scales into `dtype`; "scaled" or "cast" makes exactly the layers the file stores in fp8
+    (with a `weight_scale`) Fp8Linear layers holding the file's own bytes and scale, as
+    Lightricks' fp8-scaled-mm loader (`quantization/fp8_scaled_mm.py:136-164`); bf16 layers
+    and the attention gates stay in `dtype`. `config_root` is a diffusers-format folder whose
+    `transformer/config.json` gives the architecture. The model is built without allocating
+    weights and loaded strictly: a missing or unknown weight is an error, never a silently
+    random layer. Nothing is downloaded.
     """
     from accelerate import init_empty_weights
     from diffusers import LTX2VideoTransformer3DModel
-    from diffusers.loaders.single_file_utils import convert_ltx2_transformer_to_diffusers
 
     config = LTX2VideoTransformer3DModel.load_config(
         str(config_root), subfolder="transformer", local_files_only=True
     )
-    state = convert_ltx2_transformer_to_diffusers(read_original(checkpoint, dtype))
+    if fp8 not in ("off", "scaled", "cast"):
+        raise ValueError(f"fp8 must be 'off', 'scaled' or 'cast', not {fp8!r}")
+    stored: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = {} if fp8 != "off" else None
+    state = _diffusers_names(read_original(checkpoint, dtype, fp8=stored))
+    with init_empty_weights(include_buffers=False):
+        model = LTX2VideoTransformer3DModel.from_config(config)
+    _strict_load(model, state, Path(checkpoint), f"the transformer of {config_root}")
+    model = model.to(dtype)
+    if stored:
+        # the same renames as the weights: diffusers module name -> (codes, scale)
+        layers = {}
+        for key, value in stored.items():
+            (name,) = _diffusers_names({key: value[0]})
+            layers[name.removesuffix(".weight")] = value
+        swap_stored(model, layers, dtype, fp8_matmul=fp8 == "scaled")
+    return model.eval()
+
+
+def _diffusers_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Original transformer key names -> diffusers' (the converter's renames and LTX-2.3's)."""
+    from diffusers.loaders.single_file_utils import convert_ltx2_transformer_to_diffusers
+
+    state = convert_ltx2_transformer_to_diffusers(state)
     for old, new in _RENAMES_2_3:
         for key in [k for k in state if k.startswith(old) or f".{old}" in k]:
             renamed = (
                 new + key[len(old) :] if key.startswith(old) else key.replace(f".{old}", f".{new}")
             )
             state[renamed] = state.pop(key)
-    with init_empty_weights(include_buffers=False):
-        model = LTX2VideoTransformer3DModel.from_config(config)
-    _strict_load(model, state, Path(checkpoint), f"the transformer of {config_root}")
-    return model.to(dtype).eval()
+    return state
 
 
 def _load_real(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> Loaded:
@@ -264,11 +327,11 @@ def _load_real(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> Loa
             text_root, dtype=dtype, local_files_only=True
         )
 
+    # Keep the 19B/22B weights in fp8, as shipped (the file's own bytes and scales): fp8
+    # matmuls where the GPU has them, else fp8 storage upcast to bf16 per call (runtime/fp8.py).
+    mode = fp8_mode(device)
     with hub_errors(spec.diffusers_repo, "the transformer configuration"):
-        transformer = load_transformer(checkpoint, components, dtype)
-    # Keep the 19B/22B weights in fp8, as shipped: fp8 matmuls where the GPU has them, else
-    # fp8 storage upcast to bf16 per call (see runtime/fp8.py).
-    mode = prepare_transformer(transformer, device, dtype)
+        transformer = load_transformer(checkpoint, components, dtype, fp8=mode)
     log.info("transformer weights: fp8 %s", mode)
 
     with hub_errors(spec.diffusers_repo, "the text connectors' configuration"):
@@ -301,9 +364,7 @@ def _load_real(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> Loa
             pipe.scheduler.config, use_dynamic_shifting=False, shift=1.0, shift_terminal=None
         )
     pipe.to(device)
-    # Full-size clips (1216x704x97) decode in tiles to bound VAE memory.
-    pipe.vae.enable_tiling()
-    pipe.set_progress_bar_config(disable=True)
+    finish_pipeline(pipe)  # (clips decode in the reference's tiles: pipeline.reference_tiling)
     return Loaded(pipe=pipe)
 
 

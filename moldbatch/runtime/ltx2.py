@@ -20,6 +20,7 @@ from moldbatch.runtime import carry as carry_math
 from moldbatch.runtime import sources
 from moldbatch.runtime.loading import load, load_latent_upsampler
 from moldbatch.runtime.lora import DISTILLED_LORA, LoraSwitch, reference_downscale_factor
+from moldbatch.runtime.pipeline import reference_tiling
 from moldbatch.runtime.registry import DISTILLED_STEPS, ModelSpec, model_spec
 from moldbatch.runtime.types import Carry, ClipRequest, ClipResult, Lora, Refine
 
@@ -179,6 +180,9 @@ class Runtime:
                 keyframe_pixel_frames=keyframe_frames,
                 video_frames=holds.video_frames,
                 audio_frames=holds.audio_frames,
+                # a2vid: the reference's audio guider has default parameters (no negative
+                # audio context, no audio STG: `utils/denoisers.py:105-119`)
+                audio_guided=not (req.audio_input is not None and not holds.retake),
             ),
         ):
             video_latents, audio_latents = pipe(
@@ -326,7 +330,8 @@ class Runtime:
         vae = self.pipe.vae
         x = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)[None]
         x = (x.float() / 127.5 - 1.0).to(device=self.device, dtype=vae.dtype)
-        return vae.encode(x).latent_dist.mode().float().cpu()
+        with reference_tiling(vae):  # a video encodes in the reference's tiles
+            return vae.encode(x).latent_dist.mode().float().cpu()
 
     @torch.no_grad()
     def encode_audio(
@@ -375,7 +380,8 @@ class Runtime:
         if vae.config.timestep_conditioning:
             # Decode at timestep 0 with no added noise, diffusers' default decode settings.
             timestep = torch.zeros(latents.shape[0], device=self.device, dtype=latents.dtype)
-        video = vae.decode(latents, timestep, return_dict=False)[0]  # [1, 3, F, H, W] in [-1, 1]
+        with reference_tiling(vae):  # the reference's tiles
+            video = vae.decode(latents, timestep, return_dict=False)[0]  # [1, 3, F, H, W], [-1, 1]
         video = ((video[0].float().clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
         return video.permute(1, 2, 3, 0).cpu().numpy()
 
@@ -385,6 +391,7 @@ class Runtime:
         pipe = self.pipe
         latents = audio_latents.to(device=self.device, dtype=pipe.audio_vae.dtype)
         mel = pipe.audio_vae.decode(latents, return_dict=False)[0]
+        # the vocoder runs in float32 (loading.finish_pipeline), as the reference's
         wave = pipe.vocoder(mel.to(pipe.vocoder.dtype))[0].float().cpu().numpy()
         want = round(frames / fps * self.sample_rate)
         if wave.shape[1] < want:
@@ -438,26 +445,62 @@ class Runtime:
         on_step: Callable[[int, int], None] | None = None,
     ) -> torch.Tensor:
         """Re-denoise upscaled raw video latents from a low noise level: the second stage of
-        LTX-2's two-stage recipe. The latents are noised to `sigmas[0]` and denoised over
-        `sigmas` (default diffusers' STAGE_2_DISTILLED_SIGMA_VALUES, 3 steps) without guidance,
-        with the clip's prompt, LoRAs and conditioning (`refine`); models that are not
-        distilled run it with their distilled LoRA on top. `audio_latents`, when given, are
-        held fixed (the audio is unchanged); `refine.carry` holds the previous clip's refined
-        tail at the start. Returns refined raw latents of the same shape (cpu, float32).
-        Same inputs -> same output.
+        LTX-2's two-stage recipe. Returns the refined raw video latents (cpu, float32); see
+        `refine_with_audio` for the audio, which the refine re-noises and denoises with the
+        video unless `refine.audio` is "hold"."""
+        return self.refine_with_audio(
+            video_latents,
+            refine,
+            fps=fps,
+            audio_latents=audio_latents,
+            sigmas=sigmas,
+            on_step=on_step,
+        )[0]
+
+    def refine_with_audio(
+        self,
+        video_latents: torch.Tensor,
+        refine: Refine,
+        *,
+        fps: float,
+        audio_latents: torch.Tensor | None = None,
+        sigmas: list[float] | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The refine pass, video and audio: (refined video latents, the clip's audio latents
+        after it), both raw, cpu, float32.
+
+        The video is noised to `sigmas[0]` and denoised over `sigmas` (default diffusers'
+        STAGE_2_DISTILLED_SIGMA_VALUES, 3 steps: Lightricks' stage 2) without guidance, with
+        the clip's prompt, LoRAs and conditioning (`refine`); models that are not distilled
+        run it with their distilled LoRA on top. The first pass's `audio_latents` go with it as
+        Lightricks' stage 2 takes them (`distilled.py:194-200`, `ti2vid_two_stages.py:234-240`):
+        re-noised to the same sigma and denoised with the video, the audio's sigma following
+        the step's; with `refine.audio == "hold"` (a2vid, `a2vid_two_stage.py:244-248`) they
+        are frozen clean instead, at timestep 0 and the step's sigma. The returned audio is the
+        refined one for "refine", the given one for "keep" and "hold". `refine.carry` holds the
+        previous clip's refined tail at the start, its audio too. Same inputs -> same output.
         """
         from diffusers.pipelines.ltx2.utils import STAGE_2_DISTILLED_SIGMA_VALUES
 
+        from moldbatch.runtime.types import REFINE_AUDIO
+
+        if refine.audio not in REFINE_AUDIO:
+            raise RuntimeFeatureError(
+                f"refine audio {refine.audio!r}: expected one of {', '.join(REFINE_AUDIO)}"
+            )
         pipe = self.pipe
         sigmas = list(sigmas or STAGE_2_DISTILLED_SIGMA_VALUES)
         _, _, f, h, w = video_latents.shape
         frames = (f - 1) * FRAME_GRID + 1
         _, audio_shape = self.latent_shapes(frames, w * SIZE_GRID, h * SIZE_GRID, fps)
-        held = None
-        if audio_latents is not None:
-            held = audio_latents.float().to(self.device)
-            audio_shape = tuple(held.shape)
-        audio_init = torch.zeros(audio_shape, device=self.device)
+        given = None if audio_latents is None else audio_latents.float().cpu()
+        if given is not None:
+            audio_shape = tuple(given.shape)
+        hold = given is not None and refine.audio == "hold"
+        # the first pass's audio, re-noised by the pipeline to sigmas[0] (noise_scale); zeros
+        # (so pure noise at that level) when there is none
+        audio_init = (given if given is not None else torch.zeros(audio_shape)).to(self.device)
         req = ClipRequest(
             model=self.model,
             prompt=refine.prompt,
@@ -482,16 +525,22 @@ class Runtime:
         self._loras.apply(loras)
         conditions, keyframe_frames = self._conditions(req)
         sampling = {**plain_guidance(self.spec, 1.0), "sigmas": sigmas}
+        held_audio, held_frames = None, None
+        if hold:
+            held_audio, held_frames = given, list(range(audio_shape[2]))
+        elif carry is not None and carry.audio is not None and given is not None:
+            held_audio = carry.audio.float().cpu()
+            held_frames = list(range(held_audio.shape[2]))
         with (
             _unshifted_schedule(pipe),
             pipe.conditioned(
                 carry_video=None if carry is None else carry.video.float().to(self.device),
-                carry_audio=held,
+                carry_audio=None if held_audio is None else held_audio.to(self.device),
                 keyframe_pixel_frames=keyframe_frames,
-                audio_frames=None if held is None else list(range(held.shape[2])),
+                audio_frames=held_frames,
             ),
         ):
-            video, _ = pipe(
+            video, audio = pipe(
                 conditions=conditions or None,
                 prompt=refine.prompt,
                 negative_prompt=refine.negative_prompt or "",
@@ -511,7 +560,9 @@ class Runtime:
                 max_sequence_length=self.spec.max_sequence_length,
                 **sampling,
             )
-        return video.float().cpu()
+        if given is None or refine.audio != "refine":
+            return video.float().cpu(), given
+        return video.float().cpu(), audio.float().cpu()
 
     def upscale(
         self,
@@ -532,18 +583,21 @@ class Runtime:
 
         The video latents (a tensor, or a safetensors file with a "video" entry, and then its
         "audio" entry when `audio_latents` is not given) go through the spatial latent
-        upsampler, are re-denoised by `refine` when given (see `refine`; the audio latents are
-        held), then go through the temporal upsampler and are decoded; the frames are
-        center-cropped to `width` x `height` (x1.5 of an odd latent size rounds up).
+        upsampler, are re-denoised by `refine` when given (see `refine_with_audio`: the audio
+        latents are denoised with the video, or held for `refine.audio == "hold"`), then go
+        through the temporal upsampler and are decoded; the frames are center-cropped to
+        `width` x `height` (x1.5 of an odd latent size rounds up).
 
         `spatial`/`temporal` are "x2"-style names or factors (spatial x2 / x1.5, temporal x2).
-        Temporal x2 turns F rendered frames into 2F - 1. The audio passes through, trimmed to
+        Temporal x2 turns F rendered frames into 2F - 1. The audio passes through (with
+        `refine.audio == "refine"` it is the refined audio latents decoded instead), trimmed to
         the new clip's duration: a clip of F frames at fps/2 lasts one output frame longer than
         2F - 1 frames at `fps` (given `fps`, the output rate, it is cut to frames / fps
         exactly).
 
         The result's `video_latents` are those BEFORE the temporal upsampler (spatially
-        upscaled and refined): what the next clip's refine of a chain holds as its carry.
+        upscaled and refined): what the next clip's refine of a chain holds as its carry; its
+        `audio_latents` are those of its audio (refined or as given).
         """
         time_factor = _factor(temporal)
         if time_factor not in (None, 1.0, 2.0):
@@ -565,9 +619,15 @@ class Runtime:
                 raise RuntimeFeatureError("a refine pass needs the clip's fps")
             # the rate the clip was rendered at: half the output rate before a temporal x2
             render_fps = fps / time_factor if time_factor else fps
-            video = self.refine(
+            video, refined_audio = self.refine_with_audio(
                 video, refine, fps=render_fps, audio_latents=audio_latents, on_step=on_step
             )
+            if refine.audio == "refine" and refined_audio is not None:
+                # the refined audio is the clip's sound now (distilled, keyframe, IC-LoRA)
+                audio_latents = refined_audio
+                if audio is not None:
+                    audio = self.decode_audio(refined_audio, rendered, render_fps)
+                    sample_rate = self.sample_rate
         final = self.upscale_temporal(video) if time_factor == 2.0 else video
         out = self.decode_video(final)
         if width is not None and height is not None:
@@ -701,7 +761,8 @@ def plain_guidance(spec: ModelSpec, guidance: float) -> dict[str, Any]:
         "guidance_rescale": 0.0,
         "audio_guidance_rescale": 0.0,
         "spatio_temporal_guidance_blocks": None,
-        "use_cross_timestep": spec.use_cross_timestep,
+        # the gates' rule of the reference; the scale/shift half is pipeline.py's (point 4)
+        "use_cross_timestep": True,
     }
 
 
@@ -734,6 +795,14 @@ def sampling_kwargs(spec: ModelSpec, req: ClipRequest) -> dict[str, Any]:
         from diffusers.pipelines.ltx2.utils import DISTILLED_SIGMA_VALUES
 
         fixed = req.steps == DISTILLED_STEPS
+        if not fixed:
+            # Lightricks' distilled pipeline runs only its 8 sigmas (`utils/constants.py:15`)
+            log.warning(
+                "%s: %d steps leave the distilled model's 8-sigma schedule (the only one "
+                "Lightricks' reference runs); diffusers' default schedule is used",
+                spec.name,
+                req.steps,
+            )
         return {
             **plain_guidance(spec, 1.0),
             "sigmas": list(DISTILLED_SIGMA_VALUES) if fixed else None,
@@ -744,7 +813,7 @@ def sampling_kwargs(spec: ModelSpec, req: ClipRequest) -> dict[str, Any]:
     return {
         "guidance_scale": req.guidance,
         "spatio_temporal_guidance_blocks": list(spec.stg_blocks),
-        "use_cross_timestep": spec.use_cross_timestep,
+        "use_cross_timestep": True,  # see plain_guidance
         "sigmas": dev_sigmas(req.steps),
     }
 

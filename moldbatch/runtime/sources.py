@@ -101,7 +101,8 @@ def log_mel(
 
 
 def fit_frames(frames: np.ndarray, width: int, height: int) -> np.ndarray:
-    """uint8 [F, H, W, 3] -> [F, height, width, 3]: cover-resize (bilinear) and center-crop."""
+    """uint8 [F, H, W, 3] -> [F, height, width, 3]: cover-resize and center-crop. The resize is
+    plain bilinear, without antialiasing, as the reference's retake resizes its source."""
     f, h, w, _ = frames.shape
     if (h, w) == (height, width):
         return frames
@@ -109,7 +110,7 @@ def fit_frames(frames: np.ndarray, width: int, height: int) -> np.ndarray:
     new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
     x = torch.nn.functional.interpolate(
-        x, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True
+        x, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=False
     )
     top, left = (new_h - height) // 2, (new_w - width) // 2
     x = x[:, :, top : top + height, left : left + width]
@@ -148,11 +149,14 @@ def regenerated_latent_frames(pixels: tuple[int, int] | None, latent_frames: int
 def regenerated_audio_latents(
     seconds: tuple[float, float] | None, latents_per_second: float, length: int
 ) -> list[int]:
-    """Audio latents whose stretch of time meets [start, end) seconds, with one latent of
-    margin each side. Latent j >= 1 stands for mel frames 4j-3 .. 4j, i.e. roughly
-    ((j - 0.75) / rate, (j + 0.25) / rate] seconds."""
+    """Audio latents whose stretch of time meets [start, end) seconds, and no others: the
+    reference's TemporalRegionMask (ltx-core `conditioning/types/noise_mask_cond.py:24-42`
+    with the audio patchifier's causal bounds). Latent j stands for mel frames 4j-3 .. 4j,
+    i.e. [max(j - 0.75, 0) / rate, (j + 0.25) / rate) seconds; it is regenerated when that
+    meets the window: j > start * rate - 0.25 and (j < end * rate + 0.75 or j == 0)."""
     if seconds is None:
         return []
-    lo = math.floor(seconds[0] * latents_per_second - 0.25)  # first meeting it, less one
-    hi = math.ceil(seconds[1] * latents_per_second + 0.75)  # last meeting it, plus one
+    start, end = seconds[0] * latents_per_second, seconds[1] * latents_per_second
+    lo = math.floor(start - 0.25 + _EPS) + 1  # first j with j + 0.25 > start
+    hi = math.ceil(end + 0.75 - _EPS) - 1  # last j with j - 0.75 < end
     return list(range(max(lo, 0), min(hi, length - 1) + 1))

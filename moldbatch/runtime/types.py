@@ -82,7 +82,18 @@ class Refine:
 
     `loras` are the clip's own adapters; dev models add their distilled LoRA (the registry's
     "distilled-lora" file) themselves. `image` and `keyframes` condition the refine as they
-    conditioned the clip; `carry` holds the previous clip's refined tail, as in the first pass.
+    conditioned the clip; `carry` holds the previous clip's refined tail (video, and audio
+    where it has some), as in the first pass.
+
+    `audio` says what the refine does with the first pass's audio latents, as Lightricks'
+    pipeline of that kind does (docs/reference-parity.md):
+
+    * "refine": re-noised to the refine's first sigma and denoised with the video; the
+      refined audio is the output (`distilled.py`, `keyframe_interpolation.py`, `ic_lora.py`);
+    * "keep": re-noised and denoised with the video, but the output is the first pass's audio
+      (`ti2vid_two_stages.py`, since 63fd9a4);
+    * "hold": frozen clean (timestep 0, the step's sigma), the output unchanged
+      (`a2vid_two_stage.py`: the audio the video follows).
     """
 
     prompt: str
@@ -93,3 +104,7 @@ class Refine:
     image_strength: float = 1.0
     keyframes: list[tuple] = field(default_factory=list)  # as ClipRequest.keyframes
     carry: Carry | None = None
+    audio: str = "refine"  # "refine" | "keep" | "hold" (see above)
+
+
+REFINE_AUDIO = ("refine", "keep", "hold")

@@ -112,13 +112,16 @@ def test_a2vid_holds_the_encoded_audio_and_returns_the_input(rt):
     assert not np.array_equal(plain.frames, result.frames)  # the audio steers the video
 
 
-def test_a2vid_tells_the_model_the_audio_is_clean(rt):
-    """With the whole track held, every audio token has timestep 0 and the audio sigma (LTX-2.3's
-    audio modulation and the video's cross-attention to the audio read it) is 0 as well."""
+def test_a2vid_tells_the_model_the_audio_is_clean_at_the_video_sigma(rt):
+    """With the whole track held, every audio token has timestep 0 while the audio sigma (LTX-2.3's
+    audio prompt modulation and the cross-attention gates read it) stays the step's, equal to the
+    video's: the reference's frozen audio (a2vid_two_stage.py:205-209, noise 0, sigma kept)."""
     seen: list[dict] = []
 
     def hook(module, args, kwargs, output):  # after the pre-hooks: what forward received
-        seen.append({k: kwargs[k].detach().clone() for k in ("audio_timestep", "audio_sigma")})
+        seen.append(
+            {k: kwargs[k].detach().clone() for k in ("audio_timestep", "audio_sigma", "sigma")}
+        )
 
     req = ClipRequest(
         model=MODEL, prompt="a drummer", width=64, height=64, frames=9, fps=24.0,
@@ -133,7 +136,7 @@ def test_a2vid_tells_the_model_the_audio_is_clean(rt):
     finally:
         handle.remove()
     assert held and all(torch.all(c["audio_timestep"] == 0) for c in held)
-    assert all(torch.all(c["audio_sigma"] == 0) for c in held)
+    assert all(torch.equal(c["audio_sigma"], c["sigma"]) and c["sigma"].min() > 0 for c in held)
     assert all(torch.all(c["audio_sigma"] > 0) for c in seen)  # generated audio: noisy
 
 

@@ -106,10 +106,9 @@ def _prequantized(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def test_a_prequantized_fp8_checkpoint_loads_with_its_scales_and_runs_with_fp8_matmuls(
-    plain: Runtime, tmp_path, monkeypatch
+    plain: Runtime, tmp_path
 ) -> None:
     from moldbatch.runtime import tiny
-    from moldbatch.runtime.fp8 import prepare_transformer
     from moldbatch.runtime.loading import load_transformer
 
     transformer = tiny.build_components().transformer
@@ -127,9 +126,10 @@ def test_a_prequantized_fp8_checkpoint_loads_with_its_scales_and_runs_with_fp8_m
         want = state[key]
         assert (value - want).norm() <= 0.06 * want.norm() + 1e-6, key
 
-    monkeypatch.setenv(ENV, "scaled")
-    assert prepare_transformer(loaded, torch.device("cpu"), torch.float32) == "scaled"
-    assert any(isinstance(m, Fp8Linear) for m in loaded.modules())
+    loaded = load_transformer(
+        tmp_path / "tiny-fp8.safetensors", tmp_path / "components", torch.float32, fp8="scaled"
+    )
+    assert any(isinstance(m, Fp8Linear) and m.fp8_matmul for m in loaded.modules())
     reference = plain.render_clip(REQ).video_latents.flatten()
     own = plain.pipe.transformer
     plain.pipe.transformer = loaded.eval().requires_grad_(False)
@@ -139,6 +139,76 @@ def test_a_prequantized_fp8_checkpoint_loads_with_its_scales_and_runs_with_fp8_m
         plain.pipe.transformer = own
     # fp8 weights and matmuls, bf16 norms: close to the float32 model, not equal
     assert torch.corrcoef(torch.stack([reference, got]))[0, 1] > 0.98
+
+
+@pytest.mark.parametrize("mode", ["scaled", "cast"])
+def test_exactly_the_layers_the_file_stores_in_fp8_use_its_own_bytes_and_scales(
+    tmp_path, mode
+) -> None:
+    """ltx-core quantization/fp8_scaled_mm.py:136-164: only layers stored as F8_E4M3 with a
+    `weight_scale` become fp8, with the file's codes and scale (nothing re-quantized);
+    quantization/fp8_cast.py:122-143, 290-301: the attention gates stay in bf16. The file
+    here stores the feed-forward outputs in bf16 and (unlike Lightricks') the gates in fp8."""
+    from diffusers import LTX2VideoTransformer3DModel
+    from safetensors import safe_open
+
+    from moldbatch.runtime import tiny
+    from moldbatch.runtime.loading import load_transformer
+
+    from conftest import as_shipped_fp8, original_key
+
+    config = {k: v for k, v in tiny.build_components().transformer.config.items() if k[0] != "_"}
+    config.update(gated_attn=True, audio_gated_attn=True)  # LTX-2.3's attention gates
+    torch.manual_seed(1)
+    model = LTX2VideoTransformer3DModel.from_config(config)
+    state = model.state_dict()
+    stored_fp8, stored_bf16 = set(), set()
+    checkpoint = {}
+    for key, value in state.items():
+        name = original_key(key)
+        linear = (
+            key.startswith("transformer_blocks.") and key.endswith(".weight") and value.ndim == 2
+        )
+        if linear and ".ff.net.2." not in key:
+            checkpoint |= as_shipped_fp8(name, value)
+            stored_fp8.add(key.removesuffix(".weight"))
+        else:
+            checkpoint[name] = value.to(torch.bfloat16).contiguous()
+            if linear:
+                stored_bf16.add(key.removesuffix(".weight"))
+    gates = {n for n in stored_fp8 if n.endswith("to_gate_logits")}
+    assert gates and stored_bf16
+    save_file(checkpoint, tmp_path / "mixed.safetensors")
+    model.save_config(tmp_path / "components" / "transformer")
+
+    loaded = load_transformer(
+        tmp_path / "mixed.safetensors", tmp_path / "components", torch.float32, fp8=mode
+    )
+    modules = dict(loaded.named_modules())
+    fp8 = {n for n, m in modules.items() if isinstance(m, Fp8Linear)}
+    assert fp8 == stored_fp8 - gates
+    with safe_open(str(tmp_path / "mixed.safetensors"), framework="pt") as f:
+        for name in fp8:
+            original = original_key(name + ".weight")
+            codes = f.get_tensor(original)
+            scale = f.get_tensor(original.removesuffix(".weight") + ".weight_scale")
+            layer = modules[name]
+            assert layer.weight.dtype == FP8
+            assert torch.equal(layer.weight.view(torch.uint8), codes.view(torch.uint8)), name
+            assert torch.equal(layer.weight_scale.reshape(()), scale.float()), name
+            assert layer.fp8_matmul is (mode == "scaled")
+        for name in gates:  # folded into the compute dtype, never fp8
+            original = original_key(name + ".weight")
+            layer = modules[name]
+            assert type(layer) is torch.nn.Linear and layer.weight.dtype == torch.float32
+            scale = f.get_tensor(original.removesuffix(".weight") + ".weight_scale")
+            torch.testing.assert_close(
+                layer.weight, f.get_tensor(original).float() * scale.float(), rtol=0, atol=0
+            )
+    for name in stored_bf16:  # as stored: bf16 values, a plain Linear
+        layer = modules[name]
+        assert type(layer) is torch.nn.Linear
+        assert torch.equal(layer.weight, state[name + ".weight"].bfloat16().float())
 
 
 def test_ltx_2_3_names_load_and_a_wrong_checkpoint_is_refused(tmp_path) -> None:
