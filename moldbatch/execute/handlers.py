@@ -80,7 +80,7 @@ def run_clip(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
     from safetensors.torch import load_file, save_file
 
     from moldbatch.runtime.carry import carry_from
-    from moldbatch.runtime.types import ClipRequest
+    from moldbatch.runtime.requests import ClipRequest
 
     p: ClipParams = stage.params
     c = p.conditions
@@ -175,7 +175,7 @@ def run_upscale(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
     from safetensors.torch import load_file, save_file
 
     from moldbatch.runtime.carry import audio_latent_length, carry_from
-    from moldbatch.runtime.types import Refine
+    from moldbatch.runtime.requests import Refine
 
     p = stage.params
     source = ctx.inputs[stage.needs[0]]
@@ -254,7 +254,7 @@ def _keep_the_source(frames: np.ndarray, p) -> np.ndarray:
 
 def _loras(c: Conditions) -> list:
     """The clip's LoRAs with their scales, and its camera preset's LoRA."""
-    from moldbatch.runtime.types import Lora
+    from moldbatch.runtime.requests import Lora
 
     loras = [Lora(lo.file.path, lo.scale) for lo in c.loras]
     if c.camera_control:

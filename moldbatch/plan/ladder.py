@@ -174,7 +174,7 @@ def shot_stages(shot: ShotPlan, s: Settings, inputs: Inputs) -> list[Stage]:
 
 
 def refine_audio(model, pipeline: str, keyframes: list[dict]) -> str:
-    """What a clip's refine does with its first pass's audio (runtime.types.Refine.audio), as
+    """What a clip's refine does with its first pass's audio (runtime.requests.Refine.audio), as
     the Lightricks pipeline that renders such a clip (docs/reference-parity.md). Like the
     clip's key, it follows the model and the inputs, not the pipeline's name: a2vid holds the
     audio it follows (`a2vid_two_stage.py`); a distilled model (`distilled.py`), keyframes

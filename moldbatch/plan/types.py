@@ -106,7 +106,7 @@ class UpscaleParams:
     audio: bool
     refine: Conditions | None = None
     # with `refine`: what it does with the audio, as Lightricks' pipeline of the kind
-    # (runtime.types.Refine.audio: "refine" | "keep" | "hold")
+    # (runtime.requests.Refine.audio: "refine" | "keep" | "hold")
     refine_audio: str | None = None
     retake_source: RetakeSource | None = None
 

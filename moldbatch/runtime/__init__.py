@@ -14,8 +14,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from moldbatch.errors import RuntimeFeatureError, RuntimeLoadError
-from moldbatch.runtime.registry import MODEL_SPECS, TINY_MODEL
-from moldbatch.runtime.types import Carry, ClipRequest, ClipResult, Lora
+from moldbatch.runtime.requests import Carry, ClipRequest, ClipResult, Lora
 
 if TYPE_CHECKING:
     from moldbatch.runtime.carry import carry_from
@@ -28,8 +27,6 @@ _LAZY = {
 }
 
 __all__ = [
-    "MODEL_SPECS",
-    "TINY_MODEL",
     "Carry",
     "ClipRequest",
     "ClipResult",

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from moldbatch.runtime.types import Carry, ClipResult
+from moldbatch.runtime.requests import Carry, ClipResult
 
 VIDEO_TIME_COMPRESSION = 8
 AUDIO_TIME_COMPRESSION = 4

@@ -27,9 +27,9 @@ from typing import Any, Literal
 import torch
 
 from moldbatch.errors import RuntimeFeatureError, RuntimeLoadError
+from moldbatch.models import TEXT_ENCODER_REPO, ModelInfo
 from moldbatch.runtime.fp8 import FP8, fp8_mode, keeps_precision, swap_stored
 from moldbatch.runtime.pipeline import MoldConditionPipeline
-from moldbatch.runtime.registry import TEXT_ENCODER_REPO, ModelSpec
 from moldbatch.weights.hub import hub_errors
 
 log = logging.getLogger(__name__)
@@ -45,10 +45,10 @@ class Loaded:
     upsamplers: dict[str, Any] = field(default_factory=dict)
 
 
-def load(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> Loaded:
-    if spec.family == "tiny":
+def load(info: ModelInfo, device: torch.device, dtype: torch.dtype) -> Loaded:
+    if info.built_in:
         return _load_tiny(device, dtype)
-    return _load_real(spec, device, dtype)
+    return _load_real(info, device, dtype)
 
 
 def _load_tiny(device: torch.device, dtype: torch.dtype) -> Loaded:
@@ -103,11 +103,11 @@ def local_root(repo: str) -> str:
     return str(root)
 
 
-def require_files(spec: ModelSpec, extras: list[str] | tuple[str, ...] = ()) -> None:
+def require_files(info: ModelInfo, extras: list[str] | tuple[str, ...] = ()) -> None:
     """Raise a one-line RuntimeLoadError naming `moldbatch pull` when a file is missing."""
     from moldbatch.weights.files import missing_message
 
-    message = missing_message({spec.name: list(extras)})
+    message = missing_message({info.name: list(extras)})
     if message:
         raise RuntimeLoadError(message)
 
@@ -311,15 +311,15 @@ def _diffusers_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
-def _load_real(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> Loaded:
+def _load_real(info: ModelInfo, device: torch.device, dtype: torch.dtype) -> Loaded:
     from diffusers import FlowMatchEulerDiscreteScheduler
     from transformers import AutoTokenizer, Gemma3ForConditionalGeneration
 
-    assert spec.diffusers_repo and spec.transformer_repo and spec.transformer_file
-    require_files(spec)
+    assert info.diffusers_repo and info.transformer_repo and info.transformer_file
+    require_files(info)
     text_root = local_root(TEXT_ENCODER_REPO)
-    components = local_root(spec.diffusers_repo)
-    checkpoint = str(Path(local_root(spec.transformer_repo)) / spec.transformer_file)
+    components = local_root(info.diffusers_repo)
+    checkpoint = str(Path(local_root(info.transformer_repo)) / info.transformer_file)
 
     with hub_errors(TEXT_ENCODER_REPO, "the Gemma 3 text encoder"):
         tokenizer = AutoTokenizer.from_pretrained(text_root, local_files_only=True)
@@ -330,21 +330,21 @@ def _load_real(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> Loa
     # Keep the 19B/22B weights in fp8, as shipped (the file's own bytes and scales): fp8
     # matmuls where the GPU has them, else fp8 storage upcast to bf16 per call (runtime/fp8.py).
     mode = fp8_mode(device)
-    with hub_errors(spec.diffusers_repo, "the transformer configuration"):
+    with hub_errors(info.diffusers_repo, "the transformer configuration"):
         transformer = load_transformer(checkpoint, components, dtype, fp8=mode)
     log.info("transformer weights: fp8 %s", mode)
 
-    with hub_errors(spec.diffusers_repo, "the text connectors' configuration"):
+    with hub_errors(info.diffusers_repo, "the text connectors' configuration"):
         connectors = load_connectors(checkpoint, components, dtype)
     own = {}
     if connectors is not None:
         own["connectors"] = connectors
     else:  # a checkpoint without them: the diffusers-format repo's
         log.info(
-            "%s holds no text connectors; using %s's", spec.transformer_file, spec.diffusers_repo
+            "%s holds no text connectors; using %s's", info.transformer_file, info.diffusers_repo
         )
 
-    with hub_errors(spec.diffusers_repo, "the VAEs, vocoder and text connectors"):
+    with hub_errors(info.diffusers_repo, "the VAEs, vocoder and text connectors"):
         pipe = MoldConditionPipeline.from_pretrained(
             components,
             transformer=transformer,
@@ -358,7 +358,7 @@ def _load_real(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> Loa
             dtype=dtype,
             local_files_only=True,
         )
-    if spec.distilled:
+    if info.distilled:
         # Distilled checkpoints take their fixed sigma schedule as given: no resolution shift.
         pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
             pipe.scheduler.config, use_dynamic_shifting=False, shift=1.0, shift_terminal=None
@@ -369,21 +369,21 @@ def _load_real(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> Loa
 
 
 def load_latent_upsampler(
-    spec: ModelSpec, role: str, device: torch.device, dtype: torch.dtype
+    info: ModelInfo, role: str, device: torch.device, dtype: torch.dtype
 ) -> Any:
     """The family's latent upsampler for `role`: "spatial-x2", "spatial-x1.5" or "temporal-x2",
     from Lightricks' single upsampler file (the registry's extra of that name), read into
     diffusers' LTX2LatentUpsamplerModel (`_upsampler_from_file`). The single files are what
     every family publishes; the LTX-2.3 diffusers repos carry no `latent_upsampler` folder."""
-    if role not in spec.files:
+    if role not in info.files:
         raise RuntimeFeatureError(
-            f"{role} latent upscaling is not available for {spec.name}"
+            f"{role} latent upscaling is not available for {info.name}"
             + (" (x1.5 exists for ltx-2.3 models only)" if role == "spatial-x1.5" else "")
         )
-    require_files(spec, [role])
+    require_files(info, [role])
     from moldbatch.weights.files import locate, split_ref
 
-    repo, name = split_ref(spec.files[role], spec.transformer_repo or "")
+    repo, name = split_ref(info.files[role], info.transformer_repo or "")
     path = locate(repo, name)
     if path is None:
         raise RuntimeLoadError(f"{repo}/{name} is no longer on this machine; pull the model again")

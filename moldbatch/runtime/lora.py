@@ -12,20 +12,20 @@ from pathlib import Path
 from typing import Any
 
 from moldbatch.errors import RuntimeFeatureError, RuntimeLoadError
-from moldbatch.runtime.registry import ModelSpec
-from moldbatch.runtime.types import Lora
+from moldbatch.models import ModelInfo
+from moldbatch.runtime.requests import Lora
 
 CAMERA_PREFIX = "camera-control:"
 # The dev models' distilled LoRA (the registry's "distilled-lora" file), used by the refine pass.
 DISTILLED_LORA = "distilled-lora"
 
 
-def camera_lora_location(spec: ModelSpec, preset: str) -> tuple[str, str]:
+def camera_lora_location(info: ModelInfo, preset: str) -> tuple[str, str]:
     """(repo, file) of a camera-control LoRA preset; LTX-2 19B only (see files.py)."""
     from moldbatch.weights.files import UnknownExtra, camera_location
 
     try:
-        return camera_location(spec, preset)
+        return camera_location(info, preset)
     except UnknownExtra as exc:
         raise RuntimeFeatureError(str(exc)) from None
 
@@ -67,9 +67,9 @@ def reference_downscale_factor(loras: list[Lora]) -> int:
 class LoraSwitch:
     """Keeps the pipeline's active adapters equal to what the current clip asks for."""
 
-    def __init__(self, pipe: Any, spec: ModelSpec):
+    def __init__(self, pipe: Any, info: ModelInfo):
         self._pipe = pipe
-        self._spec = spec
+        self._info = info
         self._adapters: dict[str, str] = {}  # resolved file -> adapter name
         self._active: tuple[tuple[str, float], ...] = ()
 
@@ -103,7 +103,7 @@ class LoraSwitch:
             # A stable name from the path, so logs and adapter lists read the same in every process.
             name = f"lora_{Path(file).stem[:40]}_{hashlib.sha1(file.encode()).hexdigest()[:8]}"
             weights: Any = file
-            if path == DISTILLED_LORA and self._spec.family == "tiny":
+            if path == DISTILLED_LORA and self._info.built_in:
                 from moldbatch.runtime.tiny import distilled_lora
 
                 weights = distilled_lora(self._pipe.transformer)
@@ -121,13 +121,13 @@ class LoraSwitch:
             return self._distilled()
         if path.startswith(CAMERA_PREFIX):
             preset = path[len(CAMERA_PREFIX) :]
-            repo, filename = camera_lora_location(self._spec, preset)
+            repo, filename = camera_lora_location(self._info, preset)
             from moldbatch.weights.files import locate, missing_message
 
             found = locate(repo, filename)
             if found is None:  # never downloaded at render time: `moldbatch pull` fetches it
                 raise RuntimeLoadError(
-                    missing_message({self._spec.name: [f"camera:{preset}"]})
+                    missing_message({self._info.name: [f"camera:{preset}"]})
                     or f"camera LoRA {repo}/{filename} is not on this machine"
                 )
             return str(found)
@@ -140,19 +140,19 @@ class LoraSwitch:
 
     def _distilled(self) -> str:
         """The distilled LoRA's file (a name standing for the tiny model's in-memory one)."""
-        if self._spec.family == "tiny":
-            return f"{self._spec.name}:{DISTILLED_LORA}"
-        if DISTILLED_LORA not in self._spec.files:
-            raise RuntimeFeatureError(f"{self._spec.name} has no distilled LoRA (it needs none)")
+        if self._info.built_in:
+            return f"{self._info.name}:{DISTILLED_LORA}"
+        if DISTILLED_LORA not in self._info.files:
+            raise RuntimeFeatureError(f"{self._info.name} has no distilled LoRA (it needs none)")
         from moldbatch.weights.files import locate, missing_message, split_ref
 
         repo, filename = split_ref(
-            self._spec.files[DISTILLED_LORA], self._spec.transformer_repo or ""
+            self._info.files[DISTILLED_LORA], self._info.transformer_repo or ""
         )
         found = locate(repo, filename)
         if found is None:  # never downloaded at render time: `moldbatch pull` fetches it
             raise RuntimeLoadError(
-                missing_message({self._spec.name: [DISTILLED_LORA]})
+                missing_message({self._info.name: [DISTILLED_LORA]})
                 or f"the distilled LoRA {repo}/{filename} is not on this machine"
             )
         return str(found)

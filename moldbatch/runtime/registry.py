@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-from moldbatch.models import DISTILLED_STEPS, MODELS, TEXT_ENCODER_REPO, TINY_MODEL
-from moldbatch.models import ModelInfo as ModelSpec
-
-MODEL_SPECS = MODELS
-
-__all__ = [
-    "DISTILLED_STEPS",
-    "MODEL_SPECS",
-    "ModelSpec",
-    "TEXT_ENCODER_REPO",
-    "TINY_MODEL",
-    "model_spec",
-]
+from moldbatch.errors import RuntimeLoadError
+from moldbatch.models import MODELS, ModelInfo
 
 
-def model_spec(name: str) -> ModelSpec:
+def model_info(name: str) -> ModelInfo:
+    """The registry's entry for `name`; RuntimeLoadError for a name it does not know."""
     try:
         return MODELS[name]
     except KeyError:
-        from moldbatch.errors import RuntimeLoadError
-
         raise RuntimeLoadError(
             f"unknown model {name!r}; known models: {', '.join(MODELS)}"
         ) from None

@@ -257,7 +257,7 @@ def mold_limits(model: str, pipeline: str, tail: int, frames: list[int]) -> list
             )
             break
     info = MODELS.get(model)
-    if info is not None and info.family != "tiny" and not info.distilled:
+    if info is not None and info.guided:
         # mold-inference ltx2/pipeline.rs `select_pipeline`, `render_chain_stage`
         out.append(
             (

@@ -19,7 +19,7 @@ import torch
 
 from moldbatch.models import MODELS, TEXT_ENCODER_REPO
 from moldbatch.runtime import Runtime, tiny
-from moldbatch.runtime.types import Refine
+from moldbatch.runtime.requests import Refine
 from moldbatch.weights import files as F
 
 from conftest import original_connector_key, original_key, tiny_clip

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from moldbatch.runtime import Runtime, sources
-from moldbatch.runtime.types import Refine
+from moldbatch.runtime.requests import Refine
 
 from conftest import tiny_clip
 
@@ -538,10 +538,10 @@ def test_a_distilled_model_off_its_8_sigmas_is_allowed_with_a_warning(caplog) ->
     (ltx-pipelines utils/constants.py:15); other step counts take diffusers' schedule."""
     from diffusers.pipelines.ltx2.utils import DISTILLED_SIGMA_VALUES
 
-    from moldbatch.runtime.ltx2 import sampling_kwargs
-    from moldbatch.runtime.registry import model_spec
+    from moldbatch.runtime.registry import model_info
+    from moldbatch.runtime.sampling import sampling_kwargs
 
-    spec = model_spec("ltx-2.3-22b-distilled:fp8")
+    spec = model_info("ltx-2.3-22b-distilled:fp8")
     assert sampling_kwargs(spec, tiny_clip(model=spec.name, steps=8))["sigmas"] == list(
         DISTILLED_SIGMA_VALUES
     )

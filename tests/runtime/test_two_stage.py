@@ -18,7 +18,7 @@ from moldbatch.review.cost import REFINE_STEPS, estimate
 from moldbatch.runtime import Runtime
 from moldbatch.runtime.carry import carried_video_latent_frames
 from moldbatch.runtime.lora import DISTILLED_LORA
-from moldbatch.runtime.types import Refine
+from moldbatch.runtime.requests import Refine
 
 from conftest import render_spec, tiny_clip, write
 
@@ -155,8 +155,8 @@ def test_first_pass_settings_follow_the_reference_recipes() -> None:
     """What each family's first pass asks of the pipeline (the real models cannot run here)."""
     from diffusers.pipelines.ltx2.utils import DEFAULT_NEGATIVE_PROMPT, DISTILLED_SIGMA_VALUES
 
-    from moldbatch.runtime.ltx2 import dev_sigmas, negative_prompt_for, sampling_kwargs
-    from moldbatch.runtime.registry import model_spec
+    from moldbatch.runtime.registry import model_info
+    from moldbatch.runtime.sampling import dev_sigmas, negative_prompt_for, sampling_kwargs
 
     # the guided schedule: shift of 4096 tokens, stretched to end at 0.1 (worked by hand for 3)
     assert dev_sigmas(3) == pytest.approx([1.0, 0.73418, 0.1], abs=1e-4)
@@ -164,7 +164,7 @@ def test_first_pass_settings_follow_the_reference_recipes() -> None:
     assert len(thirty) == 30 and thirty[0] == 1.0 and thirty[-1] == pytest.approx(0.1)
     assert all(a > b for a, b in zip(thirty, thirty[1:], strict=False))
 
-    dev = model_spec("ltx-2.3-22b-dev:fp8")
+    dev = model_info("ltx-2.3-22b-dev:fp8")
     req = tiny_clip(model=dev.name, steps=30, guidance=3.0)
     got = sampling_kwargs(dev, req)
     assert got["sigmas"] == thirty and got["guidance_scale"] == 3.0
@@ -172,7 +172,7 @@ def test_first_pass_settings_follow_the_reference_recipes() -> None:
     assert negative_prompt_for(dev, req) == DEFAULT_NEGATIVE_PROMPT  # none given: Lightricks'
     assert negative_prompt_for(dev, dataclasses.replace(req, negative_prompt="rain")) == "rain"
 
-    distilled = model_spec("ltx-2-19b-distilled:fp8")
+    distilled = model_info("ltx-2-19b-distilled:fp8")
     req = tiny_clip(model=distilled.name, steps=8, guidance=3.0)
     got = sampling_kwargs(distilled, req)
     assert got["sigmas"] == list(DISTILLED_SIGMA_VALUES) and got["guidance_scale"] == 1.0

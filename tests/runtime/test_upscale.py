@@ -10,7 +10,7 @@ from moldbatch.execute.handlers import load_media
 from moldbatch.execute.store import ArtifactStore
 from moldbatch.media.probe import probe, read_video
 from moldbatch.runtime import ClipRequest, Runtime, RuntimeFeatureError
-from moldbatch.runtime.types import Refine
+from moldbatch.runtime.requests import Refine
 
 from conftest import TINY_HEAD as HEAD
 from conftest import render_spec, write

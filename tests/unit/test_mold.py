@@ -404,7 +404,7 @@ def test_the_runtime_conditions_a_continuation_on_the_guide_at_its_strength(film
     from types import SimpleNamespace
 
     from moldbatch.runtime.ltx2 import Runtime
-    from moldbatch.runtime.types import ClipRequest
+    from moldbatch.runtime.requests import ClipRequest
 
     image = film_dir / "assets" / "start.png"
     req = ClipRequest(

@@ -399,14 +399,14 @@ def test_loader_refuses_missing_files_without_downloading(hf_cache, monkeypatch)
     pytest.importorskip("torch")
     from moldbatch.errors import RuntimeLoadError
     from moldbatch.runtime.lora import LoraSwitch
-    from moldbatch.runtime.registry import model_spec
+    from moldbatch.runtime.registry import model_info
 
     with pytest.raises(RuntimeLoadError, match=f"moldbatch pull {D19} --with camera:jib-up"):
-        LoraSwitch(pipe=None, spec=model_spec(D19))._resolve("camera-control:jib-up")
+        LoraSwitch(pipe=None, info=model_info(D19))._resolve("camera-control:jib-up")
     from moldbatch.runtime.loading import require_files
 
     with pytest.raises(RuntimeLoadError, match=f"run `moldbatch pull {DEV23}` first"):
-        require_files(model_spec(DEV23))
+        require_files(model_info(DEV23))
 
 
 # --- the GPU benchmark's CPU paths ---------------------------------------------------------------
