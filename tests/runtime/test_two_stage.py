@@ -52,7 +52,7 @@ def test_two_stage_renders_half_size_then_refines_to_the_render_size(tmp_path, r
     plan, store = render_spec(spec, runtimes)
     clip, refine = plan.stage("dev/clip-0"), plan.stage("dev/refine-0")
     assert (clip.params.width, clip.params.height) == (64, 64)
-    assert refine.kind == "upscale" and refine.needs == ["dev/clip-0"]
+    assert refine.kind == "refine" and refine.needs == ["dev/clip-0"]
     assert refine.params.spatial == "x2" and refine.params.refine.prompt.startswith("a l")
     assert plan.stage("dev/stitch").needs == ["dev/refine-0"]
     first = load_media(store.get(clip.key))[0]
