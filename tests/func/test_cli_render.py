@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import write
+
+pytestmark = pytest.mark.slow  # renders through subprocesses, Ray, Chromium or training
 
 SPEC = """\
 version: 1

@@ -31,6 +31,8 @@ from moldbatch.plan.planner import plan_file
 
 from conftest import write
 
+pytestmark = pytest.mark.slow  # renders through subprocesses, Ray, Chromium or training
+
 ray = pytest.importorskip("ray")
 
 FILM = """\

@@ -213,6 +213,7 @@ shots:
     assert error
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_mid_chain_matches_an_uninterrupted_render(tmp_path):
     spec_text = (
         HEAD.replace("steps: 2", "steps: 6")
@@ -269,6 +270,7 @@ shots:
     ).read_bytes()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("transition", ["cut", "fade"])
 def test_cut_and_fade_chains_are_stitched_as_planned(tmp_path, runtimes, transition):
     spec = write(
@@ -302,6 +304,7 @@ def test_cut_and_fade_chains_are_stitched_as_planned(tmp_path, runtimes, transit
         assert ((blend >= lo) & (blend <= hi)).all()
 
 
+@pytest.mark.slow
 def test_a_mold_script_renders_with_its_own_seams(tmp_path, runtimes):
     import base64
     import shutil
@@ -350,6 +353,7 @@ transition = "cut"
     assert not info.has_audio  # mold chains are silent
 
 
+@pytest.mark.slow
 def test_a_file_the_user_put_at_an_output_path_is_kept_aside(tmp_path, runtimes):
     spec = write(tmp_path, "film.yaml", HEAD + "shots:\n  - {id: a, prompt: a kite, frames: 9}\n")
     (tmp_path / "renders").mkdir()
@@ -405,6 +409,7 @@ shots:
     assert "the film's output is also shot 'a''s file" in str(plan.errors[0])
 
 
+@pytest.mark.slow
 def test_a_shot_encodes_to_the_same_bytes_every_time(tmp_path, runtimes):
     # resumed and distributed renders compare delivered files byte for byte; with its
     # defaults x264 is not repeatable on the tiny model's small noisy frames

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from moldbatch.models import MODELS
 from moldbatch.plan.planner import plan_file
 from moldbatch.review.cost import RATES, calibrate, estimate, latent_tokens, load_rates
@@ -77,6 +79,7 @@ def test_plan_shows_the_cost_and_render_refuses_over_budget(tmp_path):
     assert not (tmp_path / ".moldbatch" / "artifacts").exists()  # refused before it started
 
 
+@pytest.mark.slow
 def test_budget_counts_only_what_a_render_would_run(tmp_path):
     """With the clips' artifacts gone but the shots' outputs cached, a render runs nothing
     (it pulls from the outputs), so no budget is exceeded."""

@@ -21,6 +21,8 @@ from moldbatch.plan.planner import plan_file
 from chromium import start_chromium
 from conftest import ASSETS, REPO, write
 
+pytestmark = pytest.mark.slow  # renders through subprocesses, Ray, Chromium or training
+
 FILM = """\
 version: 1
 name: review

@@ -165,6 +165,7 @@ def test_a2vid_shot_carries_the_input_audio_in_sync(tmp_path, runtimes, rt):
     np.testing.assert_array_equal(clip_audio[0], exact[0])
 
 
+@pytest.mark.slow
 def test_a2vid_chain_follows_each_window_and_keeps_the_audio_continuous(tmp_path, runtimes, rt):
     audio = _tone(2.0, RATE)
     _write_wav(tmp_path / "song.wav", audio, RATE)
@@ -254,6 +255,7 @@ shots:
     assert err[window].min() > 5
 
 
+@pytest.mark.slow
 def test_an_upscaled_retake_still_keeps_the_source_outside_the_window(
     tmp_path, runtimes, rt, source_mp4
 ):

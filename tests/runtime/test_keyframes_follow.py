@@ -22,6 +22,8 @@ from moldbatch.runtime import ClipRequest, Runtime
 from conftest import render_spec, tiny_clip, write
 from keyframe_model import FPS, FRAMES, MODEL, SIZE, follower_runtime, latent_frame_of
 
+pytestmark = pytest.mark.slow  # renders through subprocesses, Ray, Chromium or training
+
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 # Mean |difference| per channel (of 255) for "the frame is this colour", and for "it is not".
 # Measured: a keyframe at any frame 0..32, in red, blue, white, black or grey, comes out within

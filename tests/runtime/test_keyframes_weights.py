@@ -95,6 +95,7 @@ def test_a_keyframe_enters_the_model_clean_at_its_exact_frame(
 # -- weights in the original single-file layout
 
 
+@pytest.mark.slow
 def test_original_layout_checkpoint_loads_through_the_real_loader(
     rt: Runtime, clip: ClipRequest, tmp_path: Path
 ) -> None:

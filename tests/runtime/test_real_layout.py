@@ -128,6 +128,7 @@ def test_a_pulled_model_loads_every_component_from_its_shipped_file(real) -> Non
     assert pipe.scheduler.config.use_dynamic_shifting is (not MODELS[model].distilled)
 
 
+@pytest.mark.slow
 def test_a_pulled_model_renders_and_refines(real) -> None:
     model, rt, _ = real
     distilled = MODELS[model].distilled

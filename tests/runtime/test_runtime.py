@@ -107,6 +107,7 @@ def test_on_step_reports_every_denoising_step(rt: Runtime, base: ClipRequest) ->
 # -- determinism and loading once
 
 
+@pytest.mark.slow
 def test_same_request_gives_bitwise_identical_output(rt: Runtime, base: ClipRequest, first) -> None:
     again = rt.render_clip(base)
     assert np.array_equal(again.frames, first.frames)
@@ -116,6 +117,7 @@ def test_same_request_gives_bitwise_identical_output(rt: Runtime, base: ClipRequ
     assert not np.array_equal(other_seed.frames, first.frames)
 
 
+@pytest.mark.slow
 def test_another_process_renders_the_same_bits(base: ClipRequest, first) -> None:
     script = textwrap.dedent(
         f"""

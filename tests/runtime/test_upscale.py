@@ -142,6 +142,7 @@ def test_temporal_x2_shot_renders_the_planned_frames_fps_and_audio(tmp_path, run
     assert up_audio.shape[1] == round(33 / 24 * rate)
 
 
+@pytest.mark.slow
 def test_two_clip_temporal_chain_stitches_to_the_planned_length(tmp_path, runtimes, rt) -> None:
     spec = write(
         tmp_path,
@@ -165,6 +166,7 @@ shots:
     assert audio is not None and audio.shape[1] == pytest.approx(60 / 24 * rate, abs=1024)
 
 
+@pytest.mark.slow
 def test_spatial_x2_shot_renders_at_twice_the_size(tmp_path, runtimes, rt) -> None:
     spec = write(
         tmp_path,
