@@ -105,6 +105,11 @@ def validate(files: tuple[str, ...], strict: bool) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also write the storyboard: one self-contained HTML page of the film's timeline.",
 )
+@click.option(
+    "--stages/--no-stages",
+    default=None,
+    help="List every stage (default: when they fit one table; a long film is summarised).",
+)
 def plan(
     file: str,
     as_json: bool,
@@ -112,6 +117,7 @@ def plan(
     workdir: Path | None,
     out: Path | None,
     html_path: Path | None,
+    stages: bool | None,
 ) -> None:
     """Dry run: show the shots, clips and stages, which are cached, and what they cost."""
     p = operations.load_plan(file, strict=strict, out=out, workdir=workdir)
@@ -123,7 +129,7 @@ def plan(
         if view is not None:
             from moldbatch.views import print_plan
 
-            print_plan(p, view.cached, view.cost)
+            print_plan(p, view.cached, view.cost, stages)
     if view is None:
         raise _said(SpecInvalid(p.errors))
     if html_path is not None:

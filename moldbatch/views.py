@@ -15,15 +15,56 @@ def _out() -> Console:
     return Console(file=sys.stdout, highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
-def print_plan(plan, cached: dict[str, bool], cost=None) -> None:
-    """The plan tables; with `cost` (moldbatch.review.cost.PlanCost), frames, latent tokens
-    and estimated GPU time per stage and in total."""
+# Tables past this many rows are summarised: rich lays a table out whole, which for a film of
+# thousands of shots takes longer than planning it; the plain lines of `--stages` do not
+TABLE_ROWS = 200
+
+
+def print_plan(plan, cached: dict[str, bool], cost=None, stages: bool | None = None) -> None:
+    """The plan: a table of shots and one of stages, with `cost` (review.cost.PlanCost) frames,
+    latent tokens and estimated GPU time per stage and in total. A long film is summarised:
+    its stages are listed when `stages` is True (as plain lines past TABLE_ROWS), and not when
+    it is False; None lists them when they fit a table."""
     con = _out()
+    if len(plan.shots) <= TABLE_ROWS:
+        _shots_table(con, plan)
+    else:
+        counts: dict[tuple[str, str], int] = {}
+        for s in plan.shots:
+            counts[(s.model, s.pipeline)] = counts.get((s.model, s.pipeline), 0) + 1
+        con.print(
+            f"{plan.name}: {len(plan.shots)} shots, {sum(len(s.clips) for s in plan.shots)} clips"
+        )
+        for (model, pipeline), n in sorted(counts.items()):
+            con.print(f"  {n} shots on {model} ({pipeline})")
+    if stages is None:
+        stages = len(plan.stages) <= TABLE_ROWS
+    if stages and len(plan.stages) <= TABLE_ROWS:
+        _stages_table(con, plan, cached, cost)
+    elif stages:
+        _stage_lines(plan, cached, cost)
+    todo = sum(not cached.get(st.id, False) for st in plan.stages)
+    more = "" if stages else " (`--stages` lists them)"
+    con.print(
+        f"{todo} of {len(plan.stages)} stages will render{more}"
+        + (f"; film -> {plan.output}" if plan.output else "")
+    )
+    if cost is not None:
+        from moldbatch.review.cost import format_seconds
+
+        todo_s = cost.seconds_for(st.id for st in plan.stages if not cached.get(st.id))
+        con.print(
+            f"estimated GPU time: {format_seconds(todo_s)} to render, "
+            f"{format_seconds(cost.gpu_seconds)} for the whole film (an estimate: see "
+            "moldbatch/review/cost.py)"
+        )
+
+
+def _shots_table(con: Console, plan) -> None:
     shots = Table(title=f"{plan.name}: {len(plan.shots)} shots", title_justify="left")
     for col in ("shot", "model", "pipeline", "frames", "size", "fps", "format", "clips"):
         shots.add_column(col)
     for s in plan.shots:
-        clips = _clips_cell(s)
         shots.add_row(
             s.id,
             s.model,
@@ -32,49 +73,41 @@ def print_plan(plan, cached: dict[str, bool], cost=None) -> None:
             f"{s.width}x{s.height}",
             f"{s.fps:g}",
             s.format + ("" if s.audio else " (silent)"),
-            clips,
+            _clips_cell(s),
         )
     con.print(shots)
+
+
+def _stage_cells(st, cached, cost) -> list[str]:
+    hit = cached.get(st.id, False)
+    cells = [st.id, st.kind, ", ".join(st.needs) or "-", st.key[:12]]
+    cells.append("cached" if hit else "will render")
+    if cost is not None:
+        from moldbatch.review.cost import format_seconds
+
+        c = cost.stages[st.id]
+        cells += [str(c.frames), str(c.tokens or "-"), format_seconds(c.gpu_seconds)]
+    return cells
+
+
+def _stages_table(con: Console, plan, cached, cost) -> None:
     stages = Table(title="stages", title_justify="left")
     for col in ("stage", "kind", "needs", "key", "state"):
         stages.add_column(col)
     if cost is not None:
-        from moldbatch.review.cost import format_seconds
-
         for col in ("frames", "tokens", "est. GPU"):
             stages.add_column(col, justify="right")
-    todo = 0
     for st in plan.stages:
-        hit = cached.get(st.id, False)
-        todo += not hit
-        stages.add_row(
-            st.id,
-            st.kind,
-            ", ".join(st.needs) or "-",
-            st.key[:12],
-            "[green]cached[/]" if hit else "[yellow]will render[/]",
-            *(
-                ()
-                if cost is None
-                else (
-                    str(cost.stages[st.id].frames),
-                    str(cost.stages[st.id].tokens or "-"),
-                    format_seconds(cost.stages[st.id].gpu_seconds),
-                )
-            ),
-        )
+        cells = _stage_cells(st, cached, cost)
+        cells[4] = "[green]cached[/]" if cells[4] == "cached" else "[yellow]will render[/]"
+        stages.add_row(*cells)
     con.print(stages)
-    con.print(
-        f"{todo} of {len(plan.stages)} stages will render"
-        + (f"; film -> {plan.output}" if plan.output else "")
-    )
-    if cost is not None:
-        todo_s = cost.seconds_for(st.id for st in plan.stages if not cached.get(st.id))
-        con.print(
-            f"estimated GPU time: {format_seconds(todo_s)} to render, "
-            f"{format_seconds(cost.gpu_seconds)} for the whole film (an estimate: see "
-            "moldbatch/review/cost.py)"
-        )
+
+
+def _stage_lines(plan, cached, cost) -> None:
+    out = sys.stdout
+    for st in plan.stages:
+        out.write("  ".join(_stage_cells(st, cached, cost)) + "\n")
 
 
 def _clips_cell(shot) -> str:

@@ -6,15 +6,18 @@ keys it touched."""
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 from moldbatch.errors import MoldbatchError, UsageError, display_path
 from moldbatch.execute.lock import WorkdirLock
-from moldbatch.execute.session import RenderSession, Summary, run_in_order
+from moldbatch.execute.session import RenderSession, Summary, run_in_lanes, run_in_order
 from moldbatch.execute.store import default_workdir
 from moldbatch.plan.types import Plan
 
 EXECUTORS = ("local", "ray")
+# MOLDBATCH_LANES=1 runs every stage on one thread, in plan order (the same bytes, slower)
+LANES_ENV = "MOLDBATCH_LANES"
 
 
 def render_plan(
@@ -39,7 +42,8 @@ def render_plan(
     with _locked(workdir):
         session = RenderSession(plan, workdir, keep_going, device, progress, runtimes)
         if executor == "local":
-            return session.run(run_in_order)
+            serial = os.environ.get(LANES_ENV) == "1"
+            return session.run(run_in_order if serial else run_in_lanes)
         from moldbatch.execute.ray_driver import on_ray
 
         with on_ray(**(ray_options or {})) as run_stages:

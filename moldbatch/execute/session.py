@@ -4,15 +4,21 @@ log, the progress bars, the artifact store's writes, and the delivery at the end
 
 A way of running stages is a function `(session, todo) -> "done" | "failed"` that calls
 `begin` / `end` around each stage it runs elsewhere, or `run_here` for one it runs in this
-process (`run_in_order` is the local one). Evaluation is pulled from the outputs: a stage
-whose artifact is present and intact is not run, and nothing upstream of it is looked at.
+process. `run_in_lanes` is the local one: the model's stages in plan order on this thread
+(the GPU lane), stitches, exports and the join on a pool as soon as their needs are done
+(the CPU lane), so the GPU never waits for an encode; `run_in_order` runs everything on one
+thread. Both give the same bytes. Evaluation is pulled from the outputs: a stage whose
+artifact is present and intact is not run, and nothing upstream of it is looked at. Every
+method may be called from any thread: the session serialises its books under one lock.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +52,7 @@ class Summary:
     delivery_errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
     runtime_seconds: float = 0.0  # time spent inside the runtime (clip/refine/upscale stages)
+    cpu_seconds: float = 0.0  # time spent in the other stages (stitch, export, join)
 
     @property
     def ok(self) -> bool:
@@ -104,20 +111,28 @@ class RenderSession:
         self.bars: StageBars | None = None
         self._db: StateDB | None = None
         self._run_id: int | None = None
+        self._books = threading.RLock()  # the state database, outcomes, bars, `found`
 
     # --- what a way of running stages calls -------------------------------------------
     def begin(self, stage: Stage) -> Callable[[int, int], None] | None:
         """A stage starts; returns the callback for its denoising steps, if it has any."""
-        self._db.set_stage(self._run_id, stage.id, "running")
-        return self.bars.start(stage)
+        with self._books:
+            self._db.set_stage(self._run_id, stage.id, "running")
+            return self.bars.start(stage)
 
     def end(self, stage: Stage, seconds: float, error: BaseException | None = None) -> bool:
         """Record how a stage ended (outcome, state database, failure log, bars); True when it
         rendered."""
+        with self._books:
+            return self._end(stage, seconds, error)
+
+    def _end(self, stage: Stage, seconds: float, error: BaseException | None) -> bool:
         outcome = self.outcomes[stage.id]
         outcome.seconds = seconds
         if stage.kind in RUNTIME_KINDS:
             self.summary.runtime_seconds += seconds
+        else:
+            self.summary.cpu_seconds += seconds
         if error is not None:
             outcome.status, outcome.error = "failed", one_line(error)
             self._log_failure(stage, error)
@@ -134,29 +149,44 @@ class RenderSession:
 
     def skip(self, stage: Stage) -> None:
         """A stage that cannot run: something it needs failed."""
-        self.outcomes[stage.id].status = "skipped"
-        self._db.set_stage(self._run_id, stage.id, "skipped")
+        with self._books:
+            self.outcomes[stage.id].status = "skipped"
+            self._db.set_stage(self._run_id, stage.id, "skipped")
 
     def pending(self, stage: Stage) -> None:
         """A stage that was stopped before it ended: neither done nor failed."""
-        self.outcomes[stage.id].status = "pending"
-        self._db.set_stage(self._run_id, stage.id, "pending")
+        with self._books:
+            self.outcomes[stage.id].status = "pending"
+            self._db.set_stage(self._run_id, stage.id, "pending")
+
+    def ready(self, stage: Stage) -> bool:
+        """Whether everything `stage` needs is committed."""
+        with self._books:
+            return all(n in self.found for n in stage.needs)
 
     def run_here(self, stage: Stage) -> bool:
         """Run one stage's handler in this process, its inputs all committed; True when it
-        rendered."""
-        self.ctx.on_step = self.begin(stage)
-        self.ctx.inputs = {n: self.found[n] for n in stage.needs}
+        rendered. The model's stages share the runtimes' context (one at a time); the others
+        get a context of their own, so that they can run beside them."""
+        if stage.kind in RUNTIME_KINDS:
+            ctx = self.ctx
+        else:
+            ctx = StageContext(device=self.ctx.device, inputs={}, runtimes=self.ctx.runtimes)
+        ctx.on_step = self.begin(stage)
+        with self._books:
+            ctx.inputs = {n: self.found[n] for n in stage.needs}
         out = self.store.writer(stage.key, stage.id)
         t = time.perf_counter()
         try:
-            HANDLERS[stage.kind](stage, self.ctx, out)
-            self.found[stage.id] = out.commit()
+            HANDLERS[stage.kind](stage, ctx, out)
+            art = out.commit()
         except (Exception, MoldbatchError) as e:  # noqa: BLE001 - every failure is recorded
             out.discard()
             return self.end(stage, time.perf_counter() - t, e)
         finally:
-            self.ctx.on_step = None
+            ctx.on_step = None
+        with self._books:
+            self.found[stage.id] = art
         return self.end(stage, time.perf_counter() - t)
 
     def commit(self, stage: Stage, files: dict[str, bytes], meta: dict) -> None:
@@ -167,10 +197,12 @@ class RenderSession:
             for name, data in files.items():
                 out.path(name).write_bytes(data)
             out.meta.update(meta)
-            self.found[stage.id] = out.commit()
+            art = out.commit()
         except BaseException:
             out.discard()
             raise
+        with self._books:
+            self.found[stage.id] = art
 
     # --- the render -------------------------------------------------------------------
     def run(self, run_stages: RunStages) -> Summary:
@@ -263,7 +295,7 @@ class RenderSession:
             f"rendered, {cached} cached"
         )
 
-    def _log_failure(self, stage: Stage, e: BaseException) -> None:
+    def _log_failure(self, stage: Stage, e: BaseException) -> None:  # under the lock
         logs = self.workdir / "logs"
         logs.mkdir(exist_ok=True)
         with (logs / "failures.log").open("a") as f:
@@ -286,3 +318,98 @@ def run_in_order(session: RenderSession, todo: list[Stage]) -> str:
             if not session.keep_going:
                 break
     return status
+
+
+class CpuLane:
+    """The stages that need no model, each run on a pool thread as soon as its needs are
+    committed, beside whatever the caller runs meanwhile (the model's stages, in plan order).
+
+    `release()` hands out what has become ready (call it after each stage the caller ran);
+    `drain()` waits for the rest. A failure blocks what depends on it; without keep-going it
+    also sets `stop`, and the caller starts nothing new."""
+
+    def __init__(self, session: RenderSession, stages: list[Stage], workers: int = 1):
+        self.session = session
+        self.waiting = list(stages)
+        self.blocked: set[str] = set()
+        self.failed = False
+        self.stop = False
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="moldbatch-cpu")
+        self._running: set = set()
+        self._lock = threading.Lock()
+
+    def block(self, stage_id: str) -> None:
+        """A stage of the caller's failed or was skipped: what needs it cannot run."""
+        with self._lock:
+            self.blocked.add(stage_id)
+
+    def release(self) -> None:
+        with self._lock:
+            if self.stop:  # a failure without keep-going: what has not started stays pending
+                return
+            for stage in list(self.waiting):
+                if any(n in self.blocked for n in stage.needs):
+                    self.waiting.remove(stage)
+                    self.blocked.add(stage.id)
+                    self.session.skip(stage)
+                elif self.session.ready(stage):
+                    self.waiting.remove(stage)
+                    self._running.add(self._pool.submit(self._run, stage))
+
+    def _run(self, stage: Stage) -> None:
+        ok = self.session.run_here(stage)
+        with self._lock:
+            if not ok:
+                self.blocked.add(stage.id)
+                self.failed = True
+                self.stop = self.stop or not self.session.keep_going
+        self.release()  # what this stage unblocked, at once
+
+    def drain(self) -> None:
+        """Run what can still run; leave what waits on stages that never ran."""
+        while True:
+            self.release()
+            with self._lock:
+                done = [f for f in self._running if f.done()]
+                self._running -= set(done)
+                running = list(self._running)
+            for f in done:
+                f.result()  # a failure of the books themselves (the disk, the database)
+            if not running:
+                break
+            wait(running, return_when=FIRST_COMPLETED)
+        self._pool.shutdown(wait=True)
+
+    def close(self) -> None:
+        """Stop: start nothing more, let the stage that runs finish (its write is atomic)."""
+        with self._lock:
+            self.stop = True
+            self.waiting.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run_in_lanes(session: RenderSession, todo: list[Stage]) -> str:
+    """The model's stages in plan order on this thread, the others on the CPU lane beside
+    them; "done" or "failed"."""
+    lane = CpuLane(session, [s for s in todo if s.kind not in RUNTIME_KINDS])
+    status = "done"
+    try:
+        for stage in (s for s in todo if s.kind in RUNTIME_KINDS):
+            lane.release()
+            if lane.stop:
+                break
+            if any(n in lane.blocked for n in stage.needs):
+                lane.block(stage.id)
+                session.skip(stage)
+                continue
+            if not session.run_here(stage):
+                lane.block(stage.id)
+                status = "failed"
+                if not session.keep_going:
+                    lane.stop = True
+                    break
+        lane.drain()
+    except BaseException:
+        lane.close()
+        raise
+    return "failed" if lane.failed else status

@@ -49,7 +49,11 @@ class StateDB:
             )
             return
         workdir.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
+        # one connection for the render, used from its CPU lane's threads too (the session
+        # serialises every call under its lock)
+        self.db = sqlite3.connect(
+            self.path, isolation_level=None, timeout=10, check_same_thread=False
+        )
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)

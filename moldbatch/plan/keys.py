@@ -12,11 +12,11 @@ from moldbatch.plan.types import StageParams, key_doc
 KEY_VERSION = "moldbatch-stage-3"  # 3: typed params, refine stages of their own kind
 
 
-def content_key(kind: str, params: StageParams, needs: list[str]) -> str:
+def content_key(kind: str, params: StageParams, needs: list[str], memo: dict | None = None) -> str:
     """sha256 over the stage kind, its canonical parameters and the keys of what it needs.
 
     A file reference counts by its bytes only, so moving or renaming the film's folder changes
-    no key."""
-    doc = {"v": KEY_VERSION, "kind": kind, "params": key_doc(params), "needs": needs}
+    no key. `memo`: see `key_doc` (the ladder passes one per shot)."""
+    doc = {"v": KEY_VERSION, "kind": kind, "params": key_doc(params, memo), "needs": needs}
     blob = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()

@@ -65,6 +65,7 @@ def shot_stages(shot: ShotPlan, s: Settings, inputs: Inputs) -> list[Stage]:
     out: list[Stage] = []
     finals = []
     last: dict[str, Stage] = {}  # the previous clip's stage of each step of the ladder
+    memo: dict = {}  # key docs of what the shot's stages share (alive as long as `out`)
     for clip in shot.clips:
         seam = shot.seams[clip.index - 1] if clip.index > 0 else None
         carry_tail = 0
@@ -115,7 +116,7 @@ def shot_stages(shot: ShotPlan, s: Settings, inputs: Inputs) -> list[Stage]:
             source_window=source_window,
             retake=retake,
         )
-        final = _step(shot, "clip", clip.index, params, None, last, out)
+        final = _step(shot, "clip", clip.index, params, None, last, out, memo)
         # a refine pass has the clip's prompt, seed, LoRAs and conditions; an IC-LoRA works
         # with its reference tokens, which the refine pass has not
         refine = conditions
@@ -128,7 +129,7 @@ def shot_stages(shot: ShotPlan, s: Settings, inputs: Inputs) -> list[Stage]:
                 shot.model, "x2", None, shot.render_width, shot.render_height,
                 shot.render_fps, shot.audio, refine, audio_mode,
             )  # fmt: skip
-            final = _step(shot, "refine", clip.index, up, final, last, out)
+            final = _step(shot, "refine", clip.index, up, final, last, out, memo)
         if shot.spatial_upscale or shot.temporal_upscale:
             is_retake = shot.pipeline == "retake"
             up = UpscaleParams(
@@ -146,7 +147,7 @@ def shot_stages(shot: ShotPlan, s: Settings, inputs: Inputs) -> list[Stage]:
                     RetakeSource(params.video, source_window, retake) if is_retake else None
                 ),
             )
-            final = _step(shot, "upscale", clip.index, up, final, last, out)
+            final = _step(shot, "upscale", clip.index, up, final, last, out, memo)
         finals.append(final)
     stitch = StitchParams(
         seams=tuple((kind, n) for kind, n in shot.seams),
@@ -196,6 +197,7 @@ def _step(
     source: Stage | None,
     last: dict[str, Stage],
     out: list[Stage],
+    memo: dict,
 ) -> Stage:
     """One clip's stage at one step of its ladder: it needs its `source` (the step below), and
     on a carrying seam the previous clip's stage at the same step, whose tail it holds (a clip
@@ -209,7 +211,7 @@ def _step(
         step,
         shot.id,
         [n.id for n in needs],
-        content_key(step, params, [n.key for n in needs]),
+        content_key(step, params, [n.key for n in needs], memo),
         params,
     )
     out.append(stage)

@@ -8,6 +8,7 @@ files (the Ray executor ships and relocates them, `diff` compares them)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -141,15 +142,32 @@ RUNTIME_KINDS = ("clip", "refine", "upscale")  # the stages that run the model (
 TERMINAL_KINDS = ("export", "join")  # the stages whose results leave the work folder
 
 
-def key_doc(value):
-    """A stage's params as its key sees them: plain JSON, a file by its bytes only."""
-    if isinstance(value, FileRef):
+def key_doc(value, memo: dict | None = None):
+    """A stage's params as its key sees them: plain JSON, a file by its bytes only. `memo`
+    (id -> doc, for objects that outlive it) spares the walk of parts stages share: a clip's
+    conditions are its refine's too, a shot's LoRAs every clip's."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind is FileRef:
         return {"sha256": value.sha256}
-    if dataclasses.is_dataclass(value):
-        return {f.name: key_doc(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, list | tuple):
-        return [key_doc(v) for v in value]
-    return value
+    if memo is not None and id(value) in memo:
+        return memo[id(value)]
+    if kind is tuple or kind is list:
+        doc = [key_doc(v, memo) for v in value]
+    else:
+        doc = {name: key_doc(getattr(value, name), memo) for name in _field_names(kind)}
+    if memo is not None:
+        memo[id(value)] = doc
+    return doc
+
+
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
+@functools.cache
+def _field_names(kind: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(kind))
 
 
 def file_refs(value) -> Iterator[FileRef]:
@@ -294,10 +312,24 @@ class Plan:
         return not self.errors
 
     def stage(self, stage_id: str) -> Stage:
-        for s in self.stages:
-            if s.id == stage_id:
-                return s
-        raise KeyError(stage_id)
+        return self._index()[0][stage_id]
+
+    def stages_of(self, shot_id: str | None) -> list[Stage]:
+        """A shot's stages in plan order (None: the film's own, the join)."""
+        return self._index()[1].get(shot_id, [])
+
+    def _index(self) -> tuple[dict[str, Stage], dict[str | None, list[Stage]]]:
+        """Stages by id and by shot, built once per stage list (views look them up per shot,
+        which must stay linear in the film's length)."""
+        token = (id(self.stages), len(self.stages))
+        cached = self.__dict__.get("_indexed")
+        if cached is None or cached[0] != token:
+            by_id = {s.id: s for s in self.stages}
+            by_shot: dict[str | None, list[Stage]] = {}
+            for s in self.stages:
+                by_shot.setdefault(s.shot, []).append(s)
+            cached = self.__dict__["_indexed"] = (token, by_id, by_shot)
+        return cached[1], cached[2]
 
     def to_json(self) -> dict:
         return {

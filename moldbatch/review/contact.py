@@ -54,7 +54,7 @@ def _frames_at(path: Path, picks: list[int]) -> tuple[int, list[np.ndarray]]:
 
 
 def _final_stage(plan, shot_id: str, index: int):
-    ids = {s.id: s for s in plan.stages}
+    ids = {s.id: s for s in plan.stages_of(shot_id)}
     return (
         ids.get(f"{shot_id}/upscale-{index}")
         or ids.get(f"{shot_id}/refine-{index}")

@@ -131,9 +131,7 @@ def render_report(plan, summary, out_dir: Path, sheets: dict[str, Path]) -> str:
             else ""
         )
         rows = []
-        for st in plan.stages:
-            if st.shot != shot.id:
-                continue
+        for st in plan.stages_of(shot.id):
             o = outcomes.get(st.id)
             status = o.status if o else "?"
             secs = f"{o.seconds:.2f} s" if o and o.status == "rendered" else "-"

@@ -132,8 +132,8 @@ def storyboard_doc(plan, cached: dict[str, bool], cost: PlanCost) -> dict:
                 "retake": retake,
                 "stages": [
                     {"stage": s.id, "kind": s.kind, "state": _state(cached, s.id)}
-                    for s in plan.stages
-                    if s.shot == shot.id and s.kind in ("stitch", "export")
+                    for s in plan.stages_of(shot.id)
+                    if s.kind in ("stitch", "export")
                 ],
             }
         )
