@@ -4,13 +4,17 @@
 
 Prints: wall time of a full render against the time spent inside the runtime (model load
 and clip rendering), so the difference is the executor's overhead (planning, artifact
-writes with fsync and checksums, SQLite, stitching, encoding, delivery); the time of a no-op
+writes with fsync and checksums, SQLite, stitching, encoding, delivery); the executor's two
+lanes (the GPU lane's busy seconds, the CPU lane's, the wall, and wall / (GPU lane) and
+wall / (both lanes), against one thread, MOLDBATCH_LANES=1, in the same process: torch and
+x264 on one thread each, so that the two lanes have a core each); the time of a no-op
 re-run in-process and through the CLI; and the film's encode through `write_video` against the
 `ffmpeg` command line (imageio-ffmpeg's binary) encoding the same frames and audio.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -20,7 +24,8 @@ from pathlib import Path
 import imageio_ffmpeg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from moldbatch.execute.executor import render_plan
+os.environ.setdefault("MOLDBATCH_X264_THREADS", "1")  # before the encoder is imported
+from moldbatch.execute.executor import LANES_ENV, render_plan
 from moldbatch.execute.handlers import load_media
 from moldbatch.execute.store import ArtifactStore
 from moldbatch.media.encode import write_video
@@ -31,7 +36,7 @@ from bench_encode import best_of_alternating, ffmpeg_encode
 FILM = """\
 version: 1
 name: bench
-defaults: {model: ltx-2-tiny:random, width: 128, height: 96, fps: 24, steps: 4}
+defaults: {model: ltx-2-tiny:random, width: 128, height: 96, fps: 24, steps: 12}
 output: renders/film.mp4
 shots:
   - {id: one, prompt: rain on a neon window, frames: 49}
@@ -71,9 +76,31 @@ def main() -> None:
         plan = plan_file(spec)
         assert plan.valid
 
+        import torch
+
+        torch.set_num_threads(1)
         t = time.perf_counter()
         runtime = Timed(Runtime("ltx-2-tiny:random"))
         load = time.perf_counter() - t
+        lanes = {}
+        for mode in ("1", "2"):  # one thread, then two lanes, each into an empty work folder
+            os.environ[LANES_ENV] = mode
+            workdir = folder / f"work-{mode}"
+            s = render_plan(
+                plan, workdir=workdir, progress=False, runtimes={"ltx-2-tiny:random": runtime}
+            )
+            assert s.ok
+            lanes[mode] = s
+        os.environ.pop(LANES_ENV)
+        for mode, s in lanes.items():
+            name = "one thread" if mode == "1" else "two lanes "
+            print(
+                f"{name}: wall {s.seconds:6.2f} s, GPU lane {s.runtime_seconds:6.2f} s, "
+                f"CPU lane {s.cpu_seconds:6.2f} s; wall / GPU lane "
+                f"{s.seconds / s.runtime_seconds:4.2f}, wall / both lanes "
+                f"{s.seconds / (s.runtime_seconds + s.cpu_seconds):4.2f}"
+            )
+        runtime.seconds = 0.0
         summary = render_plan(plan, progress=False, runtimes={"ltx-2-tiny:random": runtime})
         wall = summary.seconds
         clips = sum(1 for s in plan.stages if s.kind == "clip")

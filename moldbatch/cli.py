@@ -184,6 +184,13 @@ def plan(
     "Read real models' files from this folder (as written by `moldbatch pull "
     "--models-dir`) before the Hugging Face cache (default: $MOLDBATCH_MODELS)."
 )
+@click.option(
+    "--compile",
+    "compile_",
+    is_flag=True,
+    help="torch.compile the transformer once per process (pays off on long films on a GPU; "
+    "each new clip shape compiles again).",
+)
 def render(
     file: str,
     workdir: Path | None,
@@ -197,6 +204,7 @@ def render(
     retries: int,
     max_gpu_minutes: float | None,
     models_dir: Path | None,
+    compile_: bool,
 ) -> None:
     """Render a film: every stage not already cached, then the shot files and the film."""
     p = operations.load_plan(file, out=out, workdir=workdir)
@@ -217,6 +225,7 @@ def render(
             else None,
             max_gpu_minutes=max_gpu_minutes,
             models_dir=models_dir,
+            compile=compile_,
         )
     except SpecInvalid as e:
         raise _said(e) from None

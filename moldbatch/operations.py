@@ -96,6 +96,7 @@ def render(
     models_dir: Path | None = None,
     report: bool = True,
     runtimes: dict | None = None,
+    compile: bool = False,
 ):
     """Render a planned film: refuse before starting when it is invalid (SpecInvalid), over the
     GPU budget (OverBudget) or missing model files (ModelFilesMissing); render what is not
@@ -128,6 +129,7 @@ def render(
         runtimes=runtimes,
         executor=executor,
         ray_options=ray_options,
+        compile=compile,
     )
     if report:
         from moldbatch.review.report import report_after_render

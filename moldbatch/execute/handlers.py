@@ -32,12 +32,13 @@ class StageContext:
     inputs: dict[str, Artifact]  # stage id -> artifact, for this stage's needs
     on_step: Callable[[int, int], None] | None = None
     runtimes: dict = field(default_factory=dict)  # model name -> Runtime, one per process
+    compile: bool = False  # torch.compile the transformer (render --compile)
 
     def runtime(self, model: str):
         if model not in self.runtimes:
             from moldbatch.runtime import Runtime
 
-            self.runtimes[model] = Runtime(model, device=self.device)
+            self.runtimes[model] = Runtime(model, device=self.device, compile=self.compile)
         return self.runtimes[model]
 
 

@@ -15,8 +15,9 @@ where:
   keys and manifests as a local render. A cluster render therefore resumes locally and the
   other way round, and workers need no shared file system (input files referenced by the plan
   travel through the object store too, only when a worker does not have them);
-- stitch, export and join are cheap and need no GPU: the driver runs them itself, with the
-  local executor's code, as soon as their inputs are committed;
+- stitch, export and join need no GPU: the driver runs them on its CPU lane (the local
+  executor's, session.CpuLane) as soon as their inputs are committed, while it goes on
+  handing out and committing the workers' stages;
 - a worker that dies (killed, out of memory, its node lost) loses only the stage it was
   running: Ray restarts the actor (`max_restarts=-1`) and the stage is sent again, up to
   `retries` more times; then it fails like any failed stage (and, without keep-going, the
@@ -37,7 +38,7 @@ from dataclasses import dataclass, field
 
 from moldbatch.errors import MoldbatchError, UsageError, one_line
 from moldbatch.execute.ray_worker import Events, StageWorker, artifact_payload
-from moldbatch.execute.session import RenderSession
+from moldbatch.execute.session import CpuLane, RenderSession
 from moldbatch.models import MODELS
 from moldbatch.plan.types import RUNTIME_KINDS, Stage, file_refs
 
@@ -163,7 +164,7 @@ class _Run:
         self.blocked: set[str] = set()
         self.status = "done"
         self.stop = False
-        self.driver_todo = [s for s in todo if s.kind not in RUNTIME_KINDS]
+        self.lane = CpuLane(session, [s for s in todo if s.kind not in RUNTIME_KINDS])
         shots: dict[str, list[Stage]] = {}
         for s in todo:
             if s.kind in RUNTIME_KINDS:
@@ -209,7 +210,7 @@ class _Run:
                 num_gpus=1 if gpu else 0,
                 max_restarts=-1,  # Ray brings a dead worker back; we count the retries
                 max_task_retries=0,
-            ).remote(device)
+            ).remote(device, self.session.ctx.compile)
             self.slots.append(_Slot(i, handle))
         log.info("ray: %d %s workers for %d shots", n, "GPU" if gpu else "CPU", len(self.shots))
 
@@ -235,22 +236,33 @@ class _Run:
     # --- the loop ---------------------------------------------------------------------
     def go(self) -> str:
         self._start_workers()
-        while not self.stop:
-            self._dispatch()
-            ran = False if self.stop else self._driver_stage()
+        try:
+            while not self.stop:
+                self._dispatch()
+                self.lane.release()
+                if self.lane.stop:  # a driver stage failed, without keep-going
+                    self.stop = True
+                if self.stop:
+                    break
+                if not self.inflight:
+                    if self.lane.busy():
+                        time.sleep(WAIT)  # its stages may still unblock more
+                        continue
+                    break  # nothing running, nothing ready: all done, failed or skipped
+                ready, _ = self.ray.wait(
+                    list(self.inflight), num_returns=len(self.inflight), timeout=WAIT
+                )
+                self._pump_events()
+                for ref in ready:
+                    self._finish(ref)
             if self.stop:
-                break
-            if not self.inflight:
-                if ran:
-                    continue
-                break  # nothing running, nothing ready: everything is done, failed or skipped
-            ready, _ = self.ray.wait(
-                list(self.inflight), num_returns=len(self.inflight), timeout=0 if ran else WAIT
-            )
-            self._pump_events()
-            for ref in ready:
-                self._finish(ref)
-        return self.status
+                self.lane.close()
+            else:
+                self.lane.drain()
+        except BaseException:
+            self.lane.close()
+            raise
+        return "failed" if self.lane.failed else self.status
 
     def _dispatch(self) -> None:
         for slot in self.slots:
@@ -360,31 +372,18 @@ class _Run:
     def _ended(self, stage: Stage, seconds: float, error: BaseException | None) -> None:
         if not self.session.end(stage, seconds, error):
             self.blocked.add(stage.id)
+            self.lane.block(stage.id)
             self.status = "failed"
             if not self.session.keep_going:
                 self.stop = True
 
     def _skip(self, stage: Stage) -> None:
         self.blocked.add(stage.id)
+        self.lane.block(stage.id)
         self.session.skip(stage)
         for n in stage.needs:
             if n in self.consumers:
                 self.consumers[n] -= 1
-
-    def _driver_stage(self) -> bool:
-        """Skip the driver stages that can no longer run; run the first one that is ready."""
-        for stage in list(self.driver_todo):
-            if any(n in self.blocked for n in stage.needs):
-                self.driver_todo.remove(stage)
-                self._skip(stage)
-            elif all(n in self.found for n in stage.needs):
-                self.driver_todo.remove(stage)
-                if not self.session.run_here(stage):
-                    self.blocked.add(stage.id)
-                    self.status = "failed"
-                    self.stop = not self.session.keep_going
-                return True
-        return False
 
     def _pump_events(self) -> None:
         if self.events is None:

@@ -54,7 +54,7 @@ class StageWorker:
     input it could not fetch as {"lost"} (the driver retries both like a dead worker's stage).
     """
 
-    def __init__(self, device: str | None):
+    def __init__(self, device: str | None, compile: bool = False):
         if device == "cpu":
             # Ray caps a worker's threads at its CPU share; results on CPU depend on the thread
             # count, so use what a local render on this machine uses, and match it bit for bit.
@@ -68,7 +68,7 @@ class StageWorker:
         self.store = ArtifactStore(self.scratch)
         self.kept: OrderedDict[str, Artifact] = OrderedDict()
         self.files: dict[str, Path] = {}
-        self.ctx = StageContext(device=device, inputs={}, runtimes={})
+        self.ctx = StageContext(device=device, inputs={}, runtimes={}, compile=compile)
 
     def pid(self) -> int:
         return os.getpid()
@@ -87,7 +87,7 @@ class StageWorker:
         self.ctx.on_step = (
             (lambda i, n: events.push.remote(stage.id, i, n)) if events is not None else None
         )
-        out = self.store.writer(stage.key, stage.id)
+        out = self.store.writer(stage.key, stage.id, durable=False)  # a scratch copy
         try:
             HANDLERS[stage.kind](stage, self.ctx, out)
             art = out.commit()

@@ -99,12 +99,13 @@ class RenderSession:
         device: str | None = None,
         progress: bool = True,
         runtimes: dict | None = None,
+        compile: bool = False,
     ):
         self.plan, self.workdir, self.keep_going = plan, workdir, keep_going
         self.store = ArtifactStore(workdir)
         self.console = Console(stderr=True, highlight=False)
         self.show = progress
-        self.ctx = StageContext(device=device, inputs={}, runtimes=runtimes or {})
+        self.ctx = StageContext(device=device, inputs={}, runtimes=runtimes or {}, compile=compile)
         self.found: dict[str, Artifact] = {}
         self.outcomes: dict[str, StageOutcome] = {}
         self.summary = Summary(plan.file, workdir)
@@ -175,7 +176,7 @@ class RenderSession:
         ctx.on_step = self.begin(stage)
         with self._books:
             ctx.inputs = {n: self.found[n] for n in stage.needs}
-        out = self.store.writer(stage.key, stage.id)
+        out = self.store.writer(stage.key, stage.id, durable=stage.kind in TERMINAL_KINDS)
         t = time.perf_counter()
         try:
             HANDLERS[stage.kind](stage, ctx, out)
@@ -192,7 +193,7 @@ class RenderSession:
     def commit(self, stage: Stage, files: dict[str, bytes], meta: dict) -> None:
         """Store a stage's files rendered elsewhere, with the same writer, key and manifest as
         one rendered here."""
-        out = self.store.writer(stage.key, stage.id)
+        out = self.store.writer(stage.key, stage.id, durable=stage.kind in TERMINAL_KINDS)
         try:
             for name, data in files.items():
                 out.path(name).write_bytes(data)
@@ -337,6 +338,11 @@ class CpuLane:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="moldbatch-cpu")
         self._running: set = set()
         self._lock = threading.Lock()
+
+    def busy(self) -> bool:
+        """Whether a stage of the lane is running (it may make more ready)."""
+        with self._lock:
+            return any(not f.done() for f in self._running)
 
     def block(self, stage_id: str) -> None:
         """A stage of the caller's failed or was skipped: what needs it cannot run."""

@@ -1,9 +1,13 @@
 """The content-addressed artifact store: one folder per stage key, complete or absent.
 
-An artifact is written into a temporary folder, each file fsynced, its manifest (with a
-sha256 per file) written last, and the folder renamed into place: a killed process leaves at
-most a temporary folder, never something a later run takes for a finished artifact. A file
-that no longer matches its manifest checksum makes the artifact count as missing.
+An artifact is written into a temporary folder, its manifest (with a sha256 per file) written
+last, and the folder renamed into place: a killed process leaves at most a temporary folder,
+never something a later run takes for a finished artifact. A file that no longer matches its
+manifest checksum makes the artifact count as missing. A durable artifact (what leaves the
+work folder: a shot file, the film) is fsynced before the rename; the intermediates are not
+(they can be rendered again, and a power loss that leaves one torn fails its checksum):
+at 1216x704x97 the fsync of a clip's frames cost more than the rest of its write
+(benchmarks/bench_artifacts.py).
 """
 
 from __future__ import annotations
@@ -43,8 +47,9 @@ class Artifact:
 class ArtifactWriter:
     """A temporary artifact folder; `commit` publishes it under its key."""
 
-    def __init__(self, store: ArtifactStore, key: str, stage_id: str):
+    def __init__(self, store: ArtifactStore, key: str, stage_id: str, durable: bool = True):
         self.store, self.key, self.stage_id = store, key, stage_id
+        self.durable = durable
         self.dir = store.tmp / f"{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.dir.mkdir(parents=True)
         self.meta: dict = {}
@@ -55,7 +60,8 @@ class ArtifactWriter:
     def commit(self) -> Artifact:
         files = {}
         for path in sorted(self.dir.iterdir()):
-            fsync_file(path)
+            if self.durable:
+                fsync_file(path)
             files[path.name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
         manifest = {
             "key": self.key,
@@ -67,8 +73,10 @@ class ArtifactWriter:
         with (self.dir / MANIFEST).open("w") as f:
             json.dump(manifest, f, indent=1)
             f.flush()
-            os.fsync(f.fileno())
-        fsync_dir(self.dir)
+            if self.durable:
+                os.fsync(f.fileno())
+        if self.durable:
+            fsync_dir(self.dir)
         final = self.store.dir_of(self.key)
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists():  # a broken artifact under this key: replace it whole
@@ -76,7 +84,8 @@ class ArtifactWriter:
             os.rename(final, trash)
             shutil.rmtree(trash, ignore_errors=True)
         os.rename(self.dir, final)
-        fsync_dir(final.parent)
+        if self.durable:
+            fsync_dir(final.parent)
         return Artifact(self.key, final, manifest)
 
     def discard(self) -> None:
@@ -119,8 +128,8 @@ class ArtifactStore:
                 return None
         return Artifact(key, d, manifest)
 
-    def writer(self, key: str, stage_id: str) -> ArtifactWriter:
-        return ArtifactWriter(self, key, stage_id)
+    def writer(self, key: str, stage_id: str, durable: bool = True) -> ArtifactWriter:
+        return ArtifactWriter(self, key, stage_id, durable)
 
     def keys(self) -> list[str]:
         if not self.root.is_dir():

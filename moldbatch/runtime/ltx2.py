@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from moldbatch.runtime.sampling import negative_prompt_for, sampling_kwargs, uns
 from moldbatch.runtime.upscale import Upscaling
 
 log = logging.getLogger(__name__)
+COMPILE_BACKEND_ENV = "MOLDBATCH_COMPILE_BACKEND"
 
 
 def pixel_to_latent_index(frame: int) -> int:
@@ -52,7 +54,7 @@ class Runtime(Upscaling):
     constructor, and shared by every clip (and by the latent upsample pipeline).
     """
 
-    def __init__(self, model: str, device: str | None = None):
+    def __init__(self, model: str, device: str | None = None, compile: bool = False):
         self.model = model
         self.info: ModelInfo = model_info(model)
         self.device = torch.device(device) if device else default_device()
@@ -64,6 +66,13 @@ class Runtime(Upscaling):
         self._upsamplers: dict[str, Any] = dict(loaded.upsamplers)  # role -> upsampler model
         self._loras = LoraSwitch(self.pipe, self.info)
         self._in_context: Any | None = None  # the IC-LoRA pipeline, sharing the components
+        if compile:
+            # in place (the pipeline keeps its module): compiled on the first clip of a shape,
+            # reused by every later one of that shape; MOLDBATCH_COMPILE_BACKEND picks the
+            # backend (inductor; "eager" compiles the graph without generating code)
+            backend = os.environ.get(COMPILE_BACKEND_ENV, "inductor")
+            self.pipe.transformer.compile(backend=backend, dynamic=False)
+        self.compiled = compile
         self.load_seconds = time.perf_counter() - started
         self.clips_rendered = 0
         log.info("loaded %s on %s in %.1f s", model, self.device, self.load_seconds)
