@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from moldbatch import __version__, operations
-from moldbatch.errors import MoldbatchError, SpecInvalid, display_path
+from moldbatch.errors import MoldbatchError, SpecInvalid, display_path, printable
 
 
 def _workdir_option(what: str):
@@ -34,6 +34,15 @@ def _models_dir_option(help: str):
         "--models-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=help
     )
 
+
+_allow_option = click.option(
+    "--allow-path",
+    "allow",
+    multiple=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Let the spec name files in DIR besides its project (the git work tree holding it, "
+    "else its folder); repeatable; also $MOLDBATCH_ALLOW_PATHS.",
+)
 
 _out_option = click.option(
     "--out",
@@ -68,7 +77,11 @@ class _Commands(click.Group):
             return super().invoke(ctx)
         except MoldbatchError as e:
             if not getattr(e, "said", False):
-                click.echo(f"moldbatch: {e}", err=True)
+                lines = str(e).splitlines() or [""]
+                click.echo(
+                    "\n".join(printable(line) for line in [f"moldbatch: {lines[0]}", *lines[1:]]),
+                    err=True,
+                )
             sys.exit(e.exit_code)
         except KeyboardInterrupt:  # click would print "Aborted!" and exit 1
             click.echo("moldbatch: interrupted; run the same command again to resume", err=True)
@@ -84,9 +97,10 @@ def cli() -> None:
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
-def validate(files: tuple[str, ...], strict: bool) -> None:
+@_allow_option
+def validate(files: tuple[str, ...], strict: bool, allow: tuple[Path, ...]) -> None:
     """Check spec files against the models' rules; print every error as file:line:col."""
-    plans = [operations.load_plan(f, strict=strict) for f in files]
+    plans = [operations.load_plan(f, strict=strict, allow=allow) for f in files]
     for p in plans:
         _print_diagnostics(p, sys.stdout)
     if not all(p.valid for p in plans):
@@ -105,6 +119,7 @@ def validate(files: tuple[str, ...], strict: bool) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also write the storyboard: one self-contained HTML page of the film's timeline.",
 )
+@_allow_option
 def plan(
     file: str,
     as_json: bool,
@@ -112,9 +127,10 @@ def plan(
     workdir: Path | None,
     out: Path | None,
     html_path: Path | None,
+    allow: tuple[Path, ...],
 ) -> None:
     """Dry run: show the shots, clips and stages, which are cached, and what they cost."""
-    p = operations.load_plan(file, strict=strict, out=out, workdir=workdir)
+    p = operations.load_plan(file, strict=strict, out=out, workdir=workdir, allow=allow)
     view = operations.dry_run(p, workdir) if p.valid else None
     if as_json:
         click.echo(json.dumps(view.to_json() if view else p.to_json(), indent=2))
@@ -178,6 +194,7 @@ def plan(
     "Read real models' files from this folder (as written by `moldbatch pull "
     "--models-dir`) before the Hugging Face cache (default: $MOLDBATCH_MODELS)."
 )
+@_allow_option
 def render(
     file: str,
     workdir: Path | None,
@@ -191,9 +208,10 @@ def render(
     retries: int,
     max_gpu_minutes: float | None,
     models_dir: Path | None,
+    allow: tuple[Path, ...],
 ) -> None:
     """Render a film: every stage not already cached, then the shot files and the film."""
-    p = operations.load_plan(file, out=out, workdir=workdir)
+    p = operations.load_plan(file, out=out, workdir=workdir, allow=allow)
     _print_diagnostics(p)
     if not p.valid and as_json:
         click.echo(json.dumps(p.to_json(), indent=2))
@@ -232,10 +250,13 @@ def render(
 @click.argument("file", type=click.Path(dir_okay=False))
 @_workdir_option("of the render")
 @click.option("--json", "as_json", is_flag=True)
-def status(file: str, workdir: Path | None, as_json: bool) -> None:
+@_allow_option
+def status(file: str, workdir: Path | None, as_json: bool, allow: tuple[Path, ...]) -> None:
     """Show the progress of the last render of a spec."""
-    p = _valid(operations.load_plan(file))
+    p = _valid(operations.load_plan(file, workdir=workdir, allow=allow))
     doc = operations.status(p, workdir)
+    if doc.get("warning"):
+        click.echo(f"moldbatch: warning: {printable(doc['warning'])}", err=True)
     if as_json:
         click.echo(json.dumps(doc, indent=2))
     else:
@@ -248,9 +269,12 @@ def status(file: str, workdir: Path | None, as_json: bool) -> None:
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @_workdir_option("to clean")
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
-def gc(files: tuple[str, ...], workdir: Path | None, dry_run: bool) -> None:
+@_allow_option
+def gc(
+    files: tuple[str, ...], workdir: Path | None, dry_run: bool, allow: tuple[Path, ...]
+) -> None:
     """Remove artifacts that no stage of the given specs needs."""
-    plans = [operations.load_plan(f) for f in files]
+    plans = [operations.load_plan(f, workdir=workdir, allow=allow) for f in files]
     for p in plans:
         _print_diagnostics(p)
     removed, freed, others = operations.gc(plans, workdir, dry_run=dry_run)
@@ -273,11 +297,15 @@ def export() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the script here (default: stdout).",
 )
-def export_mold(file: str, shot_id: str | None, output: Path | None) -> None:
+@_allow_option
+def export_mold(
+    file: str, shot_id: str | None, output: Path | None, allow: tuple[Path, ...]
+) -> None:
     """Write a shot as a mold.chain.v1 script, or say which field mold cannot express."""
     from moldbatch.fsio import atomic_write
 
-    text = operations.export_mold(_valid(operations.load_plan(file)), shot_id, output)
+    plan = _valid(operations.load_plan(file, allow=allow))
+    text = operations.export_mold(plan, shot_id, output)
     if output is None:
         click.echo(text, nl=False)
     else:
@@ -290,7 +318,8 @@ def export_mold(file: str, shot_id: str | None, output: Path | None) -> None:
 @click.argument("new")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @click.option("--markdown", is_flag=True, help="A Markdown table (for a CI job summary).")
-def diff(old: str, new: str, as_json: bool, markdown: bool) -> None:
+@_allow_option
+def diff(old: str, new: str, as_json: bool, markdown: bool, allow: tuple[Path, ...]) -> None:
     """What a spec change adds, removes and re-renders, per shot, and why.
 
     OLD and NEW are spec files or git revisions such as HEAD~1:film.yaml. Exit 0 when
@@ -298,7 +327,7 @@ def diff(old: str, new: str, as_json: bool, markdown: bool) -> None:
     """
     from moldbatch.review.diff import diff_refs, format_markdown, format_text
 
-    d = diff_refs(old, new)
+    d = diff_refs(old, new, allow=allow)
     if as_json:
         click.echo(json.dumps(d.to_json(), indent=2))
     elif markdown:

@@ -6,9 +6,10 @@ keys it touched."""
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from pathlib import Path
 
-from moldbatch.errors import MoldbatchError, UsageError, display_path
+from moldbatch.errors import MoldbatchError, UsageError, WorkdirFailed, display_path
 from moldbatch.execute.lock import WorkdirLock
 from moldbatch.execute.session import RenderSession, Summary, run_in_order
 from moldbatch.execute.store import default_workdir
@@ -36,7 +37,7 @@ def render_plan(
     if executor not in EXECUTORS:
         raise UsageError(f"unknown executor {executor!r}: {' or '.join(EXECUTORS)}")
     workdir = (workdir or default_workdir(plan.path)).resolve()
-    with _locked(workdir):
+    with _locked(workdir), _disk_errors(workdir):
         session = RenderSession(plan, workdir, keep_going, device, progress, runtimes)
         if executor == "local":
             return session.run(run_in_order)
@@ -44,6 +45,22 @@ def render_plan(
 
         with on_ray(**(ray_options or {})) as run_stages:
             return session.run(run_stages)
+
+
+@contextlib.contextmanager
+def _disk_errors(workdir: Path):
+    """A work folder that fails under the render (full, deleted, read-only, its database
+    unwritable) ends it with one line, exit 3; what was committed is kept."""
+    try:
+        yield
+    except (OSError, sqlite3.Error) as e:
+        why = getattr(e, "strerror", None) or str(e)
+        gone = "" if workdir.is_dir() else " (it was deleted during the render)"
+        raise WorkdirFailed(
+            f"the work folder {display_path(workdir)} failed{gone}: {why}; the stages "
+            "committed before are kept: free space or fix the folder and run the same "
+            "command again to resume"
+        ) from None
 
 
 @contextlib.contextmanager

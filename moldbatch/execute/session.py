@@ -17,8 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
-from moldbatch.errors import MoldbatchError, OutputTaken, StageFailed, display_path, one_line
+from moldbatch.errors import (
+    MoldbatchError,
+    OutputTaken,
+    StageFailed,
+    display_path,
+    one_line,
+    printable,
+)
 from moldbatch.execute.deliver import check_outputs_are_ours, deliver
 from moldbatch.execute.handlers import HANDLERS, StageContext
 from moldbatch.execute.progress import StageBars
@@ -124,7 +132,9 @@ class RenderSession:
             self._db.set_stage(
                 self._run_id, stage.id, "failed", seconds=seconds, error=outcome.error
             )
-            self.console.print(f"[red]✗[/] {stage.id}: {outcome.error}")
+            self.console.print(
+                f"[red]✗[/] {stage.id}: {escape(printable(outcome.error))}", soft_wrap=True
+            )
             self.bars.done(stage)
             return False
         outcome.status = "rendered"
@@ -177,7 +187,7 @@ class RenderSession:
         t0 = time.perf_counter()
         self.store.clean_tmp()
         self._write_inline()
-        db = self._db = StateDB(self.workdir)
+        db = self._db = StateDB(self.workdir, warn=self._warn)
         spec = str(self.plan.path.resolve())
         try:
             check_outputs_are_ours(self.plan, db, spec)
@@ -239,16 +249,17 @@ class RenderSession:
     def _report(self) -> None:
         summary = self.summary
         shots = {s.id: s for s in self.plan.shots}
-        done = {o.id for o in summary.stages if o.status in ("rendered", "cached")}
+        written = set(summary.outputs)  # only what delivery wrote (or found already there)
         for stage in self.plan.stages:
-            if stage.kind not in TERMINAL_KINDS or stage.id not in done:
+            if stage.kind not in TERMINAL_KINDS or stage.output not in written:
                 continue
             if stage.kind == "export":
                 s = shots[stage.shot]
                 what = f"{s.frames} frames, {s.width}x{s.height}, {s.fps:g} fps"
             else:
                 what = f"{sum(s.frames for s in self.plan.shots)} frames, film"
-            self.console.print(f"[green]✓[/] Saved: {display_path(Path(stage.output))} ({what})")
+            shown = escape(display_path(Path(stage.output)))
+            self.console.print(f"[green]✓[/] Saved: {shown} ({what})", soft_wrap=True)
         rendered = sum(o.status == "rendered" for o in summary.stages)
         cached = sum(o.status == "cached" for o in summary.stages)
         if not summary.ok:
@@ -263,12 +274,20 @@ class RenderSession:
             f"rendered, {cached} cached"
         )
 
+    def _warn(self, line: str) -> None:
+        self.console.print(f"[yellow]![/] warning: {escape(printable(line))}", soft_wrap=True)
+
     def _log_failure(self, stage: Stage, e: BaseException) -> None:
         logs = self.workdir / "logs"
-        logs.mkdir(exist_ok=True)
-        with (logs / "failures.log").open("a") as f:
-            f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {stage.id} ({stage.key})\n")
-            f.write("".join(traceback.format_exception(e)))
+        try:
+            if logs.is_symlink():  # a link from a checkout would be written through
+                logs.unlink()
+            logs.mkdir(exist_ok=True)
+            with (logs / "failures.log").open("a") as f:
+                f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {stage.id} ({stage.key})\n")
+                f.write("".join(traceback.format_exception(e)))
+        except OSError:  # the log is a help, never a second failure; the stage's is recorded
+            pass
 
 
 def run_in_order(session: RenderSession, todo: list[Stage]) -> str:
