@@ -6,10 +6,11 @@ keys it touched."""
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sqlite3
 from pathlib import Path
 
-from moldbatch.errors import MoldbatchError, UsageError, WorkdirFailed, display_path
+from moldbatch.errors import UsageError, WorkdirFailed, display_path
 from moldbatch.execute.lock import WorkdirLock
 from moldbatch.execute.session import RenderSession, Summary, run_in_order
 from moldbatch.execute.store import default_workdir
@@ -56,9 +57,12 @@ def _disk_errors(workdir: Path):
     except (OSError, sqlite3.Error) as e:
         why = getattr(e, "strerror", None) or str(e)
         gone = "" if workdir.is_dir() else " (it was deleted during the render)"
+        with contextlib.suppress(OSError):
+            if "full" not in why and shutil.disk_usage(workdir).free < 1 << 20:
+                why += " (its disk is full)"  # what SQLite says then is often "disk I/O error"
         raise WorkdirFailed(
-            f"the work folder {display_path(workdir)} failed{gone}: {why}; the stages "
-            "committed before are kept: free space or fix the folder and run the same "
+            f"cannot write the work folder {display_path(workdir)}{gone}: {why}; the stages "
+            "committed before are kept: free space or fix the folder, then run the same "
             "command again to resume"
         ) from None
 
@@ -68,7 +72,7 @@ def _locked(workdir: Path):
     try:
         lock = WorkdirLock(workdir).__enter__()
     except OSError as e:
-        raise MoldbatchError(
+        raise WorkdirFailed(
             f"cannot use the work folder {display_path(workdir)}: {e.strerror or e}; "
             "pass --workdir with a folder you can write"
         ) from None

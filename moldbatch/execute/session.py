@@ -10,6 +10,7 @@ whose artifact is present and intact is not run, and nothing upstream of it is l
 
 from __future__ import annotations
 
+import errno
 import time
 import traceback
 from collections.abc import Callable
@@ -89,6 +90,8 @@ class Summary:
 
 
 RunStages = Callable[["RenderSession", list[Stage]], str]
+# a disk that is full, over quota or read-only fails every stage alike: end the render
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 class RenderSession:
@@ -164,10 +167,19 @@ class RenderSession:
             self.found[stage.id] = out.commit()
         except (Exception, MoldbatchError) as e:  # noqa: BLE001 - every failure is recorded
             out.discard()
+            self.raise_disk_failure(e)
             return self.end(stage, time.perf_counter() - t, e)
         finally:
             self.ctx.on_step = None
         return self.end(stage, time.perf_counter() - t)
+
+    def raise_disk_failure(self, e: BaseException) -> None:
+        """A stage that failed because the work folder did (full, read-only, deleted) is not
+        the stage's fault: the render ends, with one line (executor.py), as an OSError."""
+        if not self.workdir.is_dir():
+            raise FileNotFoundError(errno.ENOENT, "it is gone") from e
+        if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
+            raise e
 
     def commit(self, stage: Stage, files: dict[str, bytes], meta: dict) -> None:
         """Store a stage's files rendered elsewhere, with the same writer, key and manifest as
