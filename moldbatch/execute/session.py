@@ -255,7 +255,7 @@ class RenderSession:
         names them, before any stage reads them."""
         for path, data in self.plan.inline.items():
             target = Path(path)
-            if not target.is_file() or target.read_bytes() != data:
+            if target.is_symlink() or not target.is_file() or target.read_bytes() != data:
                 atomic_write(target, data)
 
     def _report(self) -> None:

@@ -70,6 +70,9 @@ class ArtifactWriter:
             os.fsync(f.fileno())
         fsync_dir(self.dir)
         final = self.store.dir_of(self.key)
+        for link in (self.store.root, final.parent, final):  # never publish through a link
+            if link.is_symlink():
+                link.unlink()
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists():  # a broken artifact under this key: replace it whole
             trash = self.store.tmp / f"trash-{uuid.uuid4().hex}"
@@ -95,6 +98,8 @@ class ArtifactStore:
     def get(self, key: str, verify: bool = True) -> Artifact | None:
         """The artifact under `key` if it is complete (and, with `verify`, intact)."""
         d = self.dir_of(key)
+        if d.is_symlink() or d.parent.is_symlink():  # links (from a checkout) lead anywhere
+            return None
         try:
             manifest = json.loads((d / MANIFEST).read_text())
         except (OSError, ValueError):
@@ -111,7 +116,7 @@ class ArtifactStore:
                 return None
             path = d / name
             try:
-                if path.stat().st_size != info.get("bytes"):
+                if path.is_symlink() or path.stat().st_size != info.get("bytes"):
                     return None
                 if verify and sha256_file(path) != info.get("sha256"):
                     return None
@@ -128,8 +133,11 @@ class ArtifactStore:
         return [p.name for sub in self.root.iterdir() if sub.is_dir() for p in sub.iterdir()]
 
     def clean_tmp(self) -> None:
-        """Remove what killed runs left half-written (only called under the work-folder lock)."""
-        if self.tmp.is_dir():
+        """Remove what killed runs left half-written (only called under the work-folder lock);
+        a link in its place is removed, never followed."""
+        if self.tmp.is_symlink():
+            self.tmp.unlink()
+        elif self.tmp.is_dir():
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 

@@ -77,9 +77,9 @@ class Inputs:
 
     def outside(self, value: str, what: str = "") -> str:
         return (
-            f"{what or repr(value)} is outside the spec's project ({self.project}): a spec may "
-            f"only name paths inside it; to let it reach a folder, pass --allow-path DIR (or "
-            f"set {ALLOW_ENV})"
+            f"{what or repr(value)} is outside the spec's project (the git work tree holding "
+            "the spec, else its folder): a spec may only name paths inside it; to let it reach "
+            f"a folder, pass --allow-path DIR (or set {ALLOW_ENV})"
         )
 
     def file(self, value: str) -> Path:
