@@ -4,7 +4,8 @@ Exit codes (errors.py: each MoldbatchError carries its own, mapped once, in `mai
   0  done
   1  the spec is invalid (or a shot cannot be exported, or its output belongs to another spec)
   2  usage: an unknown option, model, extra or executor; an unreadable `diff` side
-  3  a stage failed, the work folder is locked, model files are missing, a download failed
+  3  a stage failed, the work folder is locked, full or unwritable, model files are missing,
+     a download failed
   4  the render is over its --max-gpu-minutes budget
   130  interrupted (Ctrl-C); run the same command again to resume
 """
@@ -277,7 +278,7 @@ def gc(
     plans = [operations.load_plan(f, workdir=workdir, allow=allow) for f in files]
     for p in plans:
         _print_diagnostics(p)
-    removed, freed, others = operations.gc(plans, workdir, dry_run=dry_run)
+    removed, freed, others = operations.gc(plans, workdir, dry_run=dry_run, allow=allow)
     verb = "would remove" if dry_run else "removed"
     kept = f"; kept what {len(others)} other spec(s) rendered here need" if others else ""
     click.echo(f"{verb} {removed} artifacts ({freed / 1e6:.1f} MB){kept}")

@@ -186,14 +186,15 @@ def status(plan: Plan, workdir: Path | None = None) -> dict:
     }
 
 
-def gc(plans: list[Plan], workdir: Path | None = None, dry_run: bool = False):
+def gc(plans: list[Plan], workdir: Path | None = None, dry_run: bool = False, allow=()):
     """Remove the artifacts no stage of these (valid) specs needs, nor of any other spec that
-    rendered into the same work folder. Returns (count, bytes, other specs kept for)."""
+    rendered into the same work folder (planned with the same `allow`, so that one rendered
+    with --allow-path keeps its artifacts). Returns (count, bytes, other specs kept for)."""
     if not all(p.valid for p in plans):
         raise GcNeedsValidSpecs("gc needs valid specs to know what to keep")
     from moldbatch.execute.store import collect_garbage
 
-    return collect_garbage(plans, workdir, dry_run=dry_run)
+    return collect_garbage(plans, workdir, dry_run=dry_run, allow=allow)
 
 
 def export_mold(plan: Plan, shot_id: str | None, output: Path | None = None) -> str:

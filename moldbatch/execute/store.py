@@ -166,7 +166,7 @@ def resolve(plan, store: ArtifactStore, *, verify: bool = True):
     return [s for s in plan.stages if s.id in todo], found
 
 
-def collect_garbage(plans, workdir: Path | None, dry_run: bool = False):
+def collect_garbage(plans, workdir: Path | None, dry_run: bool = False, allow=()):
     """Remove every artifact no stage needs: of `plans`, or of any other spec that rendered
     into this work folder and still exists (work folders are shared by the specs beside
     them). Returns (count, bytes, other specs whose artifacts were kept)."""
@@ -182,7 +182,7 @@ def collect_garbage(plans, workdir: Path | None, dry_run: bool = False):
     others = []
     for spec in _specs_rendered_in(workdir):
         if spec not in given and Path(spec).is_file():
-            other = plan_file(Path(spec), workdir=workdir)
+            other = plan_file(Path(spec), workdir=workdir, allow=allow)
             if other.valid:
                 keep |= {s.key for s in other.stages}
                 others.append(spec)
