@@ -52,6 +52,24 @@ def snapshot(folder: Path) -> dict:
     return out
 
 
+def age_atimes(folder: Path) -> None:
+    """Set every file's access time before its modification time: the next read of it moves
+    the access time past it (relatime, Linux's default, updates it then)."""
+    for p in folder.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            st = p.stat()
+            os.utime(p, ns=(st.st_mtime_ns - 10**12, st.st_mtime_ns))
+
+
+def read_since_aged(folder: Path) -> list[str]:
+    """The files under `folder` read since `age_atimes` (links not followed)."""
+    return sorted(
+        p.name
+        for p in folder.rglob("*")
+        if p.is_file() and not p.is_symlink() and p.stat().st_atime_ns >= p.stat().st_mtime_ns
+    )
+
+
 def lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
@@ -78,6 +96,12 @@ def test_a_hostile_checkout_reads_and_writes_nothing_outside_the_project(hostile
     project, outside, own = hostile
     films = project / "films"
     before = snapshot(outside)
+    control = own / "control"  # does this filesystem record reads at all?
+    control.write_bytes(b"x")
+    age_atimes(own)
+    control.read_bytes()
+    records_reads = read_since_aged(own) == ["control"]
+    age_atimes(outside)
     write(
         films,
         "attack.yaml",
@@ -116,7 +140,6 @@ shots:
     assert shot.is_file() and not shot.is_symlink() and shot.read_bytes()[:6] == b"GIF89a"
     kept = films / "renders" / "a.orig.gif"
     assert kept.is_symlink() and os.readlink(kept) == str(outside / "precious.gif")
-    assert snapshot(outside) == before
 
     # a symlinked out folder is refused; --out and --workdir are the user's own
     shutil.rmtree(films / "renders")
@@ -128,7 +151,10 @@ shots:
     )
     assert res.returncode == 0, res.stderr
     assert (own / "r" / "a.gif").is_file() and (own / "w" / "state.sqlite").is_file()
-    assert snapshot(outside) == before
+    if records_reads:  # nothing outside was read (a noatime mount cannot tell)
+        assert read_since_aged(outside) == []
+    assert snapshot(outside) == before  # reads them: age them again
+    age_atimes(outside)
 
     # --allow-path lets a named folder in
     write(
@@ -141,6 +167,8 @@ shots:
         "render", "allowed.yaml", "--allow-path", outside, "--out", own / "r", cwd=films
     )
     assert res.returncode == 0, res.stderr
+    if records_reads:
+        assert read_since_aged(outside) == ["start.png"]
     assert snapshot(outside) == before
 
 
