@@ -53,26 +53,27 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(path: Path) -> None:
-    """Remove the temporaries of `path` that processes killed mid-write left beside it (a
-    `kill -9` skips their clean-up); a live process's are left alone."""
-    prefix = f".{path.name}.tmp-"
+def remove_stale_temporaries(folder: Path, ours) -> None:
+    """Remove the temporaries (`.<name>.tmp-<pid>`) that processes killed mid-write (a
+    `kill -9` skips their clean-up) left in `folder`, for the names `ours(name)` accepts; a
+    live process's are left alone. One listing per folder, however many files it holds."""
     try:
-        names = [n for n in os.listdir(path.parent) if n.startswith(prefix)]
+        names = os.listdir(folder)
     except OSError:
         return
     for name in names:
-        pid = name[len(prefix) :]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        base, sep, pid = name[1:].rpartition(".tmp-")
+        if not (name.startswith(".") and sep and pid.isdigit() and ours(base)):
+            continue
+        if int(pid) != os.getpid() and not _alive(int(pid)):
             with contextlib.suppress(OSError):
-                (path.parent / name).unlink()
+                (Path(folder) / name).unlink()
 
 
 def _new_temp(path: Path):
     """This process's temporary beside `path`, created afresh (never through a link someone
     left at its name), open for writing."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
     tmp = temp_beside(path)
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()

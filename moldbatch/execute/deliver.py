@@ -16,8 +16,11 @@ from rich.markup import escape
 from moldbatch.errors import OutputTaken, display_path
 from moldbatch.execute.state import StateDB
 from moldbatch.execute.store import Artifact
-from moldbatch.fsio import atomic_copy, sha256_file
+from moldbatch.fsio import atomic_copy, remove_stale_temporaries, sha256_file
 from moldbatch.plan.types import TERMINAL_KINDS, Plan
+
+# what a render writes beside the shots (review/report.py): their temporaries are ours too
+PAGES = (".contact.png", ".report.html")
 
 
 def check_outputs_are_ours(plan: Plan, db: StateDB, spec: str) -> None:
@@ -54,6 +57,10 @@ def deliver(
     """Copy each finished shot and the film to its output path (only complete ones); the
     paths written. A path that cannot be written adds a line to `errors`."""
     paths = []
+    outputs = [Path(st.output) for st in plan.stages if st.kind in TERMINAL_KINDS]
+    for folder in {p.parent for p in outputs}:
+        names = {p.name for p in outputs if p.parent == folder}
+        remove_stale_temporaries(folder, lambda n, names=names: n in names or n.endswith(PAGES))
     for stage in plan.stages:
         art = found.get(stage.id)
         if stage.kind not in TERMINAL_KINDS or art is None:

@@ -174,19 +174,21 @@ shots:
 
 @pytest.mark.slow
 def test_stale_temporaries_go_and_two_specs_keep_their_own_report(tmp_path: Path):
+    write(tmp_path, "one.yaml", SPEC)
+    write(tmp_path, "two.yaml", SPEC.replace("id: a,", "id: z,"))
+    assert moldbatch("render", "one.yaml", cwd=tmp_path).returncode == 0
     renders = tmp_path / "renders"
-    renders.mkdir()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     stale = renders / f".a.gif.tmp-{dead.pid}"  # a render killed -9 mid-delivery
     live = renders / f".a.gif.tmp-{os.getpid()}"  # a process still writing it
-    stale.write_bytes(b"half")
-    live.write_bytes(b"half")
-    write(tmp_path, "one.yaml", SPEC)
-    write(tmp_path, "two.yaml", SPEC.replace("id: a,", "id: z,"))
-    assert moldbatch("render", "one.yaml", cwd=tmp_path).returncode == 0
+    someone = renders / f".notes.txt.tmp-{dead.pid}"  # not a name this spec writes
+    for path in (stale, live, someone):
+        path.write_bytes(b"half")
+    res = moldbatch("render", "one.yaml", "--json", cwd=tmp_path)  # all cached: no copy
+    assert json.loads(res.stdout)["rendered"] == 0
+    assert not stale.exists() and live.exists() and someone.exists()
     assert moldbatch("render", "two.yaml", cwd=tmp_path).returncode == 0
-    assert not stale.exists() and live.exists()
     assert (renders / "one.report.html").is_file() and (renders / "two.report.html").is_file()
     assert "z.gif" in (renders / "two.report.html").read_text()
     assert "z.gif" not in (renders / "one.report.html").read_text()
