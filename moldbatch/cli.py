@@ -280,7 +280,9 @@ def gc(
         _print_diagnostics(p)
     removed, freed, others = operations.gc(plans, workdir, dry_run=dry_run, allow=allow)
     verb = "would remove" if dry_run else "removed"
-    kept = f"; kept what {len(others)} other spec(s) rendered here need" if others else ""
+    kept = (
+        f"; kept what {len(others)} other spec(s) sharing this work folder need" if others else ""
+    )
     click.echo(f"{verb} {removed} artifacts ({freed / 1e6:.1f} MB){kept}")
 
 

@@ -180,7 +180,7 @@ def collect_garbage(plans, workdir: Path | None, dry_run: bool = False, allow=()
     keep = {s.key for p in plans for s in p.stages}
     given = {str(p.path.resolve()) for p in plans}
     others = []
-    for spec in _specs_rendered_in(workdir):
+    for spec in dict.fromkeys(_specs_rendered_in(workdir) + _specs_beside(workdir)):
         if spec not in given and Path(spec).is_file():
             other = plan_file(Path(spec), workdir=workdir, allow=allow)
             if other.valid:
@@ -202,9 +202,12 @@ def collect_garbage(plans, workdir: Path | None, dry_run: bool = False, allow=()
 
 
 def _specs_rendered_in(workdir: Path) -> list[str]:
+    """The specs the state database says rendered here; a damaged database stops gc (it
+    cannot tell whose artifacts these are) rather than removing another spec's."""
     import sqlite3
 
-    from moldbatch.execute.state import StateDB
+    from moldbatch.errors import WorkdirFailed, display_path
+    from moldbatch.execute.state import StateDB, is_corrupt
 
     if not (workdir / "state.sqlite").is_file():
         return []
@@ -214,8 +217,28 @@ def _specs_rendered_in(workdir: Path) -> list[str]:
             return db.specs()
         finally:
             db.close()
-    except sqlite3.Error:
+    except sqlite3.Error as e:
+        if not is_corrupt(e):
+            return []
+        raise WorkdirFailed(
+            f"the state database {display_path(workdir / 'state.sqlite')} is damaged ({e}): "
+            "gc cannot tell which specs rendered here, so it removes nothing; a render moves "
+            "the database aside and starts a new one"
+        ) from None
+
+
+def _specs_beside(workdir: Path) -> list[str]:
+    """The spec files a default work folder (`.moldbatch/`) is shared by: they keep their
+    artifacts even when the database forgot them (a damaged one, started again)."""
+    if workdir.name != ".moldbatch":
         return []
+    folder = workdir.resolve().parent
+    return [
+        str(p.resolve())
+        for pattern in ("*.yaml", "*.yml", "*.toml")
+        for p in sorted(folder.glob(pattern))
+        if p.is_file()
+    ]
 
 
 def stages_to_run(plan, workdir: Path | None) -> list:

@@ -208,9 +208,13 @@ def damage(db: Path, how: str) -> None:
 @pytest.mark.parametrize("how", ["random", "truncated", "header"])
 def test_a_damaged_state_database_is_moved_aside_and_the_render_resumes(tmp_path, how):
     write(tmp_path, "film.yaml", SPEC)
+    write(tmp_path, "other.yaml", SPEC.replace("id: a,", "id: o,"))
     assert moldbatch("render", "film.yaml", cwd=tmp_path).returncode == 0
+    assert moldbatch("render", "other.yaml", cwd=tmp_path).returncode == 0
     db = tmp_path / ".moldbatch" / "state.sqlite"
     damage(db, how)
+    gc = moldbatch("gc", "film.yaml", cwd=tmp_path)  # whose artifacts? it cannot tell
+    assert gc.returncode == 3 and len(lines(gc.stderr)) == 1 and "removes nothing" in gc.stderr
 
     status = moldbatch("status", "film.yaml", cwd=tmp_path)
     assert status.returncode == 0, status.stderr
@@ -227,6 +231,11 @@ def test_a_damaged_state_database_is_moved_aside_and_the_render_resumes(tmp_path
     assert list((tmp_path / ".moldbatch").glob("state.sqlite.corrupt-*"))
     after = json.loads(moldbatch("status", "--json", "film.yaml", cwd=tmp_path).stdout)
     assert after["last_run"]["status"] == "done" and "warning" not in after
+    # the new database knows only film.yaml; other.yaml beside it keeps its artifacts
+    gc = moldbatch("gc", "film.yaml", cwd=tmp_path)
+    assert gc.returncode == 0 and "removed 0 artifacts" in gc.stdout, gc.stderr
+    again = json.loads(moldbatch("render", "other.yaml", "--json", cwd=tmp_path).stdout)
+    assert again["rendered"] == 0
 
 
 @contextlib.contextmanager
