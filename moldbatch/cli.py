@@ -4,7 +4,8 @@ Exit codes (errors.py: each MoldbatchError carries its own, mapped once, in `mai
   0  done
   1  the spec is invalid (or a shot cannot be exported, or its output belongs to another spec)
   2  usage: an unknown option, model, extra or executor; an unreadable `diff` side
-  3  a stage failed, the work folder is locked, model files are missing, a download failed
+  3  a stage failed, the work folder is locked, full or unwritable, model files are missing,
+     a download failed
   4  the render is over its --max-gpu-minutes budget
   130  interrupted (Ctrl-C); run the same command again to resume
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 import click
 
 from moldbatch import __version__, operations
-from moldbatch.errors import MoldbatchError, SpecInvalid, display_path
+from moldbatch.errors import MoldbatchError, SpecInvalid, display_path, printable
 
 
 def _workdir_option(what: str):
@@ -34,6 +35,15 @@ def _models_dir_option(help: str):
         "--models-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=help
     )
 
+
+_allow_option = click.option(
+    "--allow-path",
+    "allow",
+    multiple=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Let the spec name files in DIR besides its project (the git work tree holding it, "
+    "else its folder); repeatable; also $MOLDBATCH_ALLOW_PATHS.",
+)
 
 _out_option = click.option(
     "--out",
@@ -68,7 +78,11 @@ class _Commands(click.Group):
             return super().invoke(ctx)
         except MoldbatchError as e:
             if not getattr(e, "said", False):
-                click.echo(f"moldbatch: {e}", err=True)
+                lines = str(e).splitlines() or [""]
+                click.echo(
+                    "\n".join(printable(line) for line in [f"moldbatch: {lines[0]}", *lines[1:]]),
+                    err=True,
+                )
             sys.exit(e.exit_code)
         except KeyboardInterrupt:  # click would print "Aborted!" and exit 1
             click.echo("moldbatch: interrupted; run the same command again to resume", err=True)
@@ -84,9 +98,10 @@ def cli() -> None:
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
-def validate(files: tuple[str, ...], strict: bool) -> None:
+@_allow_option
+def validate(files: tuple[str, ...], strict: bool, allow: tuple[Path, ...]) -> None:
     """Check spec files against the models' rules; print every error as file:line:col."""
-    plans = [operations.load_plan(f, strict=strict) for f in files]
+    plans = [operations.load_plan(f, strict=strict, allow=allow) for f in files]
     for p in plans:
         _print_diagnostics(p, sys.stdout)
     if not all(p.valid for p in plans):
@@ -110,6 +125,7 @@ def validate(files: tuple[str, ...], strict: bool) -> None:
     default=None,
     help="List every stage (default: when they fit one table; a long film is summarised).",
 )
+@_allow_option
 def plan(
     file: str,
     as_json: bool,
@@ -118,9 +134,10 @@ def plan(
     out: Path | None,
     html_path: Path | None,
     stages: bool | None,
+    allow: tuple[Path, ...],
 ) -> None:
     """Dry run: show the shots, clips and stages, which are cached, and what they cost."""
-    p = operations.load_plan(file, strict=strict, out=out, workdir=workdir)
+    p = operations.load_plan(file, strict=strict, out=out, workdir=workdir, allow=allow)
     view = operations.dry_run(p, workdir) if p.valid else None
     if as_json:
         click.echo(json.dumps(view.to_json() if view else p.to_json(), indent=2))
@@ -191,6 +208,7 @@ def plan(
     help="torch.compile the transformer once per process (pays off on long films on a GPU; "
     "each new clip shape compiles again).",
 )
+@_allow_option
 def render(
     file: str,
     workdir: Path | None,
@@ -205,9 +223,10 @@ def render(
     max_gpu_minutes: float | None,
     models_dir: Path | None,
     compile_: bool,
+    allow: tuple[Path, ...],
 ) -> None:
     """Render a film: every stage not already cached, then the shot files and the film."""
-    p = operations.load_plan(file, out=out, workdir=workdir)
+    p = operations.load_plan(file, out=out, workdir=workdir, allow=allow)
     _print_diagnostics(p)
     if not p.valid and as_json:
         click.echo(json.dumps(p.to_json(), indent=2))
@@ -247,10 +266,13 @@ def render(
 @click.argument("file", type=click.Path(dir_okay=False))
 @_workdir_option("of the render")
 @click.option("--json", "as_json", is_flag=True)
-def status(file: str, workdir: Path | None, as_json: bool) -> None:
+@_allow_option
+def status(file: str, workdir: Path | None, as_json: bool, allow: tuple[Path, ...]) -> None:
     """Show the progress of the last render of a spec."""
-    p = _valid(operations.load_plan(file))
+    p = _valid(operations.load_plan(file, workdir=workdir, allow=allow))
     doc = operations.status(p, workdir)
+    if doc.get("warning"):
+        click.echo(f"moldbatch: warning: {printable(doc['warning'])}", err=True)
     if as_json:
         click.echo(json.dumps(doc, indent=2))
     else:
@@ -263,14 +285,19 @@ def status(file: str, workdir: Path | None, as_json: bool) -> None:
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @_workdir_option("to clean")
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
-def gc(files: tuple[str, ...], workdir: Path | None, dry_run: bool) -> None:
+@_allow_option
+def gc(
+    files: tuple[str, ...], workdir: Path | None, dry_run: bool, allow: tuple[Path, ...]
+) -> None:
     """Remove artifacts that no stage of the given specs needs."""
-    plans = [operations.load_plan(f) for f in files]
+    plans = [operations.load_plan(f, workdir=workdir, allow=allow) for f in files]
     for p in plans:
         _print_diagnostics(p)
-    removed, freed, others = operations.gc(plans, workdir, dry_run=dry_run)
+    removed, freed, others = operations.gc(plans, workdir, dry_run=dry_run, allow=allow)
     verb = "would remove" if dry_run else "removed"
-    kept = f"; kept what {len(others)} other spec(s) rendered here need" if others else ""
+    kept = (
+        f"; kept what {len(others)} other spec(s) sharing this work folder need" if others else ""
+    )
     click.echo(f"{verb} {removed} artifacts ({freed / 1e6:.1f} MB){kept}")
 
 
@@ -288,11 +315,15 @@ def export() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the script here (default: stdout).",
 )
-def export_mold(file: str, shot_id: str | None, output: Path | None) -> None:
+@_allow_option
+def export_mold(
+    file: str, shot_id: str | None, output: Path | None, allow: tuple[Path, ...]
+) -> None:
     """Write a shot as a mold.chain.v1 script, or say which field mold cannot express."""
     from moldbatch.fsio import atomic_write
 
-    text = operations.export_mold(_valid(operations.load_plan(file)), shot_id, output)
+    plan = _valid(operations.load_plan(file, allow=allow))
+    text = operations.export_mold(plan, shot_id, output)
     if output is None:
         click.echo(text, nl=False)
     else:
@@ -305,7 +336,8 @@ def export_mold(file: str, shot_id: str | None, output: Path | None) -> None:
 @click.argument("new")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @click.option("--markdown", is_flag=True, help="A Markdown table (for a CI job summary).")
-def diff(old: str, new: str, as_json: bool, markdown: bool) -> None:
+@_allow_option
+def diff(old: str, new: str, as_json: bool, markdown: bool, allow: tuple[Path, ...]) -> None:
     """What a spec change adds, removes and re-renders, per shot, and why.
 
     OLD and NEW are spec files or git revisions such as HEAD~1:film.yaml. Exit 0 when
@@ -313,7 +345,7 @@ def diff(old: str, new: str, as_json: bool, markdown: bool) -> None:
     """
     from moldbatch.review.diff import diff_refs, format_markdown, format_text
 
-    d = diff_refs(old, new)
+    d = diff_refs(old, new, allow=allow)
     if as_json:
         click.echo(json.dumps(d.to_json(), indent=2))
     elif markdown:

@@ -3,8 +3,19 @@ MoldbatchError and carries its exit code, which the CLI maps once (see cli.py's 
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+# characters a terminal or a CI log acts on rather than shows: C0 and C1 controls (newlines,
+# escape sequences), DEL, and the bidirectional overrides that reorder what is shown
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text) -> str:
+    """User text made safe to print: each control character as its escape (`\\n`, `\\x1b`),
+    so that a spec cannot start a line of a CI log (`::error ...`) or drive a terminal."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), str(text))
 
 
 @dataclass(frozen=True)
@@ -19,8 +30,10 @@ class Diagnostic:
     severity: str = "error"  # "error" | "warning"
 
     def __post_init__(self) -> None:
-        # one finding, one line: messages from parsers may span several
-        object.__setattr__(self, "message", " ".join(self.message.split()))
+        # one finding, one line: messages from parsers may span several; the values they
+        # quote from the spec are printed with their control characters escaped
+        object.__setattr__(self, "message", printable(" ".join(self.message.split())))
+        object.__setattr__(self, "path", printable(self.path))
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}:{self.column}"
@@ -84,6 +97,12 @@ class WorkdirLocked(MoldbatchError):
     exit_code = 3
 
 
+class WorkdirFailed(MoldbatchError):
+    """The work folder failed under a render: full, deleted, unwritable (exit 3)."""
+
+    exit_code = 3
+
+
 class OutputTaken(MoldbatchError):
     """An output path holds what another spec's render wrote (exit 1: fix the spec or --out)."""
 
@@ -98,6 +117,7 @@ def one_line(e: BaseException) -> str:
 def display_path(path: Path) -> str:
     """A path as the user would type it: relative to the working folder when it is below it."""
     try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
+        shown = str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
-        return str(path)
+        shown = str(path)
+    return printable(shown)

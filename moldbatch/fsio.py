@@ -6,6 +6,7 @@ reader (or a later run) sees the old file or the whole new one, never a part.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -42,13 +43,51 @@ def temp_beside(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write `path` so that it is either the old file or the whole new one."""
-    path = Path(path)
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path, ours) -> None:
+    """Remove the temporaries (`.<name>.tmp-<pid>`) that processes killed mid-write (a
+    `kill -9` skips their clean-up) left in `folder`, for the names `ours(name)` accepts; a
+    live process's are left alone. One listing per folder, however many files it holds."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        base, sep, pid = name[1:].rpartition(".tmp-")
+        if not (name.startswith(".") and sep and pid.isdigit() and ours(base)):
+            continue
+        if int(pid) != os.getpid() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                (Path(folder) / name).unlink()
+
+
+def _new_temp(path: Path):
+    """This process's temporary beside `path`, created afresh (never through a link someone
+    left at its name), open for writing."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_beside(path)
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    return tmp, os.fdopen(os.open(tmp, flags, 0o644), "wb")
+
+
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Write `path` so that it is either the old file or the whole new one (a link at `path`
+    is replaced, not written through)."""
+    path = Path(path)
+    tmp, f = _new_temp(path)
     try:
-        with tmp.open("wb") as f:
+        with f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
@@ -59,11 +98,13 @@ def atomic_write(path: Path, data: str | bytes) -> None:
 
 def atomic_copy(src: Path, dst: Path) -> None:
     """Copy `src` onto `dst` so that `dst` is either the old file or the whole new one."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_beside(dst)
+    dst = Path(dst)
+    tmp, f = _new_temp(dst)
     try:
-        shutil.copyfile(src, tmp)
-        fsync_file(tmp)
+        with f, Path(src).open("rb") as source:
+            shutil.copyfileobj(source, f, 1 << 20)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, dst)
         fsync_dir(dst.parent)
     finally:

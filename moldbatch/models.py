@@ -66,8 +66,11 @@ class ModelInfo:
     # diffusers' name for its LTX-2.0 (False) / LTX-2.3 (True) cross-attention timesteps. The
     # runtime follows the reference's one rule for both families instead (docs/reference-parity.md)
     use_cross_timestep: bool = True
-    max_sequence_length: int = 1024
+    max_sequence_length: int = 1024  # prompt tokens the text encoder reads; the rest is dropped
     camera_lora_repo_prefix: str | None = None
+    # the most video latent tokens one transformer pass may hold (a clip at the output size):
+    # what the runtime can do, refused at plan time rather than failing after minutes
+    max_latent_tokens: int = 13 * 68 * 120  # 97 frames at 3840x2176 (4K after an x2 upscale)
 
     @property
     def built_in(self) -> bool:
@@ -192,6 +195,9 @@ MODELS: dict[str, ModelInfo] = {
             spatial_upscales=("x2",),
             temporal_upscales=("x2",),
             max_sequence_length=32,
+            # 9 frames at 2048x2048 renders on the CPU in about a minute (measured); its rope
+            # is normalised to a 2048 px frame, and past that the pass only grows
+            max_latent_tokens=2 * 64 * 64,
         ),
     ]
 }
@@ -221,3 +227,8 @@ def first_pass_size(size: int) -> int:
 
 def latent_frames(frames: int) -> int:
     return (frames - 1) // FRAME_GRID + 1
+
+
+def latent_tokens(frames: int, width: int, height: int) -> int:
+    """Video latent tokens of a clip: latent frames x latent height x latent width."""
+    return latent_frames(max(frames, 1)) * (height // SIZE_GRID) * (width // SIZE_GRID)

@@ -28,13 +28,22 @@ def load_plan(
     strict: bool = False,
     out: Path | None = None,
     workdir: Path | None = None,
+    allow=(),
 ) -> Plan:
     """Read, validate and plan a spec (or a mold script); never raises for a bad spec: the
-    plan's diagnostics say what is wrong. Writes nothing."""
+    plan's diagnostics say what is wrong. Writes nothing. The spec's paths stay inside its
+    project; `allow` (and $MOLDBATCH_ALLOW_PATHS) names folders they may reach besides."""
     from moldbatch.plan.planner import plan_file
 
     path = Path(file)
-    return plan_file(path, display=display_path(path), strict=strict, out_dir=out, workdir=workdir)
+    return plan_file(
+        path,
+        display=display_path(path),
+        strict=strict,
+        out_dir=out,
+        workdir=workdir,
+        allow=allow,
+    )
 
 
 def cache_status(plan: Plan, workdir: Path | None) -> dict[str, bool]:
@@ -140,19 +149,28 @@ def render(
 
 def status(plan: Plan, workdir: Path | None = None) -> dict:
     """The progress of the last render of a valid plan (read only)."""
+    import sqlite3
+
     from moldbatch.execute.lock import render_running
-    from moldbatch.execute.state import StateDB
+    from moldbatch.execute.state import StateDB, is_corrupt
     from moldbatch.execute.store import default_workdir
 
     workdir = workdir or default_workdir(plan.path)
     cached = cache_status(plan, workdir)
-    last = None
+    last, warning = None, None
     if (workdir / "state.sqlite").exists():
-        db = StateDB(workdir, readonly=True)
         try:
-            last = db.last_run(str(plan.path.resolve()))
-        finally:
-            db.close()
+            db = StateDB(workdir, readonly=True)
+            try:
+                last = db.last_run(str(plan.path.resolve()))
+            finally:
+                db.close()
+        except sqlite3.Error as e:  # the history is lost or unreadable; the store is not
+            what = "damaged" if is_corrupt(e) else "unreadable"
+            warning = (
+                f"the state database {display_path(workdir / 'state.sqlite')} is {what} ({e}): "
+                "no run history; the next render moves it aside and resumes from the artifacts"
+            )
         if last and last["status"] == "running" and not render_running(workdir):
             # the process that ran it is gone (killed): say so rather than "running" forever
             last["status"] = "interrupted"
@@ -166,17 +184,19 @@ def status(plan: Plan, workdir: Path | None = None) -> dict:
         "stages": len(plan.stages),
         "last_run": last,
         "plan": [{"id": s.id, "cached": cached[s.id]} for s in plan.stages],
+        **({"warning": warning} if warning else {}),
     }
 
 
-def gc(plans: list[Plan], workdir: Path | None = None, dry_run: bool = False):
+def gc(plans: list[Plan], workdir: Path | None = None, dry_run: bool = False, allow=()):
     """Remove the artifacts no stage of these (valid) specs needs, nor of any other spec that
-    rendered into the same work folder. Returns (count, bytes, other specs kept for)."""
+    rendered into the same work folder (planned with the same `allow`, so that one rendered
+    with --allow-path keeps its artifacts). Returns (count, bytes, other specs kept for)."""
     if not all(p.valid for p in plans):
         raise GcNeedsValidSpecs("gc needs valid specs to know what to keep")
     from moldbatch.execute.store import collect_garbage
 
-    return collect_garbage(plans, workdir, dry_run=dry_run)
+    return collect_garbage(plans, workdir, dry_run=dry_run, allow=allow)
 
 
 def export_mold(plan: Plan, shot_id: str | None, output: Path | None = None) -> str:

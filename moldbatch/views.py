@@ -6,9 +6,16 @@ import json
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from moldbatch.errors import printable
 from moldbatch.models import MODELS
+
+
+def _user(text) -> str:
+    """Text a spec (or a file) wrote, shown as text: control characters escaped, no markup."""
+    return escape(printable(text))
 
 
 def _out() -> Console:
@@ -33,7 +40,7 @@ def print_plan(plan, cached: dict[str, bool], cost=None, stages: bool | None = N
         for s in plan.shots:
             counts[(s.model, s.pipeline)] = counts.get((s.model, s.pipeline), 0) + 1
         con.print(
-            f"{plan.name}: {len(plan.shots)} shots, {sum(len(s.clips) for s in plan.shots)} clips"
+            f"{_user(plan.name)}: {len(plan.shots)} shots, {sum(len(s.clips) for s in plan.shots)} clips"
         )
         for (model, pipeline), n in sorted(counts.items()):
             con.print(f"  {n} shots on {model} ({pipeline})")
@@ -47,7 +54,7 @@ def print_plan(plan, cached: dict[str, bool], cost=None, stages: bool | None = N
     more = "" if stages else " (`--stages` lists them)"
     con.print(
         f"{todo} of {len(plan.stages)} stages will render{more}"
-        + (f"; film -> {plan.output}" if plan.output else "")
+        + (f"; film -> {_user(plan.output)}" if plan.output else "")
     )
     if cost is not None:
         from moldbatch.review.cost import format_seconds
@@ -61,7 +68,7 @@ def print_plan(plan, cached: dict[str, bool], cost=None, stages: bool | None = N
 
 
 def _shots_table(con: Console, plan) -> None:
-    shots = Table(title=f"{plan.name}: {len(plan.shots)} shots", title_justify="left")
+    shots = Table(title=f"{_user(plan.name)}: {len(plan.shots)} shots", title_justify="left")
     for col in ("shot", "model", "pipeline", "frames", "size", "fps", "format", "clips"):
         shots.add_column(col)
     for s in plan.shots:
@@ -129,8 +136,8 @@ def _clips_cell(shot) -> str:
 def print_status(doc: dict) -> None:
     con = _out()
     con.print(
-        f"{doc['spec']}: {doc['cached']} of {doc['stages']} stages cached "
-        f"(work folder {doc['workdir']})"
+        f"{_user(doc['spec'])}: {doc['cached']} of {doc['stages']} stages cached "
+        f"(work folder {_user(doc['workdir'])})"
     )
     last = doc["last_run"]
     if last is None:
@@ -145,7 +152,10 @@ def print_status(doc: dict) -> None:
     )
     for s in last["stages"]:
         if s["status"] in ("failed", "interrupted", "running"):
-            con.print(f"  {s['id']}: {s['status']}" + (f": {s['error']}" if s["error"] else ""))
+            con.print(
+                f"  {_user(s['id'])}: {s['status']}"
+                + (f": {_user(s['error'])}" if s["error"] else "")
+            )
 
 
 def print_models(as_json: bool) -> None:

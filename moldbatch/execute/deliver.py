@@ -1,19 +1,26 @@
 """Delivery: finished shot files and the film copied (atomically) from the store to their
 output paths. A file already there that moldbatch did not write is kept, renamed aside, and a
-file another spec's render wrote is never written over: nothing a user made is lost."""
+file another spec's render wrote is never written over: nothing a user made is lost. Nothing
+is written through a symlink: a link at an output path is renamed aside like a file (its
+target untouched), and an output folder that became a link since the plan is refused."""
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from moldbatch.errors import OutputTaken, display_path
 from moldbatch.execute.state import StateDB
 from moldbatch.execute.store import Artifact
-from moldbatch.fsio import atomic_copy, sha256_file
+from moldbatch.fsio import atomic_copy, remove_stale_temporaries, sha256_file
 from moldbatch.plan.types import TERMINAL_KINDS, Plan
+
+# what a render writes beside the shots (review/report.py): their temporaries are ours too
+PAGES = (".contact.png", ".report.html")
 
 
 def check_outputs_are_ours(plan: Plan, db: StateDB, spec: str) -> None:
@@ -22,7 +29,7 @@ def check_outputs_are_ours(plan: Plan, db: StateDB, spec: str) -> None:
     for stage in plan.stages:
         if stage.kind not in TERMINAL_KINDS:
             continue
-        dst = Path(stage.output).resolve()
+        dst = Path(stage.output)  # its folder resolved by the planner; the name is not followed
         owner = db.delivered_for(dst)
         # a spec that no longer exists (renamed, deleted) has given its outputs up
         if owner and owner != spec and dst.is_file() and Path(owner).is_file():
@@ -50,13 +57,17 @@ def deliver(
     """Copy each finished shot and the film to its output path (only complete ones); the
     paths written. A path that cannot be written adds a line to `errors`."""
     paths = []
+    outputs = [Path(st.output) for st in plan.stages if st.kind in TERMINAL_KINDS]
+    for folder in {p.parent for p in outputs}:
+        names = {p.name for p in outputs if p.parent == folder}
+        remove_stale_temporaries(folder, lambda n, names=names: n in names or n.endswith(PAGES))
     for stage in plan.stages:
         art = found.get(stage.id)
         if stage.kind not in TERMINAL_KINDS or art is None:
             continue
         src = art.file(art.meta["file"])
         want = art.manifest["files"][art.meta["file"]]["sha256"]
-        dst = Path(stage.output).resolve()
+        dst = Path(stage.output)
         try:
             _deliver_one(src, dst, want, db, spec, console)
         except OSError as e:
@@ -70,6 +81,16 @@ def deliver(
 
 
 def _deliver_one(src: Path, dst: Path, want: str, db: StateDB, spec: str, console: Console) -> None:
+    if os.path.realpath(dst.parent) != str(dst.parent):
+        raise OSError(errno.ELOOP, "its folder is a symlink: moldbatch never writes through one")
+    if dst.is_symlink():
+        aside = free_name(dst)
+        os.replace(dst, aside)  # the link itself moves; what it points to is not touched
+        console.print(
+            f"[yellow]![/] {escape(display_path(dst))} was a symlink; kept as "
+            f"{escape(display_path(aside))}, and the shot written in its place",
+            soft_wrap=True,
+        )
     if dst.exists() and not dst.is_file():
         raise IsADirectoryError(21, "a folder is in the way")
     if dst.is_file():
@@ -85,8 +106,9 @@ def _deliver_one(src: Path, dst: Path, want: str, db: StateDB, spec: str, consol
             aside = free_name(dst)
             os.replace(dst, aside)
             console.print(
-                f"[yellow]![/] {display_path(dst)} was not written by moldbatch; "
-                f"kept as {display_path(aside)}"
+                f"[yellow]![/] {escape(display_path(dst))} was not written by moldbatch; "
+                f"kept as {escape(display_path(aside))}",
+                soft_wrap=True,
             )
     atomic_copy(src, dst)
     db.record_delivery(dst, want, spec)
@@ -98,6 +120,6 @@ def free_name(path: Path) -> Path:
     while True:
         tag = "orig" if n == 1 else f"orig-{n}"
         candidate = path.with_name(f"{path.stem}.{tag}{path.suffix}")
-        if not candidate.exists():
+        if not candidate.exists() and not candidate.is_symlink():
             return candidate
         n += 1

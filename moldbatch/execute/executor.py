@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import sqlite3
 from pathlib import Path
 
-from moldbatch.errors import MoldbatchError, UsageError, display_path
+from moldbatch.errors import UsageError, WorkdirFailed, display_path
 from moldbatch.execute.lock import WorkdirLock
 from moldbatch.execute.session import RenderSession, Summary, run_in_lanes, run_in_order
 from moldbatch.execute.store import default_workdir
@@ -41,7 +43,7 @@ def render_plan(
     if executor not in EXECUTORS:
         raise UsageError(f"unknown executor {executor!r}: {' or '.join(EXECUTORS)}")
     workdir = (workdir or default_workdir(plan.path)).resolve()
-    with _locked(workdir):
+    with _locked(workdir), _disk_errors(workdir):
         session = RenderSession(plan, workdir, keep_going, device, progress, runtimes, compile)
         if executor == "local":
             serial = os.environ.get(LANES_ENV) == "1"
@@ -53,11 +55,30 @@ def render_plan(
 
 
 @contextlib.contextmanager
+def _disk_errors(workdir: Path):
+    """A work folder that fails under the render (full, deleted, read-only, its database
+    unwritable) ends it with one line, exit 3; what was committed is kept."""
+    try:
+        yield
+    except (OSError, sqlite3.Error) as e:
+        why = getattr(e, "strerror", None) or str(e)
+        gone = "" if workdir.is_dir() else " (it was deleted during the render)"
+        with contextlib.suppress(OSError):
+            if "full" not in why and shutil.disk_usage(workdir).free < 1 << 20:
+                why += " (its disk is full)"  # what SQLite says then is often "disk I/O error"
+        raise WorkdirFailed(
+            f"cannot write the work folder {display_path(workdir)}{gone}: {why}; the stages "
+            "committed before are kept: free space or fix the folder, then run the same "
+            "command again to resume"
+        ) from None
+
+
+@contextlib.contextmanager
 def _locked(workdir: Path):
     try:
         lock = WorkdirLock(workdir).__enter__()
     except OSError as e:
-        raise MoldbatchError(
+        raise WorkdirFailed(
             f"cannot use the work folder {display_path(workdir)}: {e.strerror or e}; "
             "pass --workdir with a folder you can write"
         ) from None

@@ -240,6 +240,7 @@ class _Run:
             while not self.stop:
                 self._dispatch()
                 self.lane.release()
+                self.lane.raise_error()
                 if self.lane.stop:  # a driver stage failed, without keep-going
                     self.stop = True
                 if self.stop:

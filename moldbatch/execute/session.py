@@ -14,6 +14,7 @@ method may be called from any thread: the session serialises its books under one
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
 import traceback
@@ -23,8 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
-from moldbatch.errors import MoldbatchError, OutputTaken, StageFailed, display_path, one_line
+from moldbatch.errors import (
+    MoldbatchError,
+    OutputTaken,
+    StageFailed,
+    display_path,
+    one_line,
+    printable,
+)
 from moldbatch.execute.deliver import check_outputs_are_ours, deliver
 from moldbatch.execute.handlers import HANDLERS, StageContext
 from moldbatch.execute.progress import StageBars
@@ -88,6 +97,8 @@ class Summary:
 
 
 RunStages = Callable[["RenderSession", list[Stage]], str]
+# a disk that is full, over quota or read-only fails every stage alike: end the render
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 class RenderSession:
@@ -140,7 +151,9 @@ class RenderSession:
             self._db.set_stage(
                 self._run_id, stage.id, "failed", seconds=seconds, error=outcome.error
             )
-            self.console.print(f"[red]✗[/] {stage.id}: {outcome.error}")
+            self.console.print(
+                f"[red]✗[/] {stage.id}: {escape(printable(outcome.error))}", soft_wrap=True
+            )
             self.bars.done(stage)
             return False
         outcome.status = "rendered"
@@ -183,12 +196,21 @@ class RenderSession:
             art = out.commit()
         except (Exception, MoldbatchError) as e:  # noqa: BLE001 - every failure is recorded
             out.discard()
+            self.raise_disk_failure(e)
             return self.end(stage, time.perf_counter() - t, e)
         finally:
             ctx.on_step = None
         with self._books:
             self.found[stage.id] = art
         return self.end(stage, time.perf_counter() - t)
+
+    def raise_disk_failure(self, e: BaseException) -> None:
+        """A stage that failed because the work folder did (full, read-only, deleted) is not
+        the stage's fault: the render ends, with one line (executor.py), as an OSError."""
+        if not self.workdir.is_dir():
+            raise FileNotFoundError(errno.ENOENT, "it is gone") from e
+        if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
+            raise e
 
     def commit(self, stage: Stage, files: dict[str, bytes], meta: dict) -> None:
         """Store a stage's files rendered elsewhere, with the same writer, key and manifest as
@@ -210,7 +232,7 @@ class RenderSession:
         t0 = time.perf_counter()
         self.store.clean_tmp()
         self._write_inline()
-        db = self._db = StateDB(self.workdir)
+        db = self._db = StateDB(self.workdir, warn=self._warn)
         spec = str(self.plan.path.resolve())
         try:
             check_outputs_are_ours(self.plan, db, spec)
@@ -266,22 +288,23 @@ class RenderSession:
         names them, before any stage reads them."""
         for path, data in self.plan.inline.items():
             target = Path(path)
-            if not target.is_file() or target.read_bytes() != data:
+            if target.is_symlink() or not target.is_file() or target.read_bytes() != data:
                 atomic_write(target, data)
 
     def _report(self) -> None:
         summary = self.summary
         shots = {s.id: s for s in self.plan.shots}
-        done = {o.id for o in summary.stages if o.status in ("rendered", "cached")}
+        written = set(summary.outputs)  # only what delivery wrote (or found already there)
         for stage in self.plan.stages:
-            if stage.kind not in TERMINAL_KINDS or stage.id not in done:
+            if stage.kind not in TERMINAL_KINDS or stage.output not in written:
                 continue
             if stage.kind == "export":
                 s = shots[stage.shot]
                 what = f"{s.frames} frames, {s.width}x{s.height}, {s.fps:g} fps"
             else:
                 what = f"{sum(s.frames for s in self.plan.shots)} frames, film"
-            self.console.print(f"[green]✓[/] Saved: {display_path(Path(stage.output))} ({what})")
+            shown = escape(display_path(Path(stage.output)))
+            self.console.print(f"[green]✓[/] Saved: {shown} ({what})", soft_wrap=True)
         rendered = sum(o.status == "rendered" for o in summary.stages)
         cached = sum(o.status == "cached" for o in summary.stages)
         if not summary.ok:
@@ -296,12 +319,20 @@ class RenderSession:
             f"rendered, {cached} cached"
         )
 
+    def _warn(self, line: str) -> None:
+        self.console.print(f"[yellow]![/] warning: {escape(printable(line))}", soft_wrap=True)
+
     def _log_failure(self, stage: Stage, e: BaseException) -> None:  # under the lock
         logs = self.workdir / "logs"
-        logs.mkdir(exist_ok=True)
-        with (logs / "failures.log").open("a") as f:
-            f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {stage.id} ({stage.key})\n")
-            f.write("".join(traceback.format_exception(e)))
+        try:
+            if logs.is_symlink():  # a link from a checkout would be written through
+                logs.unlink()
+            logs.mkdir(exist_ok=True)
+            with (logs / "failures.log").open("a") as f:
+                f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {stage.id} ({stage.key})\n")
+                f.write("".join(traceback.format_exception(e)))
+        except OSError:  # the log is a help, never a second failure; the stage's is recorded
+            pass
 
 
 def run_in_order(session: RenderSession, todo: list[Stage]) -> str:
@@ -338,6 +369,12 @@ class CpuLane:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="moldbatch-cpu")
         self._running: set = set()
         self._lock = threading.Lock()
+        self.error: BaseException | None = None  # the books failed (the disk): end the render
+
+    def raise_error(self) -> None:
+        """On the render's thread: end the render the way the lane's stage failed."""
+        if self.error is not None:
+            raise self.error
 
     def busy(self) -> bool:
         """Whether a stage of the lane is running (it may make more ready)."""
@@ -363,7 +400,13 @@ class CpuLane:
                     self._running.add(self._pool.submit(self._run, stage))
 
     def _run(self, stage: Stage) -> None:
-        ok = self.session.run_here(stage)
+        try:
+            ok = self.session.run_here(stage)
+        except BaseException as e:  # a full or vanished work folder: the render ends
+            with self._lock:
+                self.error = self.error or e
+                self.stop = True
+            return
         with self._lock:
             if not ok:
                 self.blocked.add(stage.id)
@@ -380,7 +423,8 @@ class CpuLane:
                 self._running -= set(done)
                 running = list(self._running)
             for f in done:
-                f.result()  # a failure of the books themselves (the disk, the database)
+                f.result()
+            self.raise_error()
             if not running:
                 break
             wait(running, return_when=FIRST_COMPLETED)
@@ -402,6 +446,7 @@ def run_in_lanes(session: RenderSession, todo: list[Stage]) -> str:
     try:
         for stage in (s for s in todo if s.kind in RUNTIME_KINDS):
             lane.release()
+            lane.raise_error()
             if lane.stop:
                 break
             if any(n in lane.blocked for n in stage.needs):

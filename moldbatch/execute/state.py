@@ -37,29 +37,97 @@ CREATE TABLE IF NOT EXISTS stages (
 """
 
 
+SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+class Damaged(sqlite3.DatabaseError):
+    """What `check` found wrong with a database that opened."""
+
+
+def is_corrupt(e: sqlite3.Error) -> bool:
+    """Whether SQLite says the file is damaged or not a database (not: full, locked, gone)."""
+    code = getattr(e, "sqlite_errorcode", None) or 0
+    return isinstance(e, Damaged) or (code & 0xFF) in (
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_NOTADB,
+    )
+
+
 class StateDB:
-    def __init__(self, workdir: Path, readonly: bool = False):
+    """The state database of a work folder. It records history only: what is rendered is the
+    artifact store's, so a damaged database is moved aside (`state.sqlite.corrupt-<time>`)
+    and started again, and the render that follows records what the store holds.
+    `warn(line)` is told when that happens."""
+
+    def __init__(self, workdir: Path, readonly: bool = False, warn=None):
         self.path = workdir / "state.sqlite"
         if readonly:  # `status` only reads: it must work on a folder it cannot write
-            self.db = sqlite3.connect(
-                f"{self.path.resolve().as_uri()}?mode=ro",
-                uri=True,
-                isolation_level=None,
-                timeout=10,
-            )
+            self.db = self._open_readonly()
             return
         workdir.mkdir(parents=True, exist_ok=True)
+        for suffix in ("", *SIDE_FILES):  # a link would be written through: drop the link
+            side = self.path.with_name(self.path.name + suffix)
+            if side.is_symlink():
+                side.unlink()
+        try:
+            self.db = self._open()
+        except sqlite3.DatabaseError as e:
+            if not is_corrupt(e):
+                raise
+            aside = self.move_aside()
+            if warn is not None:
+                warn(
+                    f"the state database {self.path} was damaged ({e}); moved it aside as "
+                    f"{aside.name} and started a new one: the artifacts are intact and the "
+                    "render resumes from them"
+                )
+            self.db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
         # one connection for the render, used from its CPU lane's threads too (the session
         # serialises every call under its lock)
-        self.db = sqlite3.connect(
-            self.path, isolation_level=None, timeout=10, check_same_thread=False
-        )
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
-        columns = {row[1] for row in self.db.execute("PRAGMA table_info(deliveries)")}
-        if "spec" not in columns:  # a work folder from before outputs knew their spec
-            self.db.execute("ALTER TABLE deliveries ADD COLUMN spec TEXT")
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=10, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(deliveries)")}
+            if "spec" not in columns:  # a work folder from before outputs knew their spec
+                db.execute("ALTER TABLE deliveries ADD COLUMN spec TEXT")
+            check(db)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _open_readonly(self) -> sqlite3.Connection:
+        uri = self.path.resolve().as_uri()
+        try:
+            db = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None, timeout=10)
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return db
+        except sqlite3.OperationalError:
+            # a WAL database in a folder this process cannot write (no -shm to create):
+            # read it as an unchanging file
+            db = sqlite3.connect(
+                f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None, timeout=10
+            )
+            return db
+
+    def move_aside(self) -> Path:
+        """The damaged database (and its side files) renamed to `.corrupt-<time>`."""
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
+        os.replace(self.path, aside)
+        for suffix in SIDE_FILES:
+            side = self.path.with_name(self.path.name + suffix)
+            if side.exists():
+                os.replace(side, aside.with_name(aside.name + suffix))
+        return aside
 
     def close(self) -> None:
         self.db.close()
@@ -134,6 +202,7 @@ class StateDB:
         return [row[0] for row in self.db.execute("SELECT DISTINCT spec FROM runs")]
 
     def last_run(self, spec: str) -> dict | None:
+        check(self.db)
         row = self.db.execute(
             "SELECT id, started, finished, status, pid FROM runs WHERE spec=? "
             "ORDER BY id DESC LIMIT 1",
@@ -157,3 +226,13 @@ class StateDB:
                 for s in stages
             ],
         }
+
+
+def check(db: sqlite3.Connection) -> None:
+    """Read every table once: SQLite tells a damaged file (DatabaseError) only when it reads
+    the damaged pages."""
+    row = db.execute("PRAGMA quick_check").fetchone()
+    if row is None or row[0] != "ok":
+        raise Damaged(f"database disk image is malformed ({row[0] if row else '?'})")
+    for table in ("runs", "stages", "deliveries"):
+        db.execute(f"SELECT count(*) FROM {table}").fetchone()

@@ -78,6 +78,9 @@ class ArtifactWriter:
         if self.durable:
             fsync_dir(self.dir)
         final = self.store.dir_of(self.key)
+        for link in (self.store.root, final.parent, final):  # never publish through a link
+            if link.is_symlink():
+                link.unlink()
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists():  # a broken artifact under this key: replace it whole
             trash = self.store.tmp / f"trash-{uuid.uuid4().hex}"
@@ -104,6 +107,8 @@ class ArtifactStore:
     def get(self, key: str, verify: bool = True) -> Artifact | None:
         """The artifact under `key` if it is complete (and, with `verify`, intact)."""
         d = self.dir_of(key)
+        if d.is_symlink() or d.parent.is_symlink():  # links (from a checkout) lead anywhere
+            return None
         try:
             manifest = json.loads((d / MANIFEST).read_text())
         except (OSError, ValueError):
@@ -120,7 +125,7 @@ class ArtifactStore:
                 return None
             path = d / name
             try:
-                if path.stat().st_size != info.get("bytes"):
+                if path.is_symlink() or path.stat().st_size != info.get("bytes"):
                     return None
                 if verify and sha256_file(path) != info.get("sha256"):
                     return None
@@ -137,8 +142,11 @@ class ArtifactStore:
         return [p.name for sub in self.root.iterdir() if sub.is_dir() for p in sub.iterdir()]
 
     def clean_tmp(self) -> None:
-        """Remove what killed runs left half-written (only called under the work-folder lock)."""
-        if self.tmp.is_dir():
+        """Remove what killed runs left half-written (only called under the work-folder lock);
+        a link in its place is removed, never followed."""
+        if self.tmp.is_symlink():
+            self.tmp.unlink()
+        elif self.tmp.is_dir():
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -167,7 +175,7 @@ def resolve(plan, store: ArtifactStore, *, verify: bool = True):
     return [s for s in plan.stages if s.id in todo], found
 
 
-def collect_garbage(plans, workdir: Path | None, dry_run: bool = False):
+def collect_garbage(plans, workdir: Path | None, dry_run: bool = False, allow=()):
     """Remove every artifact no stage needs: of `plans`, or of any other spec that rendered
     into this work folder and still exists (work folders are shared by the specs beside
     them). Returns (count, bytes, other specs whose artifacts were kept)."""
@@ -181,9 +189,9 @@ def collect_garbage(plans, workdir: Path | None, dry_run: bool = False):
     keep = {s.key for p in plans for s in p.stages}
     given = {str(p.path.resolve()) for p in plans}
     others = []
-    for spec in _specs_rendered_in(workdir):
+    for spec in dict.fromkeys(_specs_rendered_in(workdir) + _specs_beside(workdir)):
         if spec not in given and Path(spec).is_file():
-            other = plan_file(Path(spec), workdir=workdir)
+            other = plan_file(Path(spec), workdir=workdir, allow=allow)
             if other.valid:
                 keep |= {s.key for s in other.stages}
                 others.append(spec)
@@ -203,9 +211,12 @@ def collect_garbage(plans, workdir: Path | None, dry_run: bool = False):
 
 
 def _specs_rendered_in(workdir: Path) -> list[str]:
+    """The specs the state database says rendered here; a damaged database stops gc (it
+    cannot tell whose artifacts these are) rather than removing another spec's."""
     import sqlite3
 
-    from moldbatch.execute.state import StateDB
+    from moldbatch.errors import WorkdirFailed, display_path
+    from moldbatch.execute.state import StateDB, is_corrupt
 
     if not (workdir / "state.sqlite").is_file():
         return []
@@ -215,8 +226,28 @@ def _specs_rendered_in(workdir: Path) -> list[str]:
             return db.specs()
         finally:
             db.close()
-    except sqlite3.Error:
+    except sqlite3.Error as e:
+        if not is_corrupt(e):
+            return []
+        raise WorkdirFailed(
+            f"the state database {display_path(workdir / 'state.sqlite')} is damaged ({e}): "
+            "gc cannot tell which specs rendered here, so it removes nothing; a render moves "
+            "the database aside and starts a new one"
+        ) from None
+
+
+def _specs_beside(workdir: Path) -> list[str]:
+    """The spec files a default work folder (`.moldbatch/`) is shared by: they keep their
+    artifacts even when the database forgot them (a damaged one, started again)."""
+    if workdir.name != ".moldbatch":
         return []
+    folder = workdir.resolve().parent
+    return [
+        str(p.resolve())
+        for pattern in ("*.yaml", "*.yml", "*.toml")
+        for p in sorted(folder.glob(pattern))
+        if p.is_file()
+    ]
 
 
 def stages_to_run(plan, workdir: Path | None) -> list:

@@ -16,7 +16,7 @@ from moldbatch.models import FRAME_GRID, MODELS, grid_ceil, seam_overlap
 from moldbatch.plan import rules
 from moldbatch.plan.chain import locate_frame
 from moldbatch.plan.clips import explicit_chain, planned_chain
-from moldbatch.plan.inputs import Inputs
+from moldbatch.plan.inputs import InputError, Inputs, allowed_paths
 from moldbatch.plan.ladder import film_stages
 from moldbatch.plan.rules import Checker, Settings
 from moldbatch.plan.types import ClipPlan, Plan, ShotPlan
@@ -42,9 +42,12 @@ def plan_file(
     out_dir: Path | None = None,
     strict: bool = False,
     workdir: Path | None = None,
+    allow=(),
 ) -> Plan:
     """Read, validate and compile one spec file (or a mold chain script). Never raises for a
-    bad spec: the plan's diagnostics say what is wrong."""
+    bad spec: the plan's diagnostics say what is wrong. `allow`: folders besides the spec's
+    project its paths may reach (with those of $MOLDBATCH_ALLOW_PATHS); `out_dir` and
+    `workdir` are the user's own and always allowed."""
     path = Path(path)
     file = display or str(path)
     try:
@@ -60,8 +63,10 @@ def plan_file(
         if film is None:
             return Plan(file=file, path=path, name=path.stem, diagnostics=found)
         src = film
-    inputs = Inputs(src.path.parent.resolve(), inline)
-    plan = Planner(src, inputs, out_dir=out_dir).run()
+    # the folders given on the command line are the user's own: the spec may use them too
+    own = tuple(Path(p).resolve() for p in (out_dir, workdir) if p is not None)
+    inputs = Inputs(src.path.parent.resolve(), inline, allow=allowed_paths(allow) + own)
+    plan = Planner(src, inputs, out_dir=out_dir, own_workdir=workdir is not None).run()
     if found:
         plan.diagnostics = sorted(found + plan.diagnostics, key=lambda d: (d.line, d.column))
         if any(d.severity == "error" for d in found):
@@ -96,8 +101,9 @@ GUIDE_STRENGTH = 0.4
 
 
 class Planner:
-    def __init__(self, src: Source, inputs: Inputs, out_dir: Path | None = None):
+    def __init__(self, src: Source, inputs: Inputs, out_dir: Path | None = None, own_workdir=False):
         self.src, self.inputs = src, inputs
+        self.own_workdir = own_workdir  # --workdir given: the user's own folder
         self.root = inputs.root
         self.out_dir = out_dir.resolve() if out_dir is not None else None
         self.check = Checker(src, inputs)
@@ -141,6 +147,7 @@ class Planner:
             plan = self._plan_shot(i, shot, defaults)
             if plan is not None:
                 plans.append(plan)
+        self._check_out_folder(plans)
         output = None
         if isinstance(data.get("output"), str):
             output = rules.check_film_output(self.check, data["output"], plans)
@@ -148,6 +155,31 @@ class Planner:
         if plan.valid:
             plan.stages = film_stages(plans, self.settings, self.inputs, output)
         return plan
+
+    def _out_folder(self) -> Path:
+        """Where the shot files go: --out, else `renders/` beside the spec (symlinks followed,
+        so that delivery writes into the folder itself, never through a link)."""
+        return self.out_dir or (self.root / "renders").resolve()  # checked to be inside
+
+    def _check_out_folder(self, plans) -> None:
+        """The folders a render writes by default (beside the spec) must stay in the project:
+        a checkout can make them symlinks to anywhere."""
+        if not plans:
+            return
+        for given, name, what, option in (
+            (self.out_dir is not None, "renders", "the shot files' folder renders/", "--out"),
+            (self.own_workdir, ".moldbatch", "the work folder .moldbatch/", "--workdir"),
+        ):
+            if given:
+                continue
+            try:
+                self.inputs.resolve(str(self.root / name))
+            except InputError:
+                self.check.error(
+                    ("shots",),
+                    self.inputs.outside(name, what) + f", or pass {option} DIR",
+                    key=True,
+                )
 
     def _plan(self, name, shots=(), output=None) -> Plan:
         # a finding about `defaults` is made once per shot that inherits it: say it once
@@ -219,6 +251,8 @@ class Planner:
         if chain is not None and temporal:
             rules.check_half_rate(c, s, chain, keyframes)
         rules.check_media(c, s, pipeline, model)
+        if chain is not None and c.error_count == before:
+            rules.pass_size(c, s, model, chain, bool(temporal))
         errors = c.error_count
         if chain is None and not errors:
             # never drop a shot without saying why
@@ -276,7 +310,7 @@ class Planner:
             frames_stitched=chain.stitched,
             spatial_upscale=s["spatial_upscale"],
             temporal_upscale=temporal,
-            output_path=str((self.out_dir or self.root / "renders") / f"{shot.id}.{fmt}"),
+            output_path=str(self._out_folder() / f"{shot.id}.{fmt}"),
         )
 
 

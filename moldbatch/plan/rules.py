@@ -12,6 +12,7 @@ from pathlib import Path
 
 from moldbatch.errors import Diagnostic
 from moldbatch.models import (
+    FRAME_GRID,
     MIN_RENDER_SIZE,
     SILENT_FORMATS,
     SIZE_GRID,
@@ -20,6 +21,7 @@ from moldbatch.models import (
     first_pass_size,
     format_of,
     grid_neighbours,
+    latent_tokens,
     on_frame_grid,
 )
 from moldbatch.plan.chain import locate_frame
@@ -215,6 +217,31 @@ def sizes(c: Checker, s: Settings, model: ModelInfo, pipeline: str):
     return width, height, base[0], base[1]
 
 
+def pass_size(c: Checker, s: Settings, model: ModelInfo, chain, temporal: bool) -> None:
+    """The largest transformer pass (the longest clip at the output size: a spatial upscale
+    is refined there) must fit what the runtime can do, said now rather than after minutes."""
+    width, height = s["width"], s["height"]
+    longest = max(span.frames for span in chain.spans)
+    rendered = (longest - 1) // 2 + 1 if temporal else longest
+    tokens = latent_tokens(rendered, width, height)
+    if tokens > model.max_latent_tokens:
+        per_frame = (width // SIZE_GRID) * (height // SIZE_GRID)
+        frames = ((model.max_latent_tokens // max(per_frame, 1)) - 1) * FRAME_GRID + 1
+        if temporal and frames >= 1:
+            frames = (frames - 1) * 2 + 1  # clip_frames counts output frames
+        fix = (
+            f"lower width/height, or clip_frames to at most {frames}"
+            if frames >= 1
+            else "lower width/height"
+        )
+        c.error(
+            s.where("width"),
+            f"{width}x{height} with clips of {rendered} rendered frames is {tokens:,} latent "
+            f"tokens per pass, above the {model.max_latent_tokens:,} that {model.name} can "
+            f"render; {fix}",
+        )
+
+
 def length(c: Checker, s: Settings, fps: float, pipeline: str):
     if s["frames"] is not None and s["duration"] is not None:
         c.error(s.where("duration"), "give `frames` or `duration`, not both")
@@ -405,7 +432,13 @@ def check_film_output(c: Checker, output: str, shots: list[ShotPlan]) -> str | N
             f"'{odd.id}' is {odd.width}x{odd.height}@{odd.fps:g}",
         )
         return None
-    film = (c.inputs.root / path).resolve() if not path.is_absolute() else path
+    try:
+        c.inputs.resolve(output)  # symlinks followed: it must stay inside the project
+        # the folder resolved, the name kept: delivery replaces a link, never writes through it
+        film = c.inputs.resolve(str(path.parent)) / path.name
+    except InputError as e:
+        c.error(("output",), str(e))
+        return None
     if film.is_dir():
         c.error(("output",), f"the film's output {output} is a folder: name a file")
         return None

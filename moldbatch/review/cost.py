@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from moldbatch.fsio import atomic_write
-from moldbatch.models import FRAME_GRID, SIZE_GRID
+from moldbatch.models import latent_tokens
 
 ENV_TABLE = "MOLDBATCH_COST_TABLE"
 DECODE_STEPS = 1  # the VAE decode of a clip, counted as one step over its tokens
@@ -56,12 +56,6 @@ RATES: dict[str, Rate] = {
     "ltx-2-tiny:random": Rate(4.0e-3, "measured on a 2-core CPU (fixed overhead dominates)"),
 }
 UNKNOWN = Rate(4.0e-4, "no entry for this model: the slowest real model's rate")
-
-
-def latent_tokens(frames: int, width: int, height: int) -> int:
-    """Video latent tokens of a clip: latent frames x latent height x latent width."""
-    latent_frames = (max(frames, 1) - 1) // FRAME_GRID + 1
-    return latent_frames * (height // SIZE_GRID) * (width // SIZE_GRID)
 
 
 def load_rates(path: str | Path | None = None) -> dict[str, Rate]:

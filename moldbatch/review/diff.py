@@ -190,12 +190,12 @@ def spec_file(ref: str, cwd: Path | None = None) -> Iterator[tuple[Path, str]]:
         tmp.unlink(missing_ok=True)
 
 
-def plan_ref(ref: str, cwd: Path | None = None):
+def plan_ref(ref: str, cwd: Path | None = None, allow=()):
     """Plan one side; DiffError when it cannot be read or is invalid."""
     from moldbatch.plan.planner import plan_file
 
     with spec_file(ref, cwd) as (path, shown):
-        plan = plan_file(path, display=shown)
+        plan = plan_file(path, display=shown, allow=allow)
         if plan.name == path.stem and ":" in shown:  # no `name:`: the file's, not the temp's
             plan.name = Path(shown.partition(":")[2]).stem
     if not plan.valid:
@@ -204,8 +204,9 @@ def plan_ref(ref: str, cwd: Path | None = None):
     return plan
 
 
-def diff_refs(old: str, new: str, cwd: Path | None = None) -> PlanDiff:
-    return diff_plans(plan_ref(old, cwd), plan_ref(new, cwd))
+def diff_refs(old: str, new: str, cwd: Path | None = None, allow=()) -> PlanDiff:
+    """`allow`: folders besides each spec's project its paths may reach (--allow-path)."""
+    return diff_plans(plan_ref(old, cwd, allow), plan_ref(new, cwd, allow))
 
 
 # --- showing it -------------------------------------------------------------------------------

@@ -29,8 +29,11 @@ def data_uri(path: str | Path) -> str | None:
 
 
 def json_script(element_id: str, doc) -> str:
-    """JSON for the page's script, safe inside <script>."""
-    text = json.dumps(doc, ensure_ascii=False).replace("</", "<\\/")
+    """JSON for the page's script, safe inside <script>: `<`, `>` and `&` as \\u escapes (no
+    `</script>`, `<!--` or `-->` can form), and the line separators JavaScript once choked on."""
+    text = json.dumps(doc, ensure_ascii=False)
+    for ch in "<>&\u2028\u2029":
+        text = text.replace(ch, f"\\u{ord(ch):04x}")
     return f'<script type="application/json" id="{element_id}">{text}</script>'
 
 

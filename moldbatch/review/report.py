@@ -1,4 +1,5 @@
-"""`report.html` in the output folder after `moldbatch render`: every shot playable inline,
+"""`<spec>.report.html` in the output folder after `moldbatch render` (named after the spec, so
+that specs sharing a folder keep their own): every shot playable inline,
 its contact sheet (also written as `<shot>.contact.png` for places that show no HTML), the
 time of every stage (rendered or cached) against its estimate, and the spec excerpt that
 produced each shot. Videos and sheets are referenced by relative path, so the folder can be
@@ -17,7 +18,13 @@ from moldbatch.fsio import atomic_write
 from moldbatch.review.cost import estimate, format_seconds
 from moldbatch.review.page import CSS, esc
 
-REPORT = "report.html"
+REPORT = "report.html"  # after the spec's name: `<spec>.report.html`
+
+
+def report_name(plan) -> str:
+    """The report's file name: one per spec, so that specs sharing an out folder keep theirs."""
+    return f"{plan.path.stem}.{REPORT}"
+
 
 STYLE = """
 .shot { border-top:1px solid var(--line); padding:16px 0; }
@@ -196,7 +203,7 @@ estimated GPU time of the whole film {esc(format_seconds(cost.gpu_seconds))}</di
 
 
 def write_report(plan, summary, out_dir: Path) -> Path:
-    """Contact sheets and report.html into `out_dir`, each written atomically."""
+    """Contact sheets and `<spec>.report.html` into `out_dir`, each written atomically."""
     from moldbatch.execute.store import ArtifactStore
     from moldbatch.review.contact import write_contact_sheet
 
@@ -207,7 +214,7 @@ def write_report(plan, summary, out_dir: Path) -> Path:
         sheet = write_contact_sheet(plan, shot, store, out_dir / f"{shot.id}.contact.png")
         if sheet is not None:
             sheets[shot.id] = sheet
-    path = out_dir / REPORT
+    path = out_dir / report_name(plan)
     atomic_write(path, render_report(plan, summary, out_dir, sheets))
     return path
 

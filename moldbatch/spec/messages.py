@@ -57,6 +57,8 @@ def pydantic_diagnostics(src: Source, base: tuple, exc, known_fields) -> list:
                 f"shot id {_show(value)} is not safe as a file name: use lower-case letters, "
                 f"digits, '-' and '_', starting with a letter or digit (e.g. '{safe.strip('-_') or 'shot-1'}')"
             )
+        elif kind == "string_too_long":
+            msg = _too_long(field, value, ctx["max_length"])
         elif kind in ("int_type", "int_parsing", "int_from_float"):
             msg = f"must be a whole number, got {_show(value)}"
         elif kind in ("float_type", "float_parsing"):
@@ -88,6 +90,19 @@ def pydantic_diagnostics(src: Source, base: tuple, exc, known_fields) -> list:
             msg = err["msg"][:1].lower() + err["msg"][1:]
         out.append(src.diag(loc, msg, key=at_key))
     return out
+
+
+def _too_long(field: str, value: str, most: int) -> str:
+    if field == "id":
+        return (
+            f"shot id is {len(value)} characters, at most {most}: it names the shot's "
+            "files, which every filesystem must take; shorten it"
+        )
+    return (
+        f"is {len(value):,} characters, at most {most:,}: the text encoder reads at most its "
+        "sequence length of tokens of a prompt (1024 tokens on the real models) and drops the "
+        "rest; shorten it"
+    )
 
 
 def _literal(field: str, value, ctx) -> str:

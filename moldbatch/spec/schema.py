@@ -30,6 +30,13 @@ MAX_FRAMES = 172_800  # 30 minutes at 96 fps
 MAX_SECONDS = 3_600.0
 MAX_SIZE = 8_192
 MAX_SEED = 2**63 - 1
+# A shot id names files (`renders/<id>.mp4`, `.<id>.mp4.tmp-<pid>`, `<id>.orig-2.mp4`): short
+# enough for every filesystem's 255-byte names, with room for what is added to it.
+MAX_ID_LENGTH = 64
+# The text encoder reads at most its sequence length of tokens (`max_sequence_length`, 1024
+# for the real models, a few characters each): far longer prompts are a mistake, refused.
+MAX_PROMPT_CHARS = 10_000
+Prompt = Annotated[StrictStr, Field(max_length=MAX_PROMPT_CHARS)]
 
 Seconds = Annotated[float, Field(ge=0, strict=True)]
 
@@ -57,11 +64,11 @@ class ShotSettings(_Strict):
     """Every field a shot may set; `defaults` holds the same fields for all shots."""
 
     model: StrictStr | None = Field(None, description="model name; see `moldbatch models`")
-    prompt: StrictStr | None = Field(None, description="what the shot shows and sounds like")
-    prompts: list[StrictStr] | None = Field(
+    prompt: Prompt | None = Field(None, description="what the shot shows and sounds like")
+    prompts: list[Prompt] | None = Field(
         None, min_length=1, description="one prompt per planned clip, instead of `prompt`"
     )
-    negative_prompt: StrictStr | None = None
+    negative_prompt: Prompt | None = None
     frames: StrictInt | None = Field(
         None, ge=1, le=MAX_FRAMES, description="shot length in frames; 8k+1 when it fits one clip"
     )
@@ -121,14 +128,14 @@ class ShotSettings(_Strict):
 class ClipSpec(_Strict):
     """One clip of an explicit clip list: its own length, prompt, image and seam."""
 
-    prompt: StrictStr | None = Field(None, description="this clip's prompt (default: the shot's)")
+    prompt: Prompt | None = Field(None, description="this clip's prompt (default: the shot's)")
     frames: StrictInt = Field(ge=1, description="frames this clip renders: 8k+1, within the cap")
     image: StrictStr | None = Field(
         None,
         description="image at this clip's first frame; after a smooth seam, a guide at the "
         "first frame past the carried tail (strength 0.4, as mold does)",
     )
-    negative_prompt: StrictStr | None = None
+    negative_prompt: Prompt | None = None
     seed_offset: StrictInt | None = Field(
         None,
         ge=0,
@@ -143,7 +150,9 @@ class ClipSpec(_Strict):
 
 class Shot(ShotSettings):
     id: StrictStr = Field(
-        pattern=SHOT_ID_PATTERN, description="unique; lower-case letters, digits, - and _"
+        pattern=SHOT_ID_PATTERN,
+        max_length=MAX_ID_LENGTH,
+        description="unique; lower-case letters, digits, - and _; at most 64 characters",
     )
     clips: list[ClipSpec] | None = Field(
         None, min_length=1, description="explicit clips, instead of frames/duration/prompts"

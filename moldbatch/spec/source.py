@@ -19,6 +19,13 @@ import yaml
 from moldbatch.errors import Diagnostic, MoldbatchError
 
 PathKey = tuple  # ("shots", 2, "frames")
+# The spec language nests a few levels (shots[].clips[].keyframes[]...): a document nested far
+# deeper is refused with one line, before a parser or validator recurses out of stack
+MAX_DEPTH = 32
+
+
+def _too_deep() -> str:
+    return f"nested more than {MAX_DEPTH} levels deep; a spec needs a few"
 
 
 class _LOADER(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
@@ -121,18 +128,21 @@ def _read_yaml(text: str, path: Path, file: str) -> Source:
     except yaml.YAMLError as e:
         raise SourceError(Diagnostic(file, 1, 1, "", f"invalid YAML: {e}")) from None
     except RecursionError:
-        raise SourceError(Diagnostic(file, 1, 1, "", "invalid YAML: nested too deeply")) from None
+        raise SourceError(Diagnostic(file, 1, 1, "", f"invalid YAML: {_too_deep()}")) from None
     return src
 
 
 class _YamlWalk:
     """Builds the data from the node tree, recording where every value and key stands."""
 
-    # aliases can make a small file expand without limit ("billion laughs"): stop well before
-    MAX_NODES = 200_000
+    # aliases can make a small file expand without limit ("billion laughs"): count the values
+    # an alias repeats (not the document's own, however long it is) and stop well before
+    MAX_EXPANDED = 200_000
 
     def __init__(self, src: Source, loader):
-        self.src, self.loader, self.nodes = src, loader, 0
+        self.src, self.loader = src, loader
+        self.seen: set[int] = set()  # nodes already built once: met again through an alias
+        self.expanded = 0
 
     def fail(self, node, path: PathKey, message: str):
         line, col = node.start_mark.line + 1, node.start_mark.column + 1
@@ -150,9 +160,19 @@ class _YamlWalk:
             raise self.fail(node, path, message) from None
 
     def walk(self, node, path: PathKey):
-        self.nodes += 1
-        if self.nodes > self.MAX_NODES:
-            raise self.fail(node, path, "the document expands to too many values (aliases?)")
+        if id(node) in self.seen:
+            self.expanded += 1
+            if self.expanded > self.MAX_EXPANDED:
+                raise self.fail(
+                    node,
+                    path,
+                    f"the document expands to too many values through aliases (they repeat "
+                    f"more than {self.MAX_EXPANDED:,}): use fewer aliases of aliases",
+                )
+        else:
+            self.seen.add(id(node))
+        if len(path) > MAX_DEPTH:
+            raise self.fail(node, path, _too_deep())
         self.src.positions[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
         if isinstance(node, yaml.SequenceNode):
             return [self.walk(v, path + (i,)) for i, v in enumerate(node.value)]
@@ -200,6 +220,8 @@ _INLINE_KEY = re.compile(r'([A-Za-z0-9_-]+|"[^"]*")\s*=\s*')
 def _read_toml(text: str, path: Path, file: str) -> Source:
     try:
         data = tomllib.loads(text)
+    except RecursionError:
+        raise SourceError(Diagnostic(file, 1, 1, "", f"invalid TOML: {_too_deep()}")) from None
     except ValueError as e:  # TOMLDecodeError, or an integer too long to convert
         if not isinstance(e, tomllib.TOMLDecodeError):
             raise SourceError(
@@ -214,7 +236,25 @@ def _read_toml(text: str, path: Path, file: str) -> Source:
         raise SourceError(Diagnostic(file, line, col, "", f"invalid TOML: {msg}")) from None
     src = Source(file, path, data)
     _scan_toml(text, src)
+    deep = _deeper_than(data, MAX_DEPTH)
+    if deep is not None:
+        line, col = src.locate(deep)
+        raise SourceError(Diagnostic(file, line, col, format_path(deep), _too_deep()))
     return src
+
+
+def _deeper_than(data, depth: int) -> PathKey | None:
+    """The first path nested more than `depth` levels, or None (without recursing)."""
+    stack = [((), data)]
+    while stack:
+        path, value = stack.pop()
+        if len(path) > depth:
+            return path
+        if isinstance(value, dict):
+            stack += [(path + (k,), v) for k, v in value.items()]
+        elif isinstance(value, list):
+            stack += [(path + (i,), v) for i, v in enumerate(value)]
+    return None
 
 
 def _split_dotted(key: str) -> list[str]:

@@ -149,7 +149,7 @@ def test_storyboard_after_a_render_shows_cached_stages_and_clip_details(browser,
 
 def test_report_plays_every_shot_and_has_contact_sheets(browser, rendered):
     renders = rendered / "renders"
-    report = renders / "report.html"
+    report = renders / "film.report.html"
     assert report.is_file()
     plan = plan_file(rendered / "film.yaml")
     doc, dom = browser.measured(report.as_uri(), budget_ms=5000)
