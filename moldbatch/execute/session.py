@@ -402,7 +402,7 @@ class CpuLane:
     def _run(self, stage: Stage) -> None:
         try:
             ok = self.session.run_here(stage)
-        except BaseException as e:  # a full or vanished work folder: the render ends
+        except BaseException as e:  # noqa: BLE001 - a full or vanished work folder: raised on the render's thread
             with self._lock:
                 self.error = self.error or e
                 self.stop = True
