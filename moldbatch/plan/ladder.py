@@ -69,9 +69,10 @@ def shot_stages(shot: ShotPlan, s: Settings, inputs: Inputs) -> list[Stage]:
         seam = shot.seams[clip.index - 1] if clip.index > 0 else None
         carry_tail = 0
         if seam is not None and seam[0] == "smooth" and seam[1] > 0:
-            # the seam carries the previous clip's tail: this clip needs its latents
-            # (in rendered frames: with temporal x2 a tail of T frames is T / 2 rendered)
-            carry_tail = seam[1] // 2 if shot.temporal_upscale else seam[1]
+            # the seam carries the previous clip's tail: this clip needs its frames (in
+            # rendered frames: with temporal x2 a tail of 16m + 1 frames is 8m + 1 rendered,
+            # which the x2 turns back into exactly those 16m + 1)
+            carry_tail = (seam[1] - 1) // 2 + 1 if shot.temporal_upscale else seam[1]
         image = ref(clip.image)
         conditions = Conditions(
             prompt=clip.prompt,
