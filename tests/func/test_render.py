@@ -220,8 +220,9 @@ def test_resume_after_kill_9_mid_chain_matches_an_uninterrupted_render(tmp_path)
         + """\
 shots:
   - id: long
-    frames: 76
+    frames: 57
     clip_frames: 17
+    motion_tail: 9
     prompt: a long walk along a windy cliff
 """
     )
