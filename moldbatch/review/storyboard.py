@@ -318,7 +318,7 @@ SCRIPT = """
       if (c.index > 0 && c.start < c.keep_from) { const o = el('div', 'overlap', track);
         o.style.left = pct(c.start); o.style.width = pct(c.keep_from - c.start);
         o.title = (c.seam ? c.seam[0] : '') + ' overlap: frames ' + c.start + '–' +
-          (c.keep_from - 1) + (c.carry ? '\n' + c.carry : ''); }
+          (c.keep_from - 1) + (c.carry ? '\\n' + c.carry : ''); }
       if (c.index > 0) { const s = el('div', 'seam', track); s.style.left = pct(c.keep_from);
         if (c.carry) s.title = c.carry;
         el('span', '', s, (c.seam ? c.seam[0] : 'seam') + ' @' + c.keep_from); }

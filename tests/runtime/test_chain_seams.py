@@ -152,14 +152,20 @@ class RepeatInTime(torch.nn.Module):
         return torch.cat([latents[:, :, :1], latents[:, :, 1:].repeat_interleave(2, dim=2)], 2)
 
 
-@pytest.mark.parametrize("tail", [17, 33])
+@pytest.mark.parametrize(("tail", "spatial"), [(17, False), (33, False), (17, True)])
 def test_a_temporal_x2_chain_holds_half_the_tail_and_delivers_it_whole(
-    follower: Runtime, tmp_path: Path, tail: int
+    follower: Runtime, tmp_path: Path, tail: int, spatial: bool
 ) -> None:
+    """With `spatial` the upscale refines at twice the size before the x2: its carry is the
+    previous clip's refined frames (decoded from the latents the stage keeps)."""
     kept = follower._upsamplers.get("temporal-x2")
     follower._upsamplers["temporal-x2"] = RepeatInTime()
+    extra = "    temporal_upscale: x2\n" + ("    spatial_upscale: x2\n" if spatial else "")
     try:
-        spec = _spec(tmp_path, tail, "smooth", "    temporal_upscale: x2\n", frames=49)
+        spec = _spec(tmp_path, tail, "smooth", extra, frames=49)
+        if spatial:
+            size = f"width: {SIZE}, height: {SIZE}"
+            spec.write_text(spec.read_text().replace(size, size.replace(str(SIZE), str(2 * SIZE))))
         plan, store = render_spec(spec, {MODEL: follower})
     finally:
         if kept is None:
@@ -175,6 +181,8 @@ def test_a_temporal_x2_chain_holds_half_the_tail_and_delivers_it_whole(
         clip = _media(store, plan, f"walk/clip-{i}")[0]
         before = _media(store, plan, f"walk/clip-{i - 1}")[0]
         assert np.abs(clip[:rendered].astype(int) - before[-rendered:].astype(int)).max() <= HELD
+    if spatial:
+        assert plan.stage("walk/upscale-1").params.refine.carry_tail == rendered
     # the x2 of the held rendered tail is exactly the T output frames the stitch drops
     _check_delivery(plan, store, "upscale")
 
