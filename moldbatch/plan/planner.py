@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from moldbatch.errors import Diagnostic
-from moldbatch.models import FRAME_GRID, MODELS, grid_ceil, seam_overlap
+from moldbatch.models import FRAME_GRID, MODELS, grid_ceil, rendered_tail, seam_overlap
 from moldbatch.plan import rules
 from moldbatch.plan.chain import locate_frame
 from moldbatch.plan.clips import explicit_chain, planned_chain
@@ -255,7 +255,7 @@ class Planner:
             # frame past the tail: 8m + 1 output frames are (T - 1) / 2 + 1 rendered with x2
             image = clip.image or (str(shot_image) if shot_image is not None else None)
             if image is not None:
-                at = (tail - 1) // 2 + 1 if temporal else tail
+                at = rendered_tail(tail, bool(temporal))
                 strength = guide or GUIDE_STRENGTH  # a clip's own image is never dropped
                 clip.keyframes.append({"frame": at, "image": image, "strength": strength})
             clip.image = None

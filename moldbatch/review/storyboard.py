@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 
 from moldbatch.fsio import atomic_write
+from moldbatch.models import held_frames, latent_frames, rendered_tail
 from moldbatch.review.cost import PlanCost, estimate, format_seconds
 from moldbatch.review.page import CSS, data_uri, esc, json_script
 
@@ -29,9 +30,9 @@ def _carry_note(shot, seams, index: int) -> str | None:
     tail = seams[index - 1][1]
     if not tail:
         return None
-    rendered = (tail - 1) // 2 + 1 if shot.temporal_upscale else tail
-    latents = (rendered - 1) // 8 + 1
-    held = 8 * (latents - 1) + 1
+    rendered = rendered_tail(tail, bool(shot.temporal_upscale))
+    latents = latent_frames(rendered)
+    held = held_frames(rendered)
     note = (
         f"holds the previous clip's last {tail} frames"
         + (f" ({rendered} rendered)" if shot.temporal_upscale else "")

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from moldbatch.models import held_frames
 from moldbatch.runtime.requests import Carry
 
 VIDEO_TIME_COMPRESSION = 8
@@ -48,12 +49,6 @@ def carried_video_latent_frames(tail_frames: int) -> int:
     if tail_frames < 1:
         raise ValueError(f"tail_frames must be at least 1, got {tail_frames}")
     return (tail_frames - 1) // VIDEO_TIME_COMPRESSION + 1
-
-
-def held_frames(tail_frames: int) -> int:
-    """Pixel frames of the tail that are encoded and held: T itself when T is 8m+1, else the
-    largest 8m+1 below it (the first of the tail's frames; the rest are generated again)."""
-    return (carried_video_latent_frames(tail_frames) - 1) * VIDEO_TIME_COMPRESSION + 1
 
 
 def audio_latent_length(

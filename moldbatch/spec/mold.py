@@ -20,7 +20,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from moldbatch.errors import Diagnostic, MoldbatchError
-from moldbatch.models import FORMATS, MODELS, TRANSITIONS
+from moldbatch.models import FORMATS, MODELS, TRANSITIONS, held_frames
 from moldbatch.spec.messages import pydantic_diagnostics
 from moldbatch.spec.schema import MAX_SEED
 from moldbatch.spec.source import PathKey, Source
@@ -247,9 +247,9 @@ def _chain_warnings(src: Source, chain: MoldChain, stages: list[MoldStage]) -> l
 def tail_warning(tail: int) -> str | None:
     """Why a mold tail that is not 8m+1 makes a seam mold renders, and moldbatch with it, that
     does not carry all it drops (runtime/carry.py), with the tail to use instead; else None."""
-    if tail == 0 or (tail - 1) % 8 == 0:
+    exact = held_frames(tail) if tail else 0
+    if exact == tail:
         return None
-    exact = 8 * ((tail - 1) // 8) + 1
     return (
         f"{tail} is not 8m+1 (1, 9, 17, 25, ...): as mold does, moldbatch carries the last "
         f"{tail} frames of each stage, encodes the first {exact} of them (whole latent frames) "
