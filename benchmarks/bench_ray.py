@@ -32,8 +32,9 @@ defaults: {model: ltx-2-tiny:random, width: 128, height: 96, fps: 24, steps: 8}
 output: renders/film.mp4
 shots:
   - id: walk
-    frames: 97
+    frames: 89
     clip_frames: 25
+    motion_tail: 9
     prompts: [a forest path, a lake shore, fireflies over water, a campfire, dawn]
   - id: rain
     frames: 73

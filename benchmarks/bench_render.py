@@ -44,6 +44,7 @@ shots:
   - id: chain
     frames: 240
     clip_frames: 49
+    motion_tail: 9
     prompts: [a forest path, a lake, fireflies, a campfire, dawn, the road home]
   - {id: loop, prompt: a spinning top, frames: 33, format: webp}
 """

@@ -112,6 +112,7 @@ shots:
   - id: chain
     frames: 120
     clip_frames: 49
+    motion_tail: 9
     prompts: [a forest path, a lake, fireflies]
 """
 

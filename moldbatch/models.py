@@ -232,3 +232,15 @@ def latent_frames(frames: int) -> int:
 def latent_tokens(frames: int, width: int, height: int) -> int:
     """Video latent tokens of a clip: latent frames x latent height x latent width."""
     return latent_frames(max(frames, 1)) * (height // SIZE_GRID) * (width // SIZE_GRID)
+
+
+def held_frames(tail: int) -> int:
+    """Frames of a chain's motion tail that its carry encodes and holds: whole latent frames,
+    so the tail itself when it is 8m+1, else the largest 8m+1 below it (mold's tails)."""
+    return (latent_frames(tail) - 1) * FRAME_GRID + 1
+
+
+def rendered_tail(tail: int, temporal: bool) -> int:
+    """A motion tail in rendered frames: with temporal x2 (clips rendered at half the frames)
+    a tail of 16m+1 output frames is 8m+1 rendered, which the x2 turns back into 16m+1."""
+    return (tail - 1) // 2 + 1 if temporal and tail else tail

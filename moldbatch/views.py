@@ -118,7 +118,7 @@ def _stage_lines(plan, cached, cost) -> None:
 
 
 def _clips_cell(shot) -> str:
-    """`97 + 97 + 33 (smooth, overlap 4)`, or each seam named when they differ."""
+    """`97 + 97 + 81 (smooth, overlap 17)`, or each seam named when they differ."""
     frames = [str(c.frames) for c in shot.clips]
     kinds = {tuple(seam) for seam in shot.seams}
     if len(kinds) <= 1:

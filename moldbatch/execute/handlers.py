@@ -17,7 +17,7 @@ from safetensors.numpy import load_file as load_np
 from safetensors.numpy import save_file as save_np
 
 from moldbatch.execute.store import Artifact, ArtifactWriter
-from moldbatch.models import FRAME_GRID
+from moldbatch.models import FRAME_GRID, SIZE_GRID
 from moldbatch.plan.types import ClipParams, Conditions, Stage
 
 MEDIA = "media.safetensors"
@@ -78,23 +78,18 @@ def load_audio(art: Artifact) -> tuple[np.ndarray | None, int | None]:
 
 
 def run_clip(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
-    from moldbatch.runtime.carry import carry_from
     from moldbatch.runtime.requests import ClipRequest
 
     p: ClipParams = stage.params
     c = p.conditions
     carry = None
     if c.carry_tail and stage.needs:
-        prev = ctx.inputs[stage.needs[0]]
-        lat = load_file(str(prev.file(LATENTS)))
-        carry = carry_from(
-            lat["video"],
-            lat.get("audio"),
-            tail_frames=c.carry_tail,
-            frames=prev.meta["frames"],
-            fps=p.fps,
+        # the previous clip's delivered frames and sound, encoded again (runtime/carry.py)
+        frames, audio, rate = load_media(ctx.inputs[stage.needs[0]])
+        carry = ctx.runtime(p.model).carry_from(
+            frames, audio if p.audio else None, rate, tail_frames=c.carry_tail, fps=p.fps
         )
     req = ClipRequest(
         model=p.model,
@@ -173,9 +168,8 @@ def run_upscale(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
     refine on a smooth seam, `needs[1]` is the previous clip's stage at this step, whose
     refined tail is held at the start, as the first pass held the rendered one. A `refine`
     stage (the two-stage pipelines' x2 + refine) runs here too."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
-    from moldbatch.runtime.carry import audio_latent_length, carry_from
     from moldbatch.runtime.requests import Refine
 
     p = stage.params
@@ -187,21 +181,15 @@ def run_upscale(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
         r = p.refine
         carry = None
         if r.carry_tail and len(stage.needs) > 1:
-            previous = load_file(str(ctx.inputs[stage.needs[1]].file(LATENTS)))
-            frames = (previous["video"].shape[2] - 1) * FRAME_GRID + 1
-            # the refine's audio is denoised too: it holds the previous refined audio tail, cut
-            # at the rate the clips were rendered at (half the output rate before a temporal x2)
+            # the previous clip's refined frames and sound at the rate the clips render at (half
+            # the output rate before a temporal x2), encoded again
+            frames, tail_audio, tail_rate = _refined(ctx.inputs[stage.needs[1]], rt)
             render_fps = p.fps / 2 if p.temporal else p.fps
-            tail_audio = previous.get("audio")
-            if tail_audio is not None and tail_audio.shape[2] != audio_latent_length(
-                frames, render_fps
-            ):
-                tail_audio = None
-            carry = carry_from(
-                previous["video"],
-                tail_audio,
+            carry = rt.carry_from(
+                frames,
+                tail_audio if p.audio else None,
+                tail_rate,
                 tail_frames=r.carry_tail,
-                frames=frames,
                 fps=render_fps,
             )
         refine = Refine(
@@ -235,6 +223,21 @@ def run_upscale(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
     if p.retake_source is not None:
         frames = _keep_the_source(frames, p)
     save_media(out, frames, result.audio, result.sample_rate, p.fps)
+
+
+def _refined(art: Artifact, rt):
+    """A refine or upscale stage's refined clip before any temporal x2: its frames (its media,
+    or with a temporal x2 its kept latents decoded) and sound."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(art.file(LATENTS)), framework="pt") as f:
+        _, _, count, height, width = f.get_slice("video").get_shape()
+    frames, audio, rate = load_media(art)
+    size = SIZE_GRID  # (a spatial x1.5 of an odd latent size is cropped in the media)
+    if frames.shape[:3] != ((count - 1) * FRAME_GRID + 1, height * size, width * size):
+        frames = rt.decode_video(load_file(str(art.file(LATENTS)))["video"])
+    return frames, audio, rate
 
 
 def _keep_the_source(frames: np.ndarray, p) -> np.ndarray:

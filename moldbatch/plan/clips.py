@@ -7,9 +7,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from moldbatch.models import ModelInfo, grid_neighbours, on_frame_grid, seam_overlap
+from moldbatch.models import ModelInfo, grid_ceil, grid_neighbours, on_frame_grid, seam_overlap
 from moldbatch.plan.chain import ClipSpan, chain_clips
-from moldbatch.plan.rules import Checker, Settings, clip_frames, length, prompts
+from moldbatch.plan.rules import Checker, Settings, clip_frames, length, motion_tail, prompts
 from moldbatch.spec.schema import Shot
 
 MAX_CLIPS = 1000  # per shot: far beyond any real chain, and it bounds a plan's size
@@ -32,6 +32,7 @@ class Chain:
     seams: list[tuple[str, int]]  # the boundary before clips 1..n-1: (transition, overlap)
     total: int  # the shot's frames after the stitch and trim
     stitched: int  # frames the stitch yields before the trim
+    tail: int = 0  # the shot's motion tail (rules.motion_tail)
 
 
 def planned_chain(
@@ -43,12 +44,15 @@ def planned_chain(
     if total is None and exact:
         total = clip
     transition = s["transition"]
-    overlap = seam_overlap(transition, s["motion_tail"], s["fade_frames"])
+    # (a shot of one clip: that clip is the shortest)
+    tail = motion_tail(c, s, clip if total is None else min(clip, grid_ceil(total, grid)), grid)
+    overlap = seam_overlap(transition, tail, s["fade_frames"])
     if transition == "smooth" and not 0 <= overlap < clip:
+        below = grid_neighbours(clip - 1, grid)[0] if clip > 1 else 0
         c.error(
             s.where("motion_tail"),
             f"motion_tail must be below clip_frames "
-            f"({clip}) so every clip adds fresh frames; try {min(4, clip - 1)}",
+            f"({clip}) so every clip adds fresh frames; try {below}",
         )
         overlap = 0
     if transition == "fade" and overlap >= clip:
@@ -90,7 +94,7 @@ def planned_chain(
         Draft(texts[i], s["seed"] + i, image if i == 0 else None, None) for i in range(len(spans))
     ]
     seams = [(transition, overlap)] * (len(spans) - 1)
-    return Chain(spans, drafts, seams, total, spans[-1].end)
+    return Chain(spans, drafts, seams, total, spans[-1].end, tail)
 
 
 def explicit_chain(
@@ -112,6 +116,7 @@ def explicit_chain(
             )
     spans, drafts, seams = [], [], []
     start, ok = 0, True
+    tail = motion_tail(c, s, min(clip.frames for clip in shot.clips), grid)
     for i, clip in enumerate(shot.clips):
         where = base + (i,)
         if not on_frame_grid(clip.frames) or (clip.frames - 1) % grid:
@@ -134,7 +139,7 @@ def explicit_chain(
             seam = None
         else:
             kind = clip.transition or s["transition"]
-            amount = seam_overlap(kind, s["motion_tail"], clip.fade_frames or s["fade_frames"])
+            amount = seam_overlap(kind, tail, clip.fade_frames or s["fade_frames"])
             seam = (kind, amount)
             seams.append(seam)
             start = spans[-1].end - amount
@@ -189,4 +194,4 @@ def explicit_chain(
     if not ok:
         return None
     total = spans[-1].end
-    return Chain(spans, drafts, seams, total, total)
+    return Chain(spans, drafts, seams, total, total, tail)

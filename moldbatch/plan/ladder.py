@@ -9,7 +9,7 @@ clip's tail at the same step, so it needs that stage too.
 
 from __future__ import annotations
 
-from moldbatch.models import MEDIA_PIPELINES, MODELS, first_pass_size, format_of
+from moldbatch.models import MEDIA_PIPELINES, MODELS, first_pass_size, format_of, rendered_tail
 from moldbatch.plan.inputs import Inputs
 from moldbatch.plan.keys import content_key
 from moldbatch.plan.rules import Settings
@@ -70,9 +70,10 @@ def shot_stages(shot: ShotPlan, s: Settings, inputs: Inputs) -> list[Stage]:
         seam = shot.seams[clip.index - 1] if clip.index > 0 else None
         carry_tail = 0
         if seam is not None and seam[0] == "smooth" and seam[1] > 0:
-            # the seam carries the previous clip's tail: this clip needs its latents
-            # (in rendered frames: with temporal x2 a tail of T frames is T / 2 rendered)
-            carry_tail = seam[1] // 2 if shot.temporal_upscale else seam[1]
+            # the seam carries the previous clip's tail: this clip needs its frames (in
+            # rendered frames: with temporal x2 a tail of 16m + 1 frames is 8m + 1 rendered,
+            # which the x2 turns back into exactly those 16m + 1)
+            carry_tail = rendered_tail(seam[1], bool(shot.temporal_upscale))
         image = ref(clip.image)
         conditions = Conditions(
             prompt=clip.prompt,

@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from moldbatch.errors import Diagnostic
-from moldbatch.models import FRAME_GRID, MODELS, grid_ceil, seam_overlap
+from moldbatch.models import FRAME_GRID, MODELS, grid_ceil, rendered_tail, seam_overlap
 from moldbatch.plan import rules
 from moldbatch.plan.chain import locate_frame
 from moldbatch.plan.clips import explicit_chain, planned_chain
@@ -96,7 +96,8 @@ def _known_fields(loc: PathKey) -> list[str]:
 
 
 # the strength of an image on a smooth continuation, a guide just past the carried tail:
-# mold's CHAIN_SOFT_ANCHOR_STRENGTH (mold-inference ltx2/pipeline.rs `render_chain_stage`)
+# mold's CHAIN_SOFT_ANCHOR_STRENGTH (mold-inference ltx2/pipeline.rs `render_chain_stage`),
+# the default of `image_guide` (spec/schema.py), and a clip's own image's when that is 0
 GUIDE_STRENGTH = 0.4
 
 
@@ -278,15 +279,20 @@ class Planner:
             if temporal:
                 local = local // 2
             clips[idx].keyframes.append({"frame": local, "image": str(path)})
+        guide = s["image_guide"]
+        shot_image = c.image_path(s, "image") if guide else None
         for clip, (kind, tail) in zip(clips[1:], chain.seams, strict=True):
-            if clip.image is not None and kind == "smooth" and tail > 0:
-                # mold's rule: the carried tail owns the first frames of a smooth continuation,
-                # so its image becomes a soft guide at the first frame past the tail
-                at = tail // 2 if temporal else tail
-                clip.keyframes.append(
-                    {"frame": at, "image": clip.image, "strength": GUIDE_STRENGTH}
-                )
-                clip.image = None
+            if kind != "smooth" or tail == 0:
+                continue
+            # mold's rule: the carried tail owns the first frames of a smooth continuation, so
+            # an image there (the clip's own, else the shot's) is a soft guide at the first
+            # frame past the tail: 8m + 1 output frames are (T - 1) / 2 + 1 rendered with x2
+            image = clip.image or (str(shot_image) if shot_image is not None else None)
+            if image is not None:
+                at = rendered_tail(tail, bool(temporal))
+                strength = guide or GUIDE_STRENGTH  # a clip's own image is never dropped
+                clip.keyframes.append({"frame": at, "image": image, "strength": strength})
+            clip.image = None
         transition = s["transition"]
         return ShotPlan(
             id=shot.id,
@@ -302,8 +308,8 @@ class Planner:
             format=fmt,
             audio=audio,
             transition=transition,
-            overlap=seam_overlap(transition, s["motion_tail"], s["fade_frames"]),
-            motion_tail=s["motion_tail"],
+            overlap=seam_overlap(transition, chain.tail, s["fade_frames"]),
+            motion_tail=chain.tail,
             fade_frames=s["fade_frames"],
             clips=clips,
             seams=[list(seam) for seam in chain.seams],

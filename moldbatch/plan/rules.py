@@ -117,15 +117,37 @@ def temporal_upscale(c: Checker, s: Settings, model: ModelInfo) -> str | None:
     return temporal
 
 
+def motion_tail(c: Checker, s: Settings, shortest: int, grid: int) -> int:
+    """The shot's motion tail: 0 or on the tail grid (8m+1; 16m+1 with temporal x2, where it
+    is 8m+1 rendered frames), so that the carry's whole latent frames hold exactly the frames
+    the stitch drops (runtime/carry.py). Not given, it is 17, or the longest tail on the grid
+    below `shortest` (the shortest clip) when that is shorter. A mold script keeps its own
+    tail: mold's rules are checked, and warned about, where it is read (spec/mold.py)."""
+    tail = s["motion_tail"]
+    if "motion_tail" not in s.origin:
+        tail = tail if tail < shortest else max(0, grid_neighbours(shortest - 1, grid)[0])
+        return tail if tail < shortest else 0
+    if getattr(c.src, "mold", False) or tail == 0 or (tail - 1) % grid == 0:
+        return tail
+    lo, hi = grid_neighbours(tail, grid)
+    valid = f"{lo} or {hi}" if lo < tail else f"{hi}"
+    why = (
+        "with temporal_upscale x2 a tail of 16m+1 frames is 8m+1 rendered frames; "
+        if grid > FRAME_GRID
+        else ""
+    )
+    c.error(
+        s.where("motion_tail"),
+        f"motion_tail {tail} is off the tail grid: the carry holds whole latent frames (the "
+        f"first frame alone, then 8 frames each), so the tail is 0 or {grid}m+1 "
+        f"({', '.join(str(grid * m + 1) for m in range(4))}, ...); {why}nearest valid "
+        f"tails: {valid}",
+    )
+    return tail
+
+
 def check_half_rate(c: Checker, s: Settings, chain, keyframes) -> None:
-    """With temporal x2 every rendered frame becomes two: tails and keyframes must fit."""
-    if any(kind == "smooth" and n % 2 for kind, n in chain.seams):
-        t = s["motion_tail"]
-        c.error(
-            s.where("motion_tail"),
-            f"with temporal_upscale x2 the motion tail must be even (each rendered frame "
-            f"becomes two): use {t - 1} or {t + 1}",
-        )
+    """With temporal x2 every rendered frame becomes two: keyframes must fit."""
     seen: dict[tuple[int, int], int] = {}
     for k, (frame, _) in enumerate(keyframes):
         idx, local = locate_frame(chain.spans, frame)

@@ -8,8 +8,9 @@ compresses time 8x (frame 0 on its own: 97 frames -> 13 latent frames) and space
 Estimated seconds = token-steps x the model's seconds per token-step (table below), where a
 clip counts its steps plus one for decoding, and an upscale counts its output tokens once
 (latent upsampler + decode) plus, after a spatial upscale, the 3 steps of its refine pass
-(run without guidance: one transformer pass per step, where a dev rate counts ~3.5).
-Stitch, export and join run on the CPU and count zero.
+(run without guidance: one transformer pass per step, where a dev rate counts ~3.5). A stage
+on a smooth seam also encodes the previous clip's tail again (runtime/carry.py), counted as
+one step over the tail's tokens. Stitch, export and join run on the CPU and count zero.
 
 Where the numbers come from (an honest account): the four real-model rates are ESTIMATES,
 not measurements. They come from the transformer's size (about 2 x parameters FLOPs per
@@ -36,6 +37,7 @@ from moldbatch.models import latent_tokens
 
 ENV_TABLE = "MOLDBATCH_COST_TABLE"
 DECODE_STEPS = 1  # the VAE decode of a clip, counted as one step over its tokens
+CARRY_STEPS = 1  # the encode of a smooth seam's carried tail, one step over its tokens
 REFINE_STEPS = 3  # the refine pass after a spatial upscale: 3 steps, one pass each (no guidance)
 REFERENCE_GPU = "NVIDIA H100 80GB"
 
@@ -146,7 +148,7 @@ def estimate(plan, rates: dict[str, Rate] | None = None) -> PlanCost:
             rate = rates.get(p.model, UNKNOWN)
             out.rates[p.model] = rate
             tokens = latent_tokens(p.frames, p.width, p.height)
-            ts = tokens * (p.steps + DECODE_STEPS)
+            ts = tokens * (p.steps + DECODE_STEPS) + _carry_tokens(p.conditions, p.width, p.height)
             out.stages[st.id] = StageCost(
                 st.id, "clip", p.frames, tokens, p.steps, ts, ts * rate.seconds_per_token_step
             )
@@ -164,6 +166,7 @@ def estimate(plan, rates: dict[str, Rate] | None = None) -> PlanCost:
                 seconds += (
                     refined * steps * rate.seconds_per_token_step / max(rate.passes_per_step, 1.0)
                 )
+                seconds += _carry_tokens(p.refine, p.width, p.height) * rate.seconds_per_token_step
             out.stages[st.id] = StageCost(
                 st.id, st.kind, frames, tokens, steps, tokens * (steps + 1), seconds
             )
@@ -173,6 +176,12 @@ def estimate(plan, rates: dict[str, Rate] | None = None) -> PlanCost:
             frames = sum(shots[s].frames for s in p.shots if s in shots)
             out.stages[st.id] = StageCost(st.id, st.kind, frames)
     return out
+
+
+def _carry_tokens(conditions, width: int, height: int) -> int:
+    """Tokens of the VAE encode of the tail a stage holds (0 without a smooth seam)."""
+    tail = conditions.carry_tail if conditions is not None else 0
+    return latent_tokens(tail, width, height) * CARRY_STEPS if tail else 0
 
 
 def format_seconds(seconds: float) -> str:

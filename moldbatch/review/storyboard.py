@@ -17,8 +17,31 @@ import math
 from pathlib import Path
 
 from moldbatch.fsio import atomic_write
+from moldbatch.models import held_frames, latent_frames, rendered_tail
 from moldbatch.review.cost import PlanCost, estimate, format_seconds
 from moldbatch.review.page import CSS, data_uri, esc, json_script
+
+
+def _carry_note(shot, seams, index: int) -> str | None:
+    """What a smooth seam carries into clip `index`: the previous clip's last frames, encoded
+    again into whole latent frames and held, which the stitch drops (runtime/carry.py)."""
+    if index == 0 or index - 1 >= len(seams) or seams[index - 1][0] != "smooth":
+        return None
+    tail = seams[index - 1][1]
+    if not tail:
+        return None
+    rendered = rendered_tail(tail, bool(shot.temporal_upscale))
+    latents = latent_frames(rendered)
+    held = held_frames(rendered)
+    note = (
+        f"holds the previous clip's last {tail} frames"
+        + (f" ({rendered} rendered)" if shot.temporal_upscale else "")
+        + f", encoded again into {latents} latent frame{'s' * (latents > 1)}; the stitch "
+        f"drops these {tail} frames"
+    )
+    if held != rendered:
+        note += f" ({rendered - held} of them generated again: a tail that is not 8m+1)"
+    return note
 
 
 def _state(cached: dict[str, bool], stage_id: str) -> str:
@@ -69,6 +92,7 @@ def storyboard_doc(plan, cached: dict[str, bool], cost: PlanCost) -> dict:
                 "tokens": cost.stages[sid].tokens if sid in cost.stages else 0,
                 "gpu": format_seconds(cost.stages[sid].gpu_seconds) if sid in cost.stages else "",
                 "seam": seams[c.index - 1] if c.index > 0 and c.index - 1 < len(seams) else None,
+                "carry": _carry_note(shot, seams, c.index),
                 "images": [],
             }
             if c.image is not None:
@@ -295,8 +319,9 @@ SCRIPT = """
       if (c.index > 0 && c.start < c.keep_from) { const o = el('div', 'overlap', track);
         o.style.left = pct(c.start); o.style.width = pct(c.keep_from - c.start);
         o.title = (c.seam ? c.seam[0] : '') + ' overlap: frames ' + c.start + '–' +
-          (c.keep_from - 1); }
+          (c.keep_from - 1) + (c.carry ? '\\n' + c.carry : ''); }
       if (c.index > 0) { const s = el('div', 'seam', track); s.style.left = pct(c.keep_from);
+        if (c.carry) s.title = c.carry;
         el('span', '', s, (c.seam ? c.seam[0] : 'seam') + ' @' + c.keep_from); }
       if (c.upscale) { const u = el('div', 'up ' + c.upscale.state, track,
         c.upscale.what); u.style.left = pct(c.start); u.style.width = pct(c.end - c.start);

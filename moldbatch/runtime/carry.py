@@ -1,4 +1,5 @@
-"""Latent-space chain carry-over: which latents a clip hands to the next, and where they land.
+"""Chain carry-over: the previous clip's last frames and sound, encoded again and held at the
+start of the next clip.
 
 Time grids (both VAEs are causal: their first latent frame stands for a single frame):
 
@@ -7,15 +8,21 @@ Time grids (both VAEs are causal: their first latent frame stands for a single f
 * audio: mel frames come every `hop / sample_rate` seconds (10 ms for LTX-2) and the audio VAE
   compresses them 4x in the same causal way: latent 0 is mel frame 0, latent j >= 1 is mel
   frames 4j-3 .. 4j. So there are `sample_rate / hop / 4` audio latents per second (25 for
-  LTX-2) and L latents decode to 4L - 3 mel frames.
+  LTX-2) and L latents decode to 4L - 3 mel frames, (4L - 3) / (4 * rate) seconds.
 
-A carry puts the previous clip's last video latent frames, and its audio latents from the
-moment `tail_frames / fps` seconds before its end, at the start of the next clip, where they are
-held fixed while the rest is denoised. When the executor then drops the first `tail_frames`
-frames (and `tail_frames / fps` seconds of audio) of the new clip, audio continues where the
-previous clip stopped to within half an audio latent (20 ms for LTX-2); video lines up exactly
-when tail_frames is 8m+1 (1, 9, 17, ...), otherwise the carried latent frames decode to
-1 + 8(k - 1) frames for k = (tail_frames - 1) // 8 + 1 and the cut is off by the difference.
+The carry (what mold's code does, and what diffusers' condition pipeline does with a video
+condition at latent index 0): the last T DECODED frames of clip N, T = 8m + 1, are VAE-encoded
+again into m + 1 latent frames, so that latent 0 is a proper single-frame latent and each later
+one a proper 8-frame group in clip N+1's own time axis; they are held clean at the start of
+clip N+1 and decode to exactly those T frames, which the stitch drops. The audio likewise: the
+decoded sound of clip N from T / fps seconds before its end is encoded by the audio VAE and its
+first latents, those that lie wholly inside the T / fps seconds, are held at the start of clip
+N+1's audio; the stitch drops exactly T / fps seconds. Carrying latents directly (the last
+latent frame of clip N into slot 0) would make the VAE read an 8-frame group as one frame.
+
+A tail that is not 8m + 1 (mold scripts only: moldbatch specs refuse it) is encoded as the
+diffusers condition pipeline trims a video condition: its first 8 * ((T - 1) // 8) + 1 frames
+are held, the rest of the T frames are generated afresh, and the stitch still drops all T.
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from moldbatch.runtime.requests import Carry, ClipResult
+from moldbatch.models import held_frames
+from moldbatch.runtime.requests import Carry
 
 VIDEO_TIME_COMPRESSION = 8
 AUDIO_TIME_COMPRESSION = 4
@@ -37,7 +45,7 @@ def video_latent_frames(frames: int) -> int:
 
 
 def carried_video_latent_frames(tail_frames: int) -> int:
-    """Latent frames that hold the last `tail_frames` pixel frames of a clip: (T - 1) // 8 + 1."""
+    """Latent frames the carry of a `tail_frames` tail holds: (T - 1) // 8 + 1."""
     if tail_frames < 1:
         raise ValueError(f"tail_frames must be at least 1, got {tail_frames}")
     return (tail_frames - 1) // VIDEO_TIME_COMPRESSION + 1
@@ -59,62 +67,50 @@ def audio_latent_length(
     return max(1, math.ceil(duration * rate + 0.75 - 1e-9))
 
 
-def audio_carry_start(
-    frames: int, fps: float, tail_frames: int, rate: float = LTX2_AUDIO_LATENTS_PER_SECOND
-) -> int:
-    """Index of the first audio latent carried from a clip of `frames` frames.
+def held_audio_latents(seconds: float, rate: float = LTX2_AUDIO_LATENTS_PER_SECOND) -> int:
+    """Audio latents that lie wholly inside the first `seconds` of a clip: the most L with
+    (4L - 3) / (4 * rate) <= seconds (at least 1)."""
+    return max(1, math.floor(seconds * rate + 0.75 + 1e-9))
 
-    Latent s begins (for s >= 1) at mel frame 4s - 3, about s / rate seconds in; the carry
-    starts at the latent nearest to `tail_frames / fps` seconds before the clip's end.
-    """
-    start_time = (frames - tail_frames) / fps
-    return max(0, min(round(start_time * rate), audio_latent_length(frames, fps, rate) - 1))
+
+def tail_start(frames: int, tail_frames: int) -> int:
+    """The previous clip's frame where its carried tail starts (the next clip's frame 0)."""
+    if not 0 < tail_frames < frames:
+        raise ValueError(
+            f"tail_frames ({tail_frames}) must be at least 1 and less than the clip's frames "
+            f"({frames})"
+        )
+    return frames - tail_frames
 
 
 def carry_from(
-    previous: ClipResult | Any,
-    audio_latents: Any | None = None,
+    runtime: Any,
+    frames: Any,
+    audio: Any | None = None,
+    sample_rate: int | None = None,
     *,
     tail_frames: int,
-    frames: int,
     fps: float,
-    audio_latents_per_second: float = LTX2_AUDIO_LATENTS_PER_SECOND,
 ) -> Carry | None:
-    """Cut the carry for the next clip from the previous clip's final latents.
-
-    `previous` is the previous clip's `ClipResult`, or its video latents [1, C, F', H', W']
-    (e.g. loaded from safetensors), with its audio latents [1, C, L, M] (or None) as the second
-    argument. `frames` and `fps` are the PREVIOUS clip's. Returns None when tail_frames is 0.
-    """
+    """The carry for the next clip from the previous clip's DECODED output: `frames` uint8
+    [F, H, W, 3] at the next clip's render size and rate, and its `audio` float32 [C, S] at
+    `sample_rate` (or None). `runtime` encodes them (`Runtime.encode_video` / `encode_audio`).
+    Returns None when tail_frames is 0."""
     if tail_frames == 0:
         return None
-    if isinstance(previous, ClipResult):
-        video, audio = previous.video_latents, previous.audio_latents
-    else:
-        video, audio = previous, audio_latents
-    if tail_frames >= frames:
-        raise ValueError(
-            f"tail_frames ({tail_frames}) must be less than the clip's frames ({frames})"
-        )
-    if video.ndim != 5 or video.shape[2] != video_latent_frames(frames):
-        raise ValueError(
-            f"video latents of shape {tuple(video.shape)} do not belong to a {frames}-frame clip "
-            f"(expected [1, C, {video_latent_frames(frames)}, H', W'])"
-        )
-    k = carried_video_latent_frames(tail_frames)
-    video_tail = video[:, :, -k:].detach().clone()
-
+    count = int(frames.shape[0])
+    start = tail_start(count, tail_frames)
+    video = runtime.encode_video(frames[start : start + held_frames(tail_frames)])
     audio_tail = None
-    if audio is not None:
-        expected = audio_latent_length(frames, fps, audio_latents_per_second)
-        if audio.ndim != 4 or audio.shape[2] != expected:
-            raise ValueError(
-                f"audio latents of shape {tuple(audio.shape)} do not belong to a {frames}-frame clip at "
-                f"{fps} fps (expected [1, C, {expected}, M])"
-            )
-        start = audio_carry_start(frames, fps, tail_frames, audio_latents_per_second)
-        audio_tail = audio[:, :, start:].detach().clone()
-    return Carry(video=video_tail, audio=audio_tail, tail_frames=tail_frames)
+    if audio is not None and sample_rate:
+        begin = start / fps
+        # the sound the previous clip has from `begin` on (a temporal x2 clip's is cut a little
+        # short of its rendered length): hold only latents that lie wholly inside it
+        have = audio.shape[1] / sample_rate - begin
+        seconds = min(tail_frames / fps, have)
+        n = held_audio_latents(seconds, runtime.audio_latents_per_second)
+        audio_tail = runtime.encode_audio(audio, sample_rate, begin, n)
+    return Carry(video=video, audio=audio_tail, tail_frames=tail_frames)
 
 
 def check_carry_fits(carry: Carry, latent_frames: int, audio_frames: int | None) -> None:

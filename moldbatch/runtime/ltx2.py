@@ -120,21 +120,18 @@ class Runtime(Upscaling):
 
     def carry_from(
         self,
-        previous: ClipResult | Any,
-        audio_latents: Any | None = None,
+        frames: np.ndarray,
+        audio: np.ndarray | None = None,
+        sample_rate: int | None = None,
         *,
         tail_frames: int,
-        frames: int,
         fps: float,
     ) -> Carry | None:
-        """`carry.carry_from` with this model's audio latent rate."""
+        """The carry for the next clip of a chain from the previous clip's decoded frames (at
+        the next clip's render size and rate) and sound: its last `tail_frames` frames and
+        `tail_frames / fps` seconds, encoded again (see `carry.carry_from`)."""
         return carry_math.carry_from(
-            previous,
-            audio_latents,
-            tail_frames=tail_frames,
-            frames=frames,
-            fps=fps,
-            audio_latents_per_second=self.audio_latents_per_second,
+            self, frames, audio, sample_rate, tail_frames=tail_frames, fps=fps
         )
 
     # -- rendering

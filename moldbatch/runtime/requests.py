@@ -15,11 +15,12 @@ class Lora:
 
 @dataclass
 class Carry:
-    """The tail of the previous clip of a chain, handed to the next clip.
+    """The tail of the previous clip of a chain, handed to the next clip (runtime/carry.py).
 
-    `video` is the previous clip's final video latents (unpacked, [1, C, F', H', W']) cut to
-    the latent frames that hold its last `tail_frames` pixel frames; `audio` is the previous
-    clip's final audio latents cut to the same stretch of time (None when silent).
+    `video` is the raw latents [1, C, m + 1, H', W'] of the previous clip's last `tail_frames`
+    (8m + 1) decoded frames, VAE-encoded again; `audio` the raw audio latents of its sound from
+    `tail_frames / fps` seconds before its end, encoded again, those wholly inside that stretch
+    (None when silent). Both are held clean at the start of the next clip.
     """
 
     video: Any  # torch.Tensor

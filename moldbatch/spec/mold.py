@@ -20,7 +20,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from moldbatch.errors import Diagnostic, MoldbatchError
-from moldbatch.models import FORMATS, MODELS, TRANSITIONS
+from moldbatch.models import FORMATS, MODELS, TRANSITIONS, held_frames
 from moldbatch.spec.messages import pydantic_diagnostics
 from moldbatch.spec.schema import MAX_SEED
 from moldbatch.spec.source import PathKey, Source
@@ -179,18 +179,7 @@ def film_from_mold(
                 "warning",
             )
         )
-    tail = chain.motion_tail_frames
-    pipeline = MODELS[chain.model].base_pipeline if chain.model in MODELS else "distilled"
-    for where, reason in mold_limits(chain.model, pipeline, tail, [st.frames for st in stages]):
-        if where == "motion_tail" and any(
-            st.transition == "smooth" and tail >= min(st.frames, before.frames + 1)
-            for before, st in zip(stages, stages[1:], strict=False)
-        ):
-            continue  # a smooth seam the clips cannot hold: the planner refuses it, as mold does
-        path = {"stages": ("stage",), "motion_tail": ("chain", "motion_tail_frames")}.get(
-            where, ("chain", where)
-        )
-        diags.append(src.diag(path, f"{reason}; moldbatch renders it anyway", "warning"))
+    diags += _chain_warnings(src, chain, stages)
     clips = []
     for i, stage in enumerate(stages):
         clip: dict = {"seed_offset": 0}  # mold: every stage uses the base seed unless offset
@@ -227,11 +216,47 @@ def film_from_mold(
     shot["clips"] = clips
     names[("shots", 0, "clips")] = ("stage",)
     film = {"version": 1, "name": src.path.stem, "shots": [shot]}
-    out = Source(src.file, src.path, film)
+    out = Source(src.file, src.path, film, mold=True)
     out.positions = {k: src.locate(v) for k, v in names.items()}
     out.key_positions = {k: src.locate(v, key=True) for k, v in names.items()}
     out.rename = lambda path: _rename(path, names)
     return out, diags, inline
+
+
+def _chain_warnings(src: Source, chain: MoldChain, stages: list[MoldStage]) -> list[Diagnostic]:
+    """What mold refuses or renders differently in this chain, as warnings (moldbatch renders
+    it): mold's limits, and a tail that is not 8m+1."""
+    out = []
+    tail = chain.motion_tail_frames
+    pipeline = MODELS[chain.model].base_pipeline if chain.model in MODELS else "distilled"
+    for where, reason in mold_limits(chain.model, pipeline, tail, [st.frames for st in stages]):
+        if where == "motion_tail" and any(
+            st.transition == "smooth" and tail >= min(st.frames, before.frames + 1)
+            for before, st in zip(stages, stages[1:], strict=False)
+        ):
+            continue  # a smooth seam the clips cannot hold: the planner refuses it, as mold does
+        path = {"stages": ("stage",), "motion_tail": ("chain", "motion_tail_frames")}.get(
+            where, ("chain", where)
+        )
+        out.append(src.diag(path, f"{reason}; moldbatch renders it anyway", "warning"))
+    if tail_warning(tail):
+        out.append(src.diag(("chain", "motion_tail_frames"), tail_warning(tail), "warning"))
+    return out
+
+
+def tail_warning(tail: int) -> str | None:
+    """Why a mold tail that is not 8m+1 makes a seam mold renders, and moldbatch with it, that
+    does not carry all it drops (runtime/carry.py), with the tail to use instead; else None."""
+    exact = held_frames(tail) if tail else 0
+    if exact == tail:
+        return None
+    return (
+        f"{tail} is not 8m+1 (1, 9, 17, 25, ...): as mold does, moldbatch carries the last "
+        f"{tail} frames of each stage, encodes the first {exact} of them (whole latent frames) "
+        f"and holds them at the start of the next, and drops all {tail} at the seam, so "
+        f"{tail - exact} of the dropped frames are generated again rather than carried; set "
+        f"motion_tail_frames = {exact} for a seam that drops exactly what it holds"
+    )
 
 
 def mold_limits(model: str, pipeline: str, tail: int, frames: list[int]) -> list[tuple[str, str]]:

@@ -91,7 +91,10 @@ class ShotSettings(_Strict):
         None, ge=1, description="frames per clip of a chain: 8k+1, at most the model's cap"
     )
     motion_tail: StrictInt | None = Field(
-        None, ge=0, description="frames carried from one clip into the next (smooth)"
+        None,
+        ge=0,
+        description="frames carried from one clip into the next (smooth): 0 or 8m+1 "
+        "(16m+1 with temporal upscale)",
     )
     transition: Transition | None = Field(None, description="how the clips of a chain meet")
     fade_frames: StrictInt | None = Field(
@@ -116,6 +119,13 @@ class ShotSettings(_Strict):
         description="how firmly the first clip's image holds (mold's strength); later clips' "
         "images hold fully",
     )
+    image_guide: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="strength at which `image` guides each clip after a smooth seam, at the "
+        "first frame past the carried tail (mold's 0.4); 0 turns it off",
+    )
     keyframes: list[Keyframe] | None = None
     audio_file: StrictStr | None = Field(None, description="audio the video follows (a2vid)")
     video: StrictStr | None = Field(None, description="source clip for retake and IC-LoRA")
@@ -133,7 +143,7 @@ class ClipSpec(_Strict):
     image: StrictStr | None = Field(
         None,
         description="image at this clip's first frame; after a smooth seam, a guide at the "
-        "first frame past the carried tail (strength 0.4, as mold does)",
+        "first frame past the carried tail (at the shot's image_guide, 0.4 when that is 0)",
     )
     negative_prompt: Prompt | None = None
     seed_offset: StrictInt | None = Field(
@@ -191,7 +201,7 @@ BUILTIN_DEFAULTS = {
     "fps": 24,
     "seed": 42,
     "format": "mp4",
-    "motion_tail": 4,
+    "motion_tail": 17,
     "transition": "smooth",
     "fade_frames": 8,
     "last_clip": "tight",
@@ -201,6 +211,7 @@ BUILTIN_DEFAULTS = {
     "loras": [],
     "keyframes": [],
     "image_strength": 1.0,
+    "image_guide": 0.4,
 }
 
 

@@ -49,6 +49,8 @@ class Source:
     key_positions: dict[PathKey, tuple[int, int]] = field(default_factory=dict)
     # how a path is shown in diagnostics (a translated source shows its own field names)
     rename: Callable[[PathKey], PathKey] = field(default=lambda path: path)
+    # read from a mold chain script: its own motion tail is kept (spec/mold.py)
+    mold: bool = False
 
     def locate(self, path: PathKey, *, key: bool = False) -> tuple[int, int]:
         """Line and column (1-based) of the value at `path`, or of its nearest known parent."""

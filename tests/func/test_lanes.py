@@ -28,7 +28,7 @@ FILM = (
 output: renders/film.mp4
 shots:
   - {id: a, prompt: rain on a neon window, frames: 17}
-  - {id: b, prompt: a harbour at dawn, frames: 25, clip_frames: 17, motion_tail: 4}
+  - {id: b, prompt: a harbour at dawn, frames: 25, clip_frames: 17, motion_tail: 9}
   - {id: c, prompt: a spinning top, frames: 9, format: webp, audio: false}
 """
 )

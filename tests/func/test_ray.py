@@ -48,7 +48,7 @@ shots:
   - id: walk
     frames: 40
     clip_frames: 17
-    motion_tail: 4
+    motion_tail: 1
     prompts: [a forest path, a lake shore, fireflies over water]
   - id: rain
     frames: 40
@@ -58,7 +58,7 @@ shots:
   - id: sea
     frames: 33
     clip_frames: 17
-    motion_tail: 4
+    motion_tail: 1
     prompt: waves on a black beach
   - {id: top, prompt: a spinning top, frames: 9, format: gif}
 """

@@ -33,7 +33,7 @@ shots:
   - id: walk
     frames: 40
     clip_frames: 17
-    motion_tail: 4
+    motion_tail: 1
     prompts: [a forest path, a lake shore, fireflies over water]
 """
 )
@@ -99,14 +99,14 @@ def test_chained_shot_is_stitched_as_planned(tmp_path, runtimes):
     spec = write(tmp_path, "film.yaml", CHAIN)
     plan = plan_file(spec)
     clips = plan.shots[0].clips
-    assert [c.frames for c in clips] == [17, 17, 17]
+    assert [c.frames for c in clips] == [17, 17, 9]
     summary = render(spec, runtimes)
     assert summary.ok
     frames, audio, rate = read_video(tmp_path / "renders" / "walk.mp4")
     assert frames.shape == (40, 64, 64, 3)
     assert audio is not None and audio.shape[1] == pytest.approx(40 / 24 * rate, abs=1024)
-    # the seams: stitched frames 17..29 come from clip 1 after its first 4 (carried) frames,
-    # and frame 30 is clip 2's fifth frame
+    # the seams: stitched frames 17..32 come from clip 1 after its first (carried) frame,
+    # and frame 33 is clip 2's second frame
     from moldbatch.execute.handlers import load_media
     from moldbatch.execute.store import ArtifactStore
 
@@ -114,8 +114,8 @@ def test_chained_shot_is_stitched_as_planned(tmp_path, runtimes):
     stitched = load_media(store.get(plan.stage("walk/stitch").key))[0]
     c1 = load_media(store.get(plan.stage("walk/clip-1").key))[0]
     c2 = load_media(store.get(plan.stage("walk/clip-2").key))[0]
-    np.testing.assert_array_equal(stitched[17:30], c1[4:17])
-    np.testing.assert_array_equal(stitched[30:40], c2[4:14])
+    np.testing.assert_array_equal(stitched[17:33], c1[1:17])
+    np.testing.assert_array_equal(stitched[33:40], c2[1:8])
 
 
 def test_rerunning_a_finished_film_renders_nothing(tmp_path, runtimes):
@@ -220,8 +220,9 @@ def test_resume_after_kill_9_mid_chain_matches_an_uninterrupted_render(tmp_path)
         + """\
 shots:
   - id: long
-    frames: 76
+    frames: 57
     clip_frames: 17
+    motion_tail: 9
     prompt: a long walk along a windy cliff
 """
     )
@@ -276,7 +277,7 @@ def test_cut_and_fade_chains_are_stitched_as_planned(tmp_path, runtimes, transit
     spec = write(
         tmp_path,
         "film.yaml",
-        CHAIN.replace("motion_tail: 4", f"transition: {transition}\n    fade_frames: 5"),
+        CHAIN.replace("motion_tail: 1", f"transition: {transition}\n    fade_frames: 5"),
     )
     plan = plan_file(spec)
     shot = plan.shots[0]

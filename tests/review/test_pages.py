@@ -37,7 +37,7 @@ shots:
   - id: walk
     frames: 40
     clip_frames: 17
-    motion_tail: 4
+    motion_tail: 1
     prompts: [a forest path, a lake shore, fireflies over water]
     keyframes: [{frame: 30, image: assets/end.png}]
   - {id: loop, prompt: a spinning top, frames: 9, format: gif}

@@ -176,27 +176,27 @@ def test_a2vid_chain_follows_each_window_and_keeps_the_audio_continuous(tmp_path
         + """\
 shots:
   - id: song
-    frames: 30
+    frames: 25
     clip_frames: 17
-    motion_tail: 4
+    motion_tail: 9
     audio_file: song.wav
     prompts: [a singer, a crowd]
 """,
     )
     plan, _ = render_spec(spec, runtimes)
     clips = [s for s in plan.stages if s.kind == "clip"]
-    assert [list(s.params.audio_window) for s in clips] == [[0.0, 17 / 24], [13 / 24, 30 / 24]]
+    assert [list(s.params.audio_window) for s in clips] == [[0.0, 17 / 24], [8 / 24, 25 / 24]]
     store = ArtifactStore(tmp_path / ".moldbatch")
     rate = rt.sample_rate
     source, source_rate = read_audio(tmp_path / "song.wav")
     whole = resample_audio(source, source_rate, rate)
     stitched = load_media(store.get(plan.stage("song/stitch").key))[1]
-    n = round(30 / 24 * rate)
+    n = round(25 / 24 * rate)
     assert stitched.shape == (2, n)
-    # clip 1 drops its first 4 frames: the stitched audio is the input, seam included
+    # clip 1 drops its first 9 frames: the stitched audio is the input, seam included
     np.testing.assert_array_equal(stitched[0], whole[0, :n])
     frames, got, mp4_rate = read_video(tmp_path / "renders" / "song.mp4")
-    assert frames.shape == (30, 64, 64, 3)
+    assert frames.shape == (25, 64, 64, 3)
     want = resample_audio(source, source_rate, mp4_rate)
     assert _corr(got[0], want[0, : got.shape[1]]) > 0.99
 

@@ -165,7 +165,8 @@ def test_a_chained_refine_holds_the_previous_clips_refined_audio_tail(rt, first_
     video, audio = rt.refine_with_audio(
         up, Refine("a red kite", seed=2), fps=24.0, audio_latents=clip.audio_latents
     )
-    carry = rt.carry_from(video, audio, tail_frames=1, frames=9, fps=24.0)
+    wave = rt.decode_audio(audio, 9, 24.0)
+    carry = rt.carry_from(rt.decode_video(video), wave, rt.sample_rate, tail_frames=1, fps=24.0)
     n = carry.audio.shape[2]
     _, after = rt.refine_with_audio(
         up, Refine("a blue kite", seed=3, carry=carry), fps=24.0, audio_latents=clip.audio_latents

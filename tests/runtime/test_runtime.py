@@ -20,7 +20,6 @@ from moldbatch.runtime import (
     Runtime,
     RuntimeFeatureError,
     RuntimeLoadError,
-    carry_from,
     tiny,
 )
 from moldbatch.runtime import carry as carry_math
@@ -157,14 +156,19 @@ def test_importing_the_runtime_package_does_not_import_torch() -> None:
 # -- chain carry-over
 
 
-def test_carry_pins_the_first_latents_to_the_previous_tail(
-    rt: Runtime, base: ClipRequest, first
-) -> None:
-    carry = carry_from(first, tail_frames=9, frames=base.frames, fps=base.fps)
+def test_carry_holds_the_previous_tail_encoded_again(rt: Runtime, base: ClipRequest, first) -> None:
+    # the last 9 decoded frames, encoded again: 2 latent frames (frame 0 alone, then 8), not
+    # the previous clip's last 2 latents (whose first one stands for 8 frames)
+    carry = rt.carry_from(first.frames, first.audio, first.sample_rate, tail_frames=9, fps=base.fps)
     assert carry.video.shape[2] == carry_math.carried_video_latent_frames(9) == 2
-    start = carry_math.audio_carry_start(base.frames, base.fps, 9)
-    assert torch.equal(carry.video, first.video_latents[:, :, -2:])
-    assert torch.equal(carry.audio, first.audio_latents[:, :, start:])
+    torch.testing.assert_close(carry.video, rt.encode_video(first.frames[-9:]))
+    assert not torch.allclose(carry.video, first.video_latents[:, :, -2:], atol=1e-3)
+    # the sound from 9 / 24 s before the end: the latents wholly inside those 0.375 s
+    n = carry_math.held_audio_latents(9 / 24)
+    assert carry.audio.shape[2] == n == 10
+    torch.testing.assert_close(
+        carry.audio, rt.encode_audio(first.audio, first.sample_rate, 8 / 24, n)
+    )
 
     nxt = dataclasses.replace(base, prompt="the fox stops and looks back", carry=carry)
     second = rt.render_clip(nxt)
@@ -181,56 +185,54 @@ def test_carry_pins_the_first_latents_to_the_previous_tail(
     assert second.frames.shape == first.frames.shape and second.audio.shape == first.audio.shape
 
 
-def test_carried_audio_decodes_to_the_previous_clips_sound(rt: Runtime, base: ClipRequest) -> None:
-    # The carry holds what the previous clip played from `tail_frames / fps` seconds before its
-    # end. The audio VAE decoder is causal, so once it has seen enough carried latents the new
-    # clip's mel frames equal the previous clip's at the matching time (4 mel frames per latent).
-    long = dataclasses.replace(base, frames=33)
-    previous = rt.render_clip(long)
-    carry = carry_from(previous, tail_frames=25, frames=33, fps=long.fps)
-    start = carry_math.audio_carry_start(33, long.fps, 25)
-    continued = rt.render_clip(dataclasses.replace(long, seed=99, carry=carry))
-    unrelated = rt.render_clip(dataclasses.replace(long, seed=99))
-
-    def mel(result):
-        return rt.pipe.audio_vae.decode(result.audio_latents, return_dict=False)[0]
-
-    end = 4 * carry.audio.shape[2] - 3  # mel frames decoded from the carried latents
-    window = slice(end - 20, end)
-    previous_window = slice(end - 20 + 4 * start, end + 4 * start)
-    expected = mel(previous)[:, :, previous_window]
-    assert (mel(continued)[:, :, window] - expected).abs().max() < 1e-2
-    assert (mel(unrelated)[:, :, window] - expected).abs().mean() > 0.05
-
-
 def test_carry_math_on_the_real_time_grids() -> None:
     # 97 frames at 24 fps is 4.0417 s: 102 audio latents decode to 4.05 s, 101 would be 4.01 s.
     assert carry_math.audio_latent_length(97, 24.0) == 102
     assert carry_math.audio_latent_length(25, 25.0) == 26  # exactly 1 s
     assert (4 * carry_math.audio_latent_length(97, 24.0) - 3) / 100 >= 97 / 24
-    assert [carry_math.carried_video_latent_frames(t) for t in (1, 4, 8, 9, 17, 24)] == [
-        1,
-        1,
-        1,
-        2,
-        3,
-        3,
-    ]
-    # The carry for T=17 starts 17 frames (0.708 s) before the end: latent round(80 / 24 * 25) = 83.
-    assert carry_math.audio_carry_start(97, 24.0, 17) == 83
-    video = torch.zeros(1, 8, 13, 2, 2)
-    audio = torch.arange(102.0).view(1, 1, 102, 1)
-    carry = carry_from(video, audio, tail_frames=17, frames=97, fps=24.0)
-    assert carry.video.shape == (1, 8, 3, 2, 2) and carry.audio[0, 0, :, 0].tolist() == list(
-        range(83, 102)
-    )
-    assert carry_from(video, audio, tail_frames=0, frames=97, fps=24.0) is None
+    assert [carry_math.carried_video_latent_frames(t) for t in (1, 9, 17, 25)] == [1, 2, 3, 4]
+    # 8m + 1 tails are held whole; mold's other tails hold their first 8m + 1 frames
+    assert [carry_math.held_frames(t) for t in (1, 4, 9, 16, 17, 25)] == [1, 1, 9, 9, 17, 25]
+    # T = 17 at 24 fps is 0.708 s: 18 latents (69 mel frames, 0.69 s) lie wholly inside it
+    assert carry_math.held_audio_latents(17 / 24) == 18
+    assert (4 * 18 - 3) / 100 <= 17 / 24 < (4 * 19 - 3) / 100
+    assert carry_math.held_audio_latents(1.0) == 25  # 97 mel frames, 0.97 s
+    assert carry_math.tail_start(97, 17) == 80
     with pytest.raises(ValueError):
-        carry_from(video, audio, tail_frames=17, frames=89, fps=24.0)  # latents of another length
+        carry_math.tail_start(17, 17)  # every clip must add a frame
+
+
+def test_a_carry_encodes_the_tail_and_its_sound() -> None:
+    """carry_from cuts the frames and the seconds; the runtime's encoders do the rest."""
+
+    class Encoder:
+        audio_latents_per_second = 25.0
+
+        def encode_video(self, frames):
+            return torch.from_numpy(frames[:, 0, 0, 0].astype(np.float32)).view(1, 1, -1, 1, 1)
+
+        def encode_audio(self, audio, rate, start, length):
+            return (start, length)
+
+    frames = np.arange(97, dtype=np.uint8).reshape(97, 1, 1, 1).repeat(3, axis=3)
+    audio = np.zeros((2, 97 * 1000), np.float32)  # 97 frames at 24 fps, 24 kHz
+    carry = carry_math.carry_from(Encoder(), frames, audio, 24000, tail_frames=17, fps=24.0)
+    assert carry.video.flatten().tolist() == list(range(80, 97))
+    assert carry.audio == (80 / 24, 18) and carry.tail_frames == 17
+    # mold's tail of 4 holds its first frame (one latent frame), the stitch drops all 4
+    assert carry_math.carry_from(
+        Encoder(), frames, None, tail_frames=4, fps=24.0
+    ).video.flatten().tolist() == [93]
+    # a temporal x2 clip's sound is cut short of its rendered length: only what it has is held
+    short = carry_math.carry_from(
+        Encoder(), frames, audio[:, :-600], 24000, tail_frames=17, fps=24.0
+    )
+    assert short.audio == (80 / 24, carry_math.held_audio_latents(17 / 24 - 0.025))
+    assert carry_math.carry_from(Encoder(), frames, audio, 24000, tail_frames=0, fps=24.0) is None
 
 
 def test_a_carry_must_match_the_clip_size(rt: Runtime, base: ClipRequest, first) -> None:
-    carry = carry_from(first, tail_frames=9, frames=base.frames, fps=base.fps)
+    carry = rt.carry_from(first.frames, tail_frames=9, fps=base.fps)
     with pytest.raises(RuntimeFeatureError, match="share a size"):
         rt.render_clip(dataclasses.replace(base, width=96, carry=carry))
 

@@ -151,19 +151,21 @@ def test_two_clip_temporal_chain_stitches_to_the_planned_length(tmp_path, runtim
         + """\
 shots:
   - id: walk
-    frames: 60
+    frames: 49
     clip_frames: 33
-    motion_tail: 6
+    motion_tail: 17
     temporal_upscale: x2
     prompts: [a forest path, a lake shore]
 """,
     )
     plan, _ = render_spec(spec, runtimes)
     shot = plan.shots[0]
+    # a tail of 17 output frames is 9 rendered ones (8m + 1 at the render rate)
     assert [c.frames for c in shot.clips] == [17, 17]
+    assert plan.stage("walk/clip-1").params.conditions.carry_tail == 9
     frames, audio, rate = read_video(tmp_path / "renders" / "walk.mp4")
-    assert frames.shape == (60, 64, 64, 3)
-    assert audio is not None and audio.shape[1] == pytest.approx(60 / 24 * rate, abs=1024)
+    assert frames.shape == (49, 64, 64, 3)
+    assert audio is not None and audio.shape[1] == pytest.approx(49 / 24 * rate, abs=1024)
 
 
 @pytest.mark.slow

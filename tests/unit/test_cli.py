@@ -77,10 +77,10 @@ def test_plan_json_has_the_documented_shape():
         "output",
     ):
         assert field in shot
-    assert [c["frames"] for c in shot["clips"]] == [97, 97, 97, 97, 33]
+    assert [c["frames"] for c in shot["clips"]] == [97, 97, 97, 97, 81]
     clip = shot["clips"][2]
     assert {"index", "frames", "prompt", "seed", "keyframes"} <= set(clip)
-    assert clip["keyframes"][0]["frame"] == 14  # shot frame 200 -> clip 2, local 200 - 186
+    assert clip["keyframes"][0]["frame"] == 40  # shot frame 200 -> clip 2, local 200 - 160
     assert shot["output"] == {
         "frames": 400,
         "width": 1216,

@@ -21,6 +21,7 @@ shots:
   - id: walk
     frames: 100
     clip_frames: 25
+    motion_tail: 1
     image: assets/start.png
     prompts: [{prompts}]
 """

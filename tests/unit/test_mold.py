@@ -228,13 +228,13 @@ shots:
 
 
 def test_explicit_clips_give_the_stitched_length_of_their_seams(film_dir: Path):
-    for seam, want in (("smooth", 25 + 17 - 4), ("cut", 25 + 17), ("fade", 25 + 17 - 8)):
+    for seam, want in (("smooth", 25 + 17 - 9), ("cut", 25 + 17), ("fade", 25 + 17 - 8)):
         spec = write(
             film_dir,
             "film.yaml",
             f"""\
 version: 1
-defaults: {{model: ltx-2-tiny:random, width: 64, height: 64, motion_tail: 4, fade_frames: 8}}
+defaults: {{model: ltx-2-tiny:random, width: 64, height: 64, motion_tail: 9, fade_frames: 8}}
 shots:
   - id: s
     prompt: x
@@ -278,7 +278,7 @@ MOLD_CHAIN = {
     "steps": 2,
     "guidance": 3.0,
     "strength": 1.0,
-    "motion_tail_frames": 4,
+    "motion_tail_frames": 1,
     "output_format": "mp4",
 }
 
@@ -472,7 +472,7 @@ def test_mold_arithmetic_matches_molds_own_totals(film_dir):
 def test_the_first_stages_transition_is_ignored_as_mold_coerces_it_to_smooth(film_dir):
     # mold-core chain.rs test `normalise_coerces_stage_0_transition_to_smooth`
     stages = [{"prompt": "a", "frames": 9, "transition": "cut"}, {"prompt": "b", "frames": 9}]
-    assert planned(mold_file(film_dir, stages)).shots[0].seams == [["smooth", 4]]
+    assert planned(mold_file(film_dir, stages)).shots[0].seams == [["smooth", 1]]
 
 
 def test_scripts_mold_refuses_but_moldbatch_renders_plan_with_a_warning_naming_mold(film_dir):
@@ -543,7 +543,7 @@ def test_a_fade_reaching_past_a_short_clip_is_refused_naming_what_mold_does(film
         {"prompt": "b", "frames": 17},
         {"prompt": "c", "frames": 97, "transition": "fade", "fade_frames": 16},
     ]
-    plan = plan_file(mold_file(film_dir, stages))
+    plan = plan_file(mold_file(film_dir, stages, motion_tail_frames=9))
     (diag,) = [d for d in plan.diagnostics if d.severity == "error"]
     assert diag.path == "stage[1].frames" and "mold would let the fade reach" in diag.message
 
@@ -684,12 +684,13 @@ def test_whatever_export_writes_replans_to_the_same_clips_seams_and_seeds(clips,
         assert [s.key for s in plan.stages] == [s.key for s in again.stages]
 
 
-def test_readme_renders_fewer_frames_than_mold_for_400_frames_at_tails_4_and_17(film_dir):
+def test_readme_renders_fewer_frames_than_mold_for_400_frames_at_tails_9_and_17(film_dir):
     # mold-core chain.rs `build_auto_expand_stages` and test `build_stages_math_matches_
     # stitch_budget` (400 frames, clip 97, tail 4: 5 stages, each 97 frames = 485 rendered);
     # tail 17 is the CLI's default (mold-cli main.rs `run_motion_tail_defaults_to_seventeen`):
-    # 1 + ceil((400 - 97) / (97 - 17)) = 5 stages, 485 frames rendered too
-    for tail, ours in ((4, 421), (17, 469)):
+    # 1 + ceil((400 - 97) / (97 - 17)) = 5 stages, 485 frames rendered too; so is tail 9
+    # (moldbatch specs take tails of 8m+1 only)
+    for tail, ours in ((9, 437), (17, 469)):
         stages_mold = 1 + -(-(400 - 97) // (97 - tail))
         assert stages_mold * 97 == 485
         spec = write(

@@ -105,8 +105,8 @@ def test_too_many_clips_is_an_error_not_a_stall(tmp_path):
         "f.yaml",
         HEAD
         + """\
-shots: [{id: a, prompt: x, frames: 172800, clip_frames: 9, motion_tail: 8}]
+shots: [{id: a, prompt: x, frames: 172800, clip_frames: 9, motion_tail: 1}]
 """,
     )
     (line,) = errors(spec)
-    assert "would need 172792 clips; at most 1000 per shot" in line
+    assert "would need 21600 clips; at most 1000 per shot" in line
