@@ -4,6 +4,7 @@ spec -> planner -> executor -> runtime -> PyAV."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import wave
 from pathlib import Path
 
@@ -217,6 +218,12 @@ def source_mp4(tmp_path_factory) -> Path:
     return path
 
 
+def _beside(folder: Path, source: Path) -> str:
+    """The source copied into the spec's folder (a spec reads nothing outside its project)."""
+    shutil.copy(source, folder / source.name)
+    return source.name
+
+
 def test_retake_keeps_the_source_outside_the_window(tmp_path, runtimes, rt, source_mp4):
     spec = write(
         tmp_path,
@@ -226,7 +233,7 @@ def test_retake_keeps_the_source_outside_the_window(tmp_path, runtimes, rt, sour
 shots:
   - id: fix
     prompt: a red car drives past
-    video: {source_mp4}
+    video: {_beside(tmp_path, source_mp4)}
     retake: {{start: 0.5, end: 0.9}}
 """,
     )
@@ -269,7 +276,7 @@ def test_an_upscaled_retake_still_keeps_the_source_outside_the_window(
 shots:
   - id: fix
     prompt: a red car drives past
-    video: {source_mp4}
+    video: {_beside(tmp_path, source_mp4)}
     retake: {{start: 0.5, end: 0.9}}
     width: 128
     height: 128
@@ -316,7 +323,8 @@ def test_retake_planner_errors_still_hold(tmp_path, source_mp4, fields, message)
     spec = write(
         tmp_path,
         "film.yaml",
-        HEAD + f"shots:\n  - {{id: a, prompt: x, video: {source_mp4}, {fields}}}\n",
+        HEAD
+        + f"shots:\n  - {{id: a, prompt: x, video: {_beside(tmp_path, source_mp4)}, {fields}}}\n",
     )
     plan = plan_file(spec)
     assert not plan.valid
