@@ -8,7 +8,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from moldbatch.errors import MoldbatchError, OverBudget, SpecInvalid, UsageError, display_path
+from moldbatch.errors import (
+    MoldbatchError,
+    OverBudget,
+    RuntimeMissing,
+    SpecInvalid,
+    UsageError,
+    display_path,
+)
 from moldbatch.plan.types import Plan
 
 
@@ -16,6 +23,7 @@ class ModelFilesMissing(MoldbatchError):
     """A real model's files are not on this machine (exit 3: pull them, then render)."""
 
     exit_code = 3
+    reason = "model-files-missing"
 
 
 class GcNeedsValidSpecs(MoldbatchError):
@@ -35,6 +43,75 @@ def load_plan(
 
     path = Path(file)
     return plan_file(path, display=display_path(path), strict=strict, out_dir=out, workdir=workdir)
+
+
+def load_plans(
+    files, *, strict: bool = False, out: Path | None = None, workdir: Path | None = None
+) -> list[Plan]:
+    """`load_plan` of each file, then what `render` would refuse later as errors (exit 5):
+    an output file two of these specs write, or one that another spec's render wrote into
+    the same work folder."""
+    plans = [load_plan(f, strict=strict, out=out, workdir=workdir) for f in files]
+    writers: dict[Path, Plan] = {}
+    for plan in plans:
+        if not plan.valid:
+            continue
+        found = []
+        for stage in plan.stages:
+            if stage.output is None:
+                continue
+            dst = Path(stage.output).resolve()
+            other = writers.setdefault(dst, plan)
+            if other is not plan and other.path.resolve() != plan.path.resolve():
+                found.append((stage, f"{other.file} writes it too"))
+        found += _rendered_by_others(plan, workdir)
+        plan.diagnostics += [_collision(plan, stage, why) for stage, why in found]
+    return plans
+
+
+def _rendered_by_others(plan: Plan, workdir: Path | None) -> list:
+    from moldbatch.execute.deliver import taken_outputs
+    from moldbatch.execute.state import StateDB
+    from moldbatch.execute.store import default_workdir
+
+    folder = workdir or default_workdir(plan.path)
+    if not (folder / "state.sqlite").is_file():
+        return []
+    db = StateDB(folder, readonly=True)
+    try:
+        taken = taken_outputs(plan, db, str(plan.path.resolve()))
+    finally:
+        db.close()
+    return [(stage, f"{display_path(Path(owner))} rendered it") for stage, _, owner in taken]
+
+
+def _collision(plan: Plan, stage, why: str):
+    """The error at the shot's `id` (or the film's `output`) for an output another spec
+    writes."""
+    import dataclasses
+
+    from moldbatch.execute.deliver import collision_fix
+    from moldbatch.spec.source import read_source
+
+    where = ("output",)
+    if stage.shot:
+        where = ("shots", next(i for i, s in enumerate(plan.shots) if s.id == stage.shot), "id")
+    try:
+        d = read_source(plan.path, plan.file).diag(
+            where, f"{display_path(Path(stage.output))}: {why}; {collision_fix(stage)}"
+        )
+    except MoldbatchError:  # a mold script: its positions are not the film's
+        from moldbatch.errors import Diagnostic
+
+        d = Diagnostic(plan.file, 1, 1, "", f"{display_path(Path(stage.output))}: {why}")
+    return dataclasses.replace(d, code="output-taken")
+
+
+def refuse_invalid(plan: Plan) -> Plan:
+    """The plan, when valid; else the error for its findings (exit 1, 5 or 6)."""
+    if not plan.valid:
+        raise SpecInvalid.of(plan.errors)
+    return plan
 
 
 def cache_status(plan: Plan, workdir: Path | None) -> dict[str, bool]:
@@ -58,10 +135,114 @@ class PlanView:
     def to_json(self) -> dict:
         doc = self.plan.to_json()
         for stage in doc["stages"]:
-            stage["cached"] = self.cached.get(stage["id"], False)
+            stage["status"] = "cached" if self.cached.get(stage["id"]) else "pending"
             stage["cost"] = self.cost.stages[stage["id"]].to_json()
+        doc["counts"] = _counts(doc["stages"], ("cached", "pending"))
         doc["cost"] = {k: v for k, v in self.cost.to_json().items() if k != "stages"}
         return doc
+
+
+def _counts(stages: list[dict], statuses) -> dict[str, int]:
+    """Stages by status: the `counts` every JSON document of moldbatch has."""
+    return {k: sum(s["status"] == k for s in stages) for k in statuses}
+
+
+# --- `render --json`: one document for every way a render ends ------------------------------
+RENDER_STATUSES = ("rendered", "cached", "failed", "skipped", "pending")
+
+
+def render_result(
+    plan: Plan,
+    *,
+    summary=None,
+    error: BaseException | None = None,
+    workdir: Path | None = None,
+) -> dict:
+    """The one JSON document `render --json` prints, however the render ended: done, a stage
+    failed, the spec is invalid, over budget, an output collision, missing files, interrupted.
+
+    `ok` and `exit_code` with the `reason` ("done" or the error's); `stages`: each stage's
+    status (rendered | cached | failed | skipped | pending; a refused render's stages are
+    cached or pending); `outputs`: shot id -> the file delivered ("film" holds the joined
+    film); `report`: report.html's path or null. Its schema: tests/unit/test_render_json.py."""
+    if summary is None and error is not None:
+        summary = getattr(error, "summary", None)
+    if summary is not None:
+        stages = [
+            {
+                "id": o.id,
+                "kind": o.kind,
+                "shot": _shot_of(plan, o.id),
+                "status": o.status,
+                "seconds": round(o.seconds, 3),
+                "error": o.error,
+            }
+            for o in summary.stages
+        ]
+        delivered = {str(Path(p)) for p in summary.outputs}
+        outputs = _output_map(plan, delivered)
+        seconds, report = round(summary.seconds, 3), summary.report
+        workdir = summary.workdir
+    else:
+        cached = cache_status(plan, workdir) if plan.valid else {}
+        stages = [
+            {
+                "id": s.id,
+                "kind": s.kind,
+                "shot": s.shot,
+                "status": "cached" if cached.get(s.id) else "pending",
+                "seconds": 0.0,
+                "error": None,
+            }
+            for s in plan.stages
+        ]
+        outputs, seconds, report = {}, 0.0, None
+    if workdir is None and plan.path is not None:
+        from moldbatch.execute.store import default_workdir
+
+        workdir = default_workdir(plan.path)
+    ok = error is None and (summary is None or summary.ok)
+    if error is not None:
+        code = getattr(error, "exit_code", 1)
+        reason = getattr(error, "reason", None) or _REASONS.get(code, "error")
+        if isinstance(error, KeyboardInterrupt):
+            code, reason = 130, "interrupted"
+    else:
+        code, reason = (0, "done") if ok else (3, "stage-failed")
+    return {
+        "schema": "moldbatch.render/1",
+        "ok": ok,
+        "exit_code": code,
+        "reason": reason,
+        "message": None if error is None else (str(error) or type(error).__name__),
+        "spec": plan.file,
+        "workdir": str(workdir) if workdir is not None else None,
+        "seconds": seconds,
+        "counts": _counts(stages, RENDER_STATUSES),
+        "stages": stages,
+        "outputs": outputs,
+        "report": str(report) if report else None,
+        "errors": [d.to_json() for d in plan.errors],
+        "warnings": [d.to_json() for d in plan.warnings],
+    }
+
+
+_REASONS = {1: "error", 2: "usage", 3: "stage-failed", 4: "over-budget", 5: "output-collision"}
+
+
+def _shot_of(plan: Plan, stage_id: str) -> str | None:
+    try:
+        return plan.stage(stage_id).shot
+    except KeyError:
+        return None
+
+
+def _output_map(plan: Plan, delivered: set[str]) -> dict[str, str]:
+    out = {}
+    for stage in plan.stages:
+        if stage.output and str(Path(stage.output).resolve()) in delivered:
+            out[stage.shot or "film"] = str(Path(stage.output).resolve())
+    return out
 
 
 def dry_run(plan: Plan, workdir: Path | None = None) -> PlanView:
@@ -96,13 +277,13 @@ def render(
     models_dir: Path | None = None,
     report: bool = True,
     runtimes: dict | None = None,
+    log_lines: bool = False,
 ):
     """Render a planned film: refuse before starting when it is invalid (SpecInvalid), over the
     GPU budget (OverBudget) or missing model files (ModelFilesMissing); render what is not
     cached; write the render report beside the shots. Returns the Summary; a failed stage
     raises StageFailed (with the summary) unless `keep_going`."""
-    if not plan.valid:
-        raise SpecInvalid(plan.errors)
+    refuse_invalid(plan)
     if max_gpu_minutes is not None:
         from moldbatch.review.cost import over_budget
 
@@ -117,23 +298,52 @@ def render(
     missing = missing_model_files(plan, workdir, models_dir)
     if missing:  # real models render from local files only: check first
         raise ModelFilesMissing(missing)
+    if runtimes is None:
+        need_runtime(plan, workdir)
+    from moldbatch.errors import StageFailed
     from moldbatch.execute.executor import render_plan
+    from moldbatch.review.cost import estimate
+    from moldbatch.review.report import report_after_render
 
-    summary = render_plan(
-        plan,
-        workdir=workdir,
-        keep_going=keep_going,
-        device=device,
-        progress=progress,
-        runtimes=runtimes,
-        executor=executor,
-        ray_options=ray_options,
-    )
+    cost = estimate(plan)  # for the time left the progress shows
+
+    try:
+        summary = render_plan(
+            plan,
+            workdir=workdir,
+            keep_going=keep_going,
+            device=device,
+            progress=progress,
+            runtimes=runtimes,
+            executor=executor,
+            ray_options=ray_options,
+            log_lines=log_lines,
+            estimates={s.id: cost.seconds_for([s.id]) for s in plan.stages},
+        )
+    except StageFailed as e:  # the report shows what failed, and what is done
+        if report and e.summary is not None:
+            e.summary.report = report_after_render(plan, e.summary, out, workdir, quiet=True)
+        raise
     if report:
-        from moldbatch.review.report import report_after_render
-
-        report_after_render(plan, summary, out, workdir, quiet=not progress)
+        summary.report = report_after_render(plan, summary, out, workdir, quiet=not progress)
     return summary
+
+
+def need_runtime(plan: Plan, workdir: Path | None) -> None:
+    """RuntimeMissing (one line: install moldbatch[gpu]) when a stage that would run needs
+    the GPU stack and it is not installed; a film whose stages are all cached needs none."""
+    import importlib.util
+
+    from moldbatch.execute.store import stages_to_run
+
+    if not stages_to_run(plan, workdir):
+        return
+    lacking = [m for m in ("numpy", "torch", "av") if importlib.util.find_spec(m) is None]
+    if lacking:
+        raise RuntimeMissing(
+            f"rendering needs the GPU runtime ({', '.join(lacking)} not installed): "
+            'pip install "moldbatch[gpu]"'
+        )
 
 
 def status(plan: Plan, workdir: Path | None = None) -> dict:
@@ -144,6 +354,15 @@ def status(plan: Plan, workdir: Path | None = None) -> dict:
 
     workdir = workdir or default_workdir(plan.path)
     cached = cache_status(plan, workdir)
+    stages = [
+        {
+            "id": s.id,
+            "kind": s.kind,
+            "shot": s.shot,
+            "status": "cached" if cached[s.id] else "pending",
+        }
+        for s in plan.stages
+    ]
     last = None
     if (workdir / "state.sqlite").exists():
         db = StateDB(workdir, readonly=True)
@@ -160,10 +379,9 @@ def status(plan: Plan, workdir: Path | None = None) -> dict:
     return {
         "spec": plan.file,
         "workdir": str(workdir),
-        "cached": sum(cached.values()),
-        "stages": len(plan.stages),
+        "counts": _counts(stages, ("cached", "pending")),
+        "stages": stages,
         "last_run": last,
-        "plan": [{"id": s.id, "cached": cached[s.id]} for s in plan.stages],
     }
 
 
@@ -181,8 +399,7 @@ def export_mold(plan: Plan, shot_id: str | None, output: Path | None = None) -> 
     """A shot of a valid plan as a mold.chain.v1 script (TOML text)."""
     from moldbatch.spec.mold import mold_script
 
-    if not plan.valid:
-        raise SpecInvalid(plan.errors)
+    refuse_invalid(plan)
     if shot_id is None:
         if len(plan.shots) != 1:
             ids = ", ".join(s.id for s in plan.shots)

@@ -96,7 +96,7 @@ def _clips_cell(shot) -> str:
 def print_status(doc: dict) -> None:
     con = _out()
     con.print(
-        f"{doc['spec']}: {doc['cached']} of {doc['stages']} stages cached "
+        f"{doc['spec']}: {doc['counts']['cached']} of {len(doc['stages'])} stages cached "
         f"(work folder {doc['workdir']})"
     )
     last = doc["last_run"]

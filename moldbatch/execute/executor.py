@@ -27,17 +27,22 @@ def render_plan(
     runtimes: dict | None = None,
     executor: str = "local",
     ray_options: dict | None = None,
+    log_lines: bool = False,
+    estimates: dict[str, float] | None = None,
 ) -> Summary:
     """Render every output of a valid plan. Raises StageFailed (after recording it) when a stage
     fails and `keep_going` is off; with it, returns a Summary whose `ok` is False.
 
     `executor="ray"` spreads the shots over a Ray cluster's workers (ray_driver.py);
-    `ray_options`: address, workers, retries, timings (see `ray_driver.on_ray`)."""
+    `ray_options`: address, workers, retries, timings (see `ray_driver.on_ray`).
+    `log_lines`, `estimates`: see RenderSession."""
     if executor not in EXECUTORS:
         raise UsageError(f"unknown executor {executor!r}: {' or '.join(EXECUTORS)}")
     workdir = (workdir or default_workdir(plan.path)).resolve()
     with _locked(workdir):
-        session = RenderSession(plan, workdir, keep_going, device, progress, runtimes)
+        session = RenderSession(
+            plan, workdir, keep_going, device, progress, runtimes, log_lines, estimates
+        )
         if executor == "local":
             return session.run(run_in_order)
         from moldbatch.execute.ray_driver import on_ray

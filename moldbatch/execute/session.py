@@ -18,10 +18,17 @@ from pathlib import Path
 
 from rich.console import Console
 
-from moldbatch.errors import MoldbatchError, OutputTaken, StageFailed, display_path, one_line
+from moldbatch.errors import (
+    Interrupted,
+    MoldbatchError,
+    OutputTaken,
+    StageFailed,
+    display_path,
+    one_line,
+)
 from moldbatch.execute.deliver import check_outputs_are_ours, deliver
 from moldbatch.execute.handlers import HANDLERS, StageContext
-from moldbatch.execute.progress import StageBars
+from moldbatch.execute.progress import StageBars, StageLines
 from moldbatch.execute.state import StateDB
 from moldbatch.execute.store import Artifact, ArtifactStore, resolve
 from moldbatch.fsio import atomic_write
@@ -46,6 +53,7 @@ class Summary:
     delivery_errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
     runtime_seconds: float = 0.0  # time spent inside the runtime (clip/refine/upscale stages)
+    report: Path | None = None  # report.html, once written
 
     @property
     def ok(self) -> bool:
@@ -57,27 +65,6 @@ class Summary:
     @property
     def failed(self) -> list[StageOutcome]:
         return [s for s in self.stages if s.status == "failed"]
-
-    def to_json(self) -> dict:
-        return {
-            "spec": self.spec,
-            "ok": self.ok,
-            "workdir": str(self.workdir),
-            "seconds": round(self.seconds, 3),
-            "rendered": sum(s.status == "rendered" for s in self.stages),
-            "cached": sum(s.status == "cached" for s in self.stages),
-            "stages": [
-                {
-                    "id": s.id,
-                    "kind": s.kind,
-                    "status": s.status,
-                    "seconds": round(s.seconds, 3),
-                    **({"error": s.error} if s.error else {}),
-                }
-                for s in self.stages
-            ],
-            "outputs": self.outputs,
-        }
 
 
 RunStages = Callable[["RenderSession", list[Stage]], str]
@@ -92,16 +79,23 @@ class RenderSession:
         device: str | None = None,
         progress: bool = True,
         runtimes: dict | None = None,
+        log_lines: bool = False,
+        estimates: dict[str, float] | None = None,
     ):
+        """`progress`: bars in a terminal, else one plain line per stage (a CI log);
+        `log_lines` (`--json`): the plain lines on stderr, bars or not; `estimates`: seconds
+        per stage id, for the time left."""
+        self.estimates = estimates
         self.plan, self.workdir, self.keep_going = plan, workdir, keep_going
         self.store = ArtifactStore(workdir)
         self.console = Console(stderr=True, highlight=False)
         self.show = progress
+        self.lines = log_lines or (progress and not self.console.is_terminal)
         self.ctx = StageContext(device=device, inputs={}, runtimes=runtimes or {})
         self.found: dict[str, Artifact] = {}
         self.outcomes: dict[str, StageOutcome] = {}
         self.summary = Summary(plan.file, workdir)
-        self.bars: StageBars | None = None
+        self.bars: StageBars | StageLines | None = None
         self._db: StateDB | None = None
         self._run_id: int | None = None
 
@@ -124,18 +118,20 @@ class RenderSession:
             self._db.set_stage(
                 self._run_id, stage.id, "failed", seconds=seconds, error=outcome.error
             )
-            self.console.print(f"[red]✗[/] {stage.id}: {outcome.error}")
-            self.bars.done(stage)
+            if not self.lines:  # a plain line says it already; whole: never wrapped in a path
+                self.console.print(f"[red]✗[/] {stage.id}: {outcome.error}", soft_wrap=True)
+            self.bars.failed(stage, seconds, outcome.error)
             return False
         outcome.status = "rendered"
         self._db.set_stage(self._run_id, stage.id, "rendered", seconds=seconds)
-        self.bars.done(stage)
+        self.bars.done(stage, seconds)
         return True
 
     def skip(self, stage: Stage) -> None:
         """A stage that cannot run: something it needs failed."""
         self.outcomes[stage.id].status = "skipped"
         self._db.set_stage(self._run_id, stage.id, "skipped")
+        self.bars.skipped(stage)
 
     def pending(self, stage: Stage) -> None:
         """A stage that was stopped before it ended: neither done nor failed."""
@@ -197,13 +193,27 @@ class RenderSession:
                 self.outcomes[s.id].status = "cached" if cached else "skipped"
                 db.set_stage(run_id, s.id, self.outcomes[s.id].status, seconds=0.0)
         summary = self.summary
+        if self.lines:
+            bars = StageLines(todo, self.estimates)
+        else:
+            bars = StageBars(self.console, todo, enabled=self.show, estimates=self.estimates)
         try:
-            with StageBars(self.console, todo, enabled=self.show) as self.bars:
+            with bars as self.bars:
+                for s in self.plan.stages:
+                    if self.outcomes[s.id].status == "cached":
+                        bars.cached(s)
                 status = run_stages(self, todo)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (a cancelled CI job): a clean stop
             db.interrupt_run(run_id)
             db.close()
-            raise
+            summary.stages = [self.outcomes[s.id] for s in self.plan.stages]
+            summary.seconds = time.perf_counter() - t0
+            done = sum(o.status in ("rendered", "cached") for o in summary.stages)
+            raise Interrupted(
+                f"interrupted: {done} of {len(summary.stages)} stages are done and kept; "
+                f"run the same command again to resume",
+                summary,
+            ) from None
         summary.outputs = deliver(
             self.plan, self.found, db, spec, self.console, summary.delivery_errors
         )
@@ -211,7 +221,7 @@ class RenderSession:
         summary.seconds = time.perf_counter() - t0
         if summary.delivery_errors:
             status = "failed"
-        if self.show:
+        if self.show or self.lines:
             self._report()
         db.finish_run(run_id, status)
         db.close()
@@ -248,7 +258,9 @@ class RenderSession:
                 what = f"{s.frames} frames, {s.width}x{s.height}, {s.fps:g} fps"
             else:
                 what = f"{sum(s.frames for s in self.plan.shots)} frames, film"
-            self.console.print(f"[green]✓[/] Saved: {display_path(Path(stage.output))} ({what})")
+            self.console.print(
+                f"[green]✓[/] Saved: {display_path(Path(stage.output))} ({what})", soft_wrap=True
+            )
         rendered = sum(o.status == "rendered" for o in summary.stages)
         cached = sum(o.status == "cached" for o in summary.stages)
         if not summary.ok:

@@ -7,6 +7,7 @@ merged with `defaults`, the cross-field rules (rules.py) check them, its clips a
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -16,7 +17,7 @@ from moldbatch.models import FRAME_GRID, MODELS, grid_ceil, seam_overlap
 from moldbatch.plan import rules
 from moldbatch.plan.chain import locate_frame
 from moldbatch.plan.clips import explicit_chain, planned_chain
-from moldbatch.plan.inputs import Inputs
+from moldbatch.plan.inputs import GitReader, Inputs
 from moldbatch.plan.ladder import film_stages
 from moldbatch.plan.rules import Checker, Settings
 from moldbatch.plan.types import ClipPlan, Plan, ShotPlan
@@ -42,9 +43,12 @@ def plan_file(
     out_dir: Path | None = None,
     strict: bool = False,
     workdir: Path | None = None,
+    reader: GitReader | None = None,
 ) -> Plan:
     """Read, validate and compile one spec file (or a mold chain script). Never raises for a
-    bad spec: the plan's diagnostics say what is wrong."""
+    bad spec: the plan's diagnostics say what is wrong.
+
+    `reader`: where the files the spec names are read (default: the working tree)."""
     path = Path(path)
     file = display or str(path)
     try:
@@ -60,17 +64,14 @@ def plan_file(
         if film is None:
             return Plan(file=file, path=path, name=path.stem, diagnostics=found)
         src = film
-    inputs = Inputs(src.path.parent.resolve(), inline)
+    inputs = Inputs(src.path.parent.resolve(), inline, reader)
     plan = Planner(src, inputs, out_dir=out_dir).run()
     if found:
         plan.diagnostics = sorted(found + plan.diagnostics, key=lambda d: (d.line, d.column))
         if any(d.severity == "error" for d in found):
             plan.stages, plan.shots = [], []
     if strict:
-        plan.diagnostics = [
-            Diagnostic(d.file, d.line, d.column, d.path, d.message, "error")
-            for d in plan.diagnostics
-        ]
+        plan.diagnostics = [dataclasses.replace(d, severity="error") for d in plan.diagnostics]
     return plan
 
 
@@ -143,7 +144,7 @@ class Planner:
                 plans.append(plan)
         output = None
         if isinstance(data.get("output"), str):
-            output = rules.check_film_output(self.check, data["output"], plans)
+            output = rules.check_film_output(self.check, data["output"], plans, self.out_dir)
         plan = self._plan(name, plans, output)
         if plan.valid:
             plan.stages = film_stages(plans, self.settings, self.inputs, output)

@@ -83,7 +83,7 @@ def read_source(path: Path, file: str | None = None) -> Source:
     try:
         text = path.read_bytes().decode("utf-8-sig")  # a BOM some editors write is no error
     except FileNotFoundError:
-        raise SourceError(Diagnostic(file, 1, 1, "", "no such file")) from None
+        raise SourceError(Diagnostic(file, 1, 1, "", "no such file", code="missing-file")) from None
     except IsADirectoryError:
         raise SourceError(Diagnostic(file, 1, 1, "", "is a folder, not a spec file")) from None
     except UnicodeDecodeError as e:

@@ -90,7 +90,9 @@ def test_plan_json_has_the_documented_shape():
     }
     stage = doc["stages"][2]  # after clip 0 and its second stage, refine-0
     assert stage["id"] == "opening/clip-1" and stage["needs"] == ["opening/clip-0"]
-    assert {"id", "kind", "shot", "needs", "key", "cached"} <= set(stage)
+    assert {"id", "kind", "shot", "needs", "key", "status"} <= set(stage)
+    assert stage["status"] == "pending"  # the same word as render's and status's
+    assert doc["counts"]["pending"] == len(doc["stages"]) and doc["counts"]["cached"] == 0
 
 
 def test_plan_json_of_an_invalid_spec_lists_errors_with_positions():
@@ -161,7 +163,7 @@ def test_python_dash_m_works():
 
 def test_missing_spec_file_is_one_clean_line(tmp_path: Path):
     res = run("validate", str(tmp_path / "nope.yaml"))
-    assert res.exit_code == 1
+    assert res.exit_code == 6  # a missing file: not "invalid spec"
     assert res.output.strip().endswith("nope.yaml:1:1: no such file")
     other = write(tmp_path, "film.json", "{}")
     res = run("validate", str(other))
