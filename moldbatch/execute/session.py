@@ -26,8 +26,8 @@ from moldbatch.errors import (
     display_path,
     one_line,
 )
+from moldbatch.execute.context import StageContext
 from moldbatch.execute.deliver import check_outputs_are_ours, deliver
-from moldbatch.execute.handlers import HANDLERS, StageContext
 from moldbatch.execute.progress import StageBars, StageLines
 from moldbatch.execute.state import StateDB
 from moldbatch.execute.store import Artifact, ArtifactStore, resolve
@@ -141,6 +141,8 @@ class RenderSession:
     def run_here(self, stage: Stage) -> bool:
         """Run one stage's handler in this process, its inputs all committed; True when it
         rendered."""
+        from moldbatch.execute.handlers import HANDLERS  # numpy and the runtime: only to run
+
         self.ctx.on_step = self.begin(stage)
         self.ctx.inputs = {n: self.found[n] for n in stage.needs}
         out = self.store.writer(stage.key, stage.id)
