@@ -168,3 +168,43 @@ def test_missing_spec_file_is_one_clean_line(tmp_path: Path):
     other = write(tmp_path, "film.json", "{}")
     res = run("validate", str(other))
     assert "unknown spec format '.json'" in res.output
+
+
+def test_did_you_mean_knows_the_names_of_mold_comfyui_and_diffusers(tmp_path: Path):
+    spec = write(
+        tmp_path,
+        "film.yaml",
+        "version: 1\nshots:\n  - {id: a, prompt: x, length: 9, frame_rate: 24, cfg: 3,"
+        " denoise: 0.5, source_image_path: a.png, num_inference_steps: 8}\n",
+    )
+    res = run("validate", str(spec))
+    assert res.exit_code == 1
+    said = {line.split(": unknown key ")[1] for line in res.output.strip().splitlines()}
+    assert said == {
+        "'length'; did you mean 'frames'? (ComfyUI's `length` is moldbatch's `frames`)",
+        "'frame_rate'; did you mean 'fps'? (ComfyUI's `frame_rate` is moldbatch's `fps`)",
+        "'cfg'; did you mean 'guidance'? (ComfyUI's `cfg` is moldbatch's `guidance`)",
+        "'source_image_path'; did you mean 'image'? (mold's `source_image_path` is "
+        "moldbatch's `image`)",
+        "'num_inference_steps'; did you mean 'steps'? (diffusers's `num_inference_steps` is "
+        "moldbatch's `steps`)",
+        "'denoise'; moldbatch always denoises fully (ComfyUI's `denoise`): to hold a start "
+        "image more or less firmly use 'image_strength', to re-render part of a video use "
+        "'retake'",
+    }
+
+
+def test_a_mis_indented_yaml_line_gets_a_hint_about_indentation(tmp_path: Path):
+    cases = {
+        # a shot's key one column left of its siblings: a YAML error
+        "version: 1\nshots:\n  - id: a\n    prompt: x\n   frames: 9\n": ":5:4: invalid YAML",
+        # a shot's key at the film's level
+        "version: 1\nshots:\n  - id: a\n    prompt: x\nframes: 9\n": ":5:1: frames: unknown key",
+        # a tab
+        "version: 1\nshots:\n\t- id: a\n": ":3:1: invalid YAML",
+    }
+    for text, where in cases.items():
+        res = run("validate", str(write(tmp_path, "film.yaml", text)))
+        assert res.exit_code == 1 and where in res.output, res.output
+        assert "indent" in res.output.lower(), res.output
+        assert "did you mean 'name'" not in res.output  # not the nearest film key
