@@ -37,7 +37,8 @@ EXITS = {
     "gc": "0; 1 invalid; 3 the work folder is in use",
     "export": "0; 1 invalid, or the shot cannot be written as a mold script; 2 no --shot",
     "diff": "0 nothing re-renders; 1 something does; 2 a side cannot be read or is invalid",
-    "pull": "0; 2 an unknown model or extra; 3 a download failed",
+    "pull": "0; 1 an invalid --for spec; 2 an unknown model or extra, or neither MODEL nor "
+    "--for; 3 a download failed; 6 a --for spec is missing",
     "schema": "0",
     "models": "0",
 }
@@ -310,17 +311,24 @@ def status(file: str, workdir: Path | None, as_json: bool) -> None:
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @_workdir_option("to clean")
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@click.option(
+    "--lean",
+    is_flag=True,
+    help="Keep only the finished shot and film files of these specs, not their raw frames "
+    "and latents: the same specs still render nothing; a changed shot renders all its "
+    "stages again (for a CI cache).",
+)
 @_help(
     "gc",
     "moldbatch gc films/*.yaml --dry-run",
-    "moldbatch gc films/opening.yaml --workdir .moldbatch-work/opening",
+    "moldbatch gc films/opening.yaml --workdir .moldbatch-work/opening --lean",
 )
-def gc(files: tuple[str, ...], workdir: Path | None, dry_run: bool) -> None:
+def gc(files: tuple[str, ...], workdir: Path | None, dry_run: bool, lean: bool) -> None:
     """Remove artifacts that no stage of the given specs needs."""
     plans = [operations.load_plan(f) for f in files]
     for p in plans:
         _print_diagnostics(p)
-    removed, freed, others = operations.gc(plans, workdir, dry_run=dry_run)
+    removed, freed, others = operations.gc(plans, workdir, dry_run=dry_run, lean=lean)
     verb = "would remove" if dry_run else "removed"
     kept = f"; kept what {len(others)} other spec(s) rendered here need" if others else ""
     click.echo(f"{verb} {removed} artifacts ({freed / 1e6:.1f} MB){kept}")
@@ -392,7 +400,7 @@ def schema() -> None:
 
 
 @cli.command()
-@click.argument("model")
+@click.argument("model", required=False)
 @click.option(
     "--with",
     "extras",
@@ -400,6 +408,14 @@ def schema() -> None:
     metavar="LIST",
     help="Extras, comma-separated: spatial-x2, spatial-x1.5, temporal-x2, distilled-lora, "
     "camera:<preset>, camera:all, or all.",
+)
+@click.option(
+    "--for",
+    "specs",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    metavar="SPEC",
+    help="Instead of MODEL: every model and extra these specs' stages need (repeatable).",
 )
 @_models_dir_option(
     "Write plain copies under DIR/<org>/<name>/ instead of the Hugging Face cache "
@@ -411,18 +427,29 @@ def schema() -> None:
 @_help(
     "pull",
     "moldbatch pull ltx-2-19b-distilled:fp8 --with spatial-x2",
+    "moldbatch pull --for films/opening.yaml --for films/finale.yaml",
     "moldbatch pull ltx-2-19b-distilled:fp8 --models-dir /models --dry-run",
 )
-def pull(model: str, extras: tuple[str, ...], models_dir: Path | None, dry_run: bool) -> None:
-    """Download a model's files (resumable), so that `render` can run offline."""
-    _, chosen = operations.pull_choices(model, extras)
-    if dry_run:
-        for state, role, label in operations.pull_listing(model, chosen, models_dir):
-            click.echo(f"{state:8}  {role:14}  {label}")
-        return
-    from moldbatch.weights.pull import pull as do_pull
+def pull(
+    model: str | None,
+    extras: tuple[str, ...],
+    specs: tuple[str, ...],
+    models_dir: Path | None,
+    dry_run: bool,
+) -> None:
+    """Download a model's files (resumable), so that `render` can run offline. Gated
+    repositories read the token of `huggingface-cli login`, or $HF_TOKEN."""
+    targets = operations.pull_targets(model, extras, specs)
+    if not targets:
+        click.echo("nothing to pull: the specs use built-in models only", err=True)
+    for name, chosen in targets:
+        if dry_run:
+            for state, role, label in operations.pull_listing(name, chosen, models_dir):
+                click.echo(f"{state:8}  {role:14}  {label}")
+            continue
+        from moldbatch.weights.pull import pull as do_pull
 
-    do_pull(model, chosen, models_dir, say=lambda line: click.echo(line, err=True))
+        do_pull(name, chosen, models_dir, say=lambda line: click.echo(line, err=True))
 
 
 @cli.command()

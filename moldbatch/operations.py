@@ -385,14 +385,15 @@ def status(plan: Plan, workdir: Path | None = None) -> dict:
     }
 
 
-def gc(plans: list[Plan], workdir: Path | None = None, dry_run: bool = False):
+def gc(plans: list[Plan], workdir: Path | None = None, dry_run: bool = False, lean: bool = False):
     """Remove the artifacts no stage of these (valid) specs needs, nor of any other spec that
-    rendered into the same work folder. Returns (count, bytes, other specs kept for)."""
+    rendered into the same work folder (`lean`: of these, only their finished files). Returns
+    (count, bytes, other specs kept for)."""
     if not all(p.valid for p in plans):
         raise GcNeedsValidSpecs("gc needs valid specs to know what to keep")
     from moldbatch.execute.store import collect_garbage
 
-    return collect_garbage(plans, workdir, dry_run=dry_run)
+    return collect_garbage(plans, workdir, dry_run=dry_run, lean=lean)
 
 
 def export_mold(plan: Plan, shot_id: str | None, output: Path | None = None) -> str:
@@ -418,6 +419,29 @@ def pull_choices(model: str, extras: tuple[str, ...]):
     if model not in MODELS:
         raise UsageError(f"unknown model {model!r}; known: {', '.join(MODELS)}")
     return MODELS[model], parse_extras(MODELS[model], extras)
+
+
+def pull_targets(model: str | None, extras: tuple[str, ...], specs: tuple = ()) -> list:
+    """(model, extras chosen) to pull: MODEL with --with, or what the stages of each spec of
+    `specs` need (models built at run time need nothing)."""
+    if model is not None and specs:
+        raise UsageError("give a MODEL or --for SPEC, not both")
+    if model is not None:
+        return [(model, pull_choices(model, extras)[1])]
+    if not specs:
+        raise UsageError("name a MODEL to pull, or --for SPEC (see `moldbatch models`)")
+    from moldbatch.weights.files import plan_needs
+
+    needs: dict[str, list[str]] = {}
+    for spec in specs:
+        plan = refuse_invalid(load_plan(spec))
+        for name, wanted in plan_needs(plan.stages).items():
+            have = needs.setdefault(name, [])
+            have += [w for w in wanted if w not in have]
+    return [
+        (name, pull_choices(name, (",".join(wanted),) if wanted else ())[1])
+        for name, wanted in needs.items()
+    ]
 
 
 def pull_listing(model: str, chosen, models_dir: Path | None) -> list[tuple[str, str, str]]:
