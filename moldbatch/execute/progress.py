@@ -146,6 +146,7 @@ class StageBars:
         self.chains: dict[str, object] = {}
         self.running: dict[str, object] = {}  # stage id -> its steps bar
         self._stepped: set[str] = set()
+        self._models: set[str] = set()
 
     def __enter__(self):
         self.progress.__enter__()
@@ -173,8 +174,11 @@ class StageBars:
             )
         model = getattr(stage.params, "model", None) or "the model"
         # until the first step arrives the runtime is loading (minutes on real weights): say so
+        # (later clips of the same model only encode their prompt and conditions)
+        wait = "preparing" if model in self._models else f"loading {model}"
+        self._models.add(model)
         self.running[stage.id] = self.progress.add_task(
-            f"   {stage.id} [dim](loading {model}…)[/]", total=stage.steps, unit="steps", eta=""
+            f"   {stage.id} [dim]({wait}…)[/]", total=stage.steps, unit="steps", eta=""
         )
         return lambda i, n: self.step(stage.id, i, n)
 
