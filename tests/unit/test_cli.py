@@ -208,3 +208,34 @@ def test_a_mis_indented_yaml_line_gets_a_hint_about_indentation(tmp_path: Path):
         assert res.exit_code == 1 and where in res.output, res.output
         assert "indent" in res.output.lower(), res.output
         assert "did you mean 'name'" not in res.output  # not the nearest film key
+
+
+def test_every_commands_help_has_an_example_and_its_exit_codes():
+    def commands(group, prefix=()):
+        for name, cmd in group.commands.items():
+            yield (*prefix, name), cmd
+            if hasattr(cmd, "commands"):
+                yield from commands(cmd, (*prefix, name))
+
+    seen = 0
+    for path, _cmd in commands(cli):
+        res = run(*path, "--help")
+        assert res.exit_code == 0, path
+        assert "  Examples:\n    moldbatch " in res.output, (path, res.output)
+        assert "Exit codes: 0" in res.output, (path, res.output)
+        seen += 1
+    assert seen >= 11
+
+
+def test_the_readme_lists_the_exit_codes_of_the_cli():
+    from moldbatch import cli as cli_module
+
+    table = {
+        int(line.split()[0])
+        for line in cli_module.__doc__.splitlines()
+        if line[:3].strip().isdigit()
+    }
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("The exit codes, everywhere:")[1].split("\n\n")[1]
+    listed = {int(row.split("|")[1]) for row in section.splitlines()[2:]}
+    assert listed == table
