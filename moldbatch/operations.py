@@ -338,7 +338,14 @@ def need_runtime(plan: Plan, workdir: Path | None) -> None:
 
     if not stages_to_run(plan, workdir):
         return
-    lacking = [m for m in ("numpy", "torch", "av") if importlib.util.find_spec(m) is None]
+
+    def absent(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is None
+        except (ImportError, ValueError):  # blocked, or half-installed
+            return True
+
+    lacking = [m for m in ("numpy", "torch", "av") if absent(m)]
     if lacking:
         raise RuntimeMissing(
             f"rendering needs the GPU runtime ({', '.join(lacking)} not installed): "

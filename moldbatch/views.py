@@ -112,7 +112,8 @@ def print_status(doc: dict) -> None:
     )
     for s in last["stages"]:
         if s["status"] in ("failed", "interrupted", "running"):
-            con.print(f"  {s['id']}: {s['status']}" + (f": {s['error']}" if s["error"] else ""))
+            error = f": {s['error']}" if s["error"] else ""
+            con.print(f"  {s['id']}: {s['status']}{error}", soft_wrap=True)
 
 
 def print_models(as_json: bool) -> None:

@@ -96,7 +96,8 @@ def _deliver_one(src: Path, dst: Path, want: str, db: StateDB, spec: str, consol
             os.replace(dst, aside)
             console.print(
                 f"[yellow]![/] {display_path(dst)} was not written by moldbatch; "
-                f"kept as {display_path(aside)}"
+                f"kept as {display_path(aside)}",
+                soft_wrap=True,  # a path is never broken across lines
             )
     atomic_copy(src, dst)
     db.record_delivery(dst, want, spec)

@@ -62,8 +62,9 @@ def _duration(seconds: float) -> str:
 
 
 def plain_log_wanted(console: Console) -> bool:
-    """Plain lines instead of bars: the stream is no terminal (a CI log, a pipe, a file)."""
-    return not console.is_terminal
+    """Plain lines instead of bars: the stream is no terminal (a CI log, a pipe, a file), or
+    one that cannot redraw a line (TERM=dumb)."""
+    return not console.is_terminal or console.is_dumb_terminal
 
 
 class StageLines:
@@ -101,6 +102,9 @@ class StageLines:
             what += f", {model}"
         self._say(f"[{self.n}/{self.total}] {stage.id} started ({what}){self._eta()}")
         return None
+
+    def step(self, stage_id: str, i: int, n: int) -> None:
+        return None  # a line per stage, not per step: a CI log stays readable
 
     def done(self, stage: Stage, seconds: float = 0.0) -> None:
         self.left.finish(stage.id, seconds)

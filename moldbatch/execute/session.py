@@ -28,7 +28,7 @@ from moldbatch.errors import (
 )
 from moldbatch.execute.context import StageContext
 from moldbatch.execute.deliver import check_outputs_are_ours, deliver
-from moldbatch.execute.progress import StageBars, StageLines
+from moldbatch.execute.progress import StageBars, StageLines, plain_log_wanted
 from moldbatch.execute.state import StateDB
 from moldbatch.execute.store import Artifact, ArtifactStore, resolve
 from moldbatch.fsio import atomic_write
@@ -90,7 +90,7 @@ class RenderSession:
         self.store = ArtifactStore(workdir)
         self.console = Console(stderr=True, highlight=False)
         self.show = progress
-        self.lines = log_lines or (progress and not self.console.is_terminal)
+        self.lines = log_lines or (progress and plain_log_wanted(self.console))
         self.ctx = StageContext(device=device, inputs={}, runtimes=runtimes or {})
         self.found: dict[str, Artifact] = {}
         self.outcomes: dict[str, StageOutcome] = {}
@@ -212,8 +212,8 @@ class RenderSession:
             summary.seconds = time.perf_counter() - t0
             done = sum(o.status in ("rendered", "cached") for o in summary.stages)
             raise Interrupted(
-                f"interrupted: {done} of {len(summary.stages)} stages are done and kept; "
-                f"run the same command again to resume",
+                f"interrupted; run the same command again to resume ({done} of "
+                f"{len(summary.stages)} stages are done and kept)",
                 summary,
             ) from None
         summary.outputs = deliver(

@@ -106,7 +106,7 @@ def test_sigterm_mid_render_keeps_the_finished_stages_in_the_log(tmp_path: Path)
     log.close()
     text = (tmp_path / "job.log").read_text()
     assert "a/clip-0 rendered in" in text and "a/export rendered in" in text, text
-    assert "interrupted:" in text and "run the same command again to resume" in text
+    assert "interrupted; run the same command again to resume (" in text
     assert "Traceback" not in text
     status = json.loads(
         subprocess.run(

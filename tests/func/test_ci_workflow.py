@@ -10,16 +10,14 @@ import json
 import os
 import re
 import shutil
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import ASSETS, REPO
+from conftest import ASSETS, REPO, undecodable_png
 
 pytestmark = pytest.mark.slow  # renders through subprocesses
 
@@ -199,21 +197,6 @@ def test_the_workflows_review_job_passes_in_a_repository_without_specs(tmp_path:
     )
     assert results and set(results.values()) == {0}, results
     assert "Usage:" not in "".join(p.read_text() for p in tmp_path.glob("review-*.log"))
-
-
-def undecodable_png(path: Path) -> None:
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-        )
-
-    head = struct.pack(">IIBBBBB", 8, 8, 8, 7, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", head)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 72))
-        + chunk(b"IEND", b"")
-    )
 
 
 def result(repo: Path, name: str) -> dict:

@@ -9,11 +9,9 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +24,7 @@ from moldbatch.media.probe import probe, read_video
 from moldbatch.plan.planner import plan_file
 
 from conftest import TINY_HEAD as HEAD
-from conftest import write
+from conftest import undecodable_png, write
 
 CHAIN = (
     HEAD
@@ -181,19 +179,7 @@ def test_second_render_of_a_locked_work_folder_is_refused(tmp_path, runtimes):
 def test_a_failing_stage_stops_the_run_and_writes_no_output(tmp_path, runtimes):
     # a PNG whose chunks are whole (planning checks them) in a colour type no decoder knows:
     # it fails at render
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-        )
-
-    header = struct.pack(">IIBBBBB", 8, 8, 8, 7, 0, 0, 0)
-    bad = tmp_path / "bad.png"
-    bad.write_bytes(
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 72))
-        + chunk(b"IEND", b"")
-    )
+    undecodable_png(tmp_path / "bad.png")
     spec = write(
         tmp_path,
         "film.yaml",

@@ -4,10 +4,8 @@ failed, an invalid spec, a budget refusal, an output collision, a missing file."
 from __future__ import annotations
 
 import json
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 from typing import Literal
 
@@ -17,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from moldbatch.cli import cli
 
-from conftest import write
+from conftest import undecodable_png, write
 
 STATUS = Literal["rendered", "cached", "failed", "skipped", "pending"]
 
@@ -103,24 +101,6 @@ def moldbatch(*args, cwd: Path):
     return subprocess.run(
         [sys.executable, "-m", "moldbatch", *args], cwd=cwd, capture_output=True, text=True
     )
-
-
-def undecodable_png(path: Path) -> Path:
-    """Whole chunks (planning accepts it), a colour type no decoder knows (the render fails)."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-        )
-
-    head = struct.pack(">IIBBBBB", 8, 8, 8, 7, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", head)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 72))
-        + chunk(b"IEND", b"")
-    )
-    return path
 
 
 @pytest.mark.slow

@@ -31,6 +31,8 @@ def test_terminal_bars_say_what_loads_label_units_show_the_time_left_and_mark_a_
             step(i, 30)
         bars.done(good, seconds=30.0)
         step = bars.start(bad)
+        bars.progress.refresh()
+        assert "walk/clip-1 (preparing" in out.getvalue()  # the model is loaded already
         for i in range(1, 8):
             step(i, 30)
         bars.failed(bad, 4.0, "CUDA out of memory")
@@ -58,3 +60,13 @@ def test_plain_lines_say_each_stage_once_with_seconds_and_the_time_left():
         "moldbatch: [2/2] a/export started (export)",
         "moldbatch: [2/2] a/export failed after 0.5s: disk full",
     ]
+
+
+def test_plain_lines_are_chosen_off_a_terminal_and_on_a_dumb_one(monkeypatch):
+    from moldbatch.execute.progress import plain_log_wanted
+
+    assert plain_log_wanted(Console(file=io.StringIO()))  # a pipe, a CI log, a file
+    monkeypatch.setenv("TERM", "xterm-256color")
+    assert not plain_log_wanted(Console(file=io.StringIO(), force_terminal=True))
+    monkeypatch.setenv("TERM", "dumb")
+    assert plain_log_wanted(Console(file=io.StringIO(), force_terminal=True))
