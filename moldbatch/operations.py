@@ -27,7 +27,12 @@ class ModelFilesMissing(MoldbatchError):
 
 
 class GcNeedsValidSpecs(MoldbatchError):
-    pass
+    """gc of a spec with errors: it cannot know what to keep (exit 1; 6 when only files are
+    missing, as for every command)."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def load_plan(
@@ -396,8 +401,10 @@ def gc(plans: list[Plan], workdir: Path | None = None, dry_run: bool = False, le
     """Remove the artifacts no stage of these (valid) specs needs, nor of any other spec that
     rendered into the same work folder (`lean`: of these, only their finished files). Returns
     (count, bytes, other specs kept for)."""
-    if not all(p.valid for p in plans):
-        raise GcNeedsValidSpecs("gc needs valid specs to know what to keep")
+    errors = [d for p in plans for d in p.errors]
+    if errors:
+        code = SpecInvalid.of(errors).exit_code
+        raise GcNeedsValidSpecs("gc needs valid specs to know what to keep", code)
     from moldbatch.execute.store import collect_garbage
 
     return collect_garbage(plans, workdir, dry_run=dry_run, lean=lean)

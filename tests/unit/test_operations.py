@@ -138,3 +138,23 @@ def test_out_moves_the_joined_film_too(film_dir):
     assert plan.valid, [str(d) for d in plan.diagnostics]
     assert plan.output == str(film_dir / "deliver" / "film.mp4")
     assert operations.load_plan(spec).output == str(film_dir / "cut" / "film.mp4")
+
+
+def test_every_command_says_a_missing_spec_with_exit_6(tmp_path):
+    from click.testing import CliRunner
+
+    gone = str(tmp_path / "gone.yaml")
+    for args in (
+        ["validate", gone],
+        ["plan", gone],
+        ["plan", "--json", gone],
+        ["render", gone],
+        ["render", "--json", gone],
+        ["status", gone],
+        ["gc", gone],
+        ["export", "mold", gone],
+    ):
+        res = CliRunner().invoke(cli.cli, args)
+        assert res.exit_code == 6, (args, res.output)
+        said = "no such file" if "--json" in args else "gone.yaml:1:1: no such file"
+        assert said in res.output, (args, res.output)
