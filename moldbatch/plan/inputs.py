@@ -130,7 +130,8 @@ class Inputs:
         if path in self._probes:
             return self._probes[path], None, None
         info, problem, severity = None, None, None
-        if self.reader is None and path.is_file():
+        present = self.reader.is_file(path) if self.reader is not None else path.is_file()
+        if present:
             try:
                 from moldbatch.media.probe import probe
             except ImportError:
@@ -141,11 +142,22 @@ class Inputs:
                 )
             else:
                 try:
-                    info = probe(path)
+                    info = self._probe_with(probe, path)
                 except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file
                     problem, severity = f"cannot read '{value}' as video: {e}", "error"
         self._probes[path] = info
         return info, problem, severity
+
+    def _probe_with(self, probe, path: Path):
+        """Probe the file; a revision's copy is probed from a temporary file."""
+        if self.reader is None:
+            return probe(path)
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="moldbatch-rev-") as tmp:
+            copy = Path(tmp) / path.name
+            copy.write_bytes(self.reader.read_bytes(path))
+            return probe(copy)
 
     def _why_unreadable(self, path: Path, value: str) -> str | None:
         if str(path) in self.inline:
