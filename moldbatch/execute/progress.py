@@ -28,13 +28,18 @@ class TimeLeft:
         self.left = set(self.estimates)
         self._estimated_done = 0.0
         self._took = 0.0
+        self._first_done = False
 
     def finish(self, stage_id: str, seconds: float) -> None:
         if stage_id in self.left:
             self.left.discard(stage_id)
-            if self.estimates[stage_id] > 0:
-                self._estimated_done += self.estimates[stage_id]
-                self._took += seconds
+            if self.estimates[stage_id] <= 0:
+                return
+            if not self._first_done:  # it loaded the model (minutes on real weights): not a rate
+                self._first_done = True
+                return
+            self._estimated_done += self.estimates[stage_id]
+            self._took += seconds
 
     def seconds(self) -> float | None:
         remaining = sum(self.estimates[i] for i in self.left)

@@ -70,3 +70,17 @@ def test_plain_lines_are_chosen_off_a_terminal_and_on_a_dumb_one(monkeypatch):
     assert not plain_log_wanted(Console(file=io.StringIO(), force_terminal=True))
     monkeypatch.setenv("TERM", "dumb")
     assert plain_log_wanted(Console(file=io.StringIO(), force_terminal=True))
+
+
+def test_the_time_left_is_the_estimate_corrected_by_the_clock_after_the_model_loaded():
+    from moldbatch.execute.progress import TimeLeft
+
+    todo = [stage(f"s/clip-{i}") for i in range(3)]
+    left = TimeLeft({s.id: 10.0 for s in todo}, todo)
+    assert left.seconds() == 30.0
+    left.finish("s/clip-0", 100.0)  # the first clip loaded the model: not a rate
+    assert left.seconds() == 20.0
+    left.finish("s/clip-1", 5.0)  # twice as fast as estimated
+    assert left.seconds() == 5.0 and left.text() == "~5.0 s left"
+    left.finish("s/clip-2", 5.0)
+    assert left.seconds() == 0.0 and left.text() == ""
