@@ -34,7 +34,7 @@ EXITS = {
     "locked, model files or the GPU runtime are missing; 4 over --max-gpu-minutes; 5 an output "
     "collision; 6 a file is missing; 130 interrupted (run it again to resume)",
     "status": "0; 1 invalid; 6 a file is missing",
-    "gc": "0; 1 invalid; 3 the work folder is in use",
+    "gc": "0; 1 invalid; 3 the work folder is in use; 6 a file is missing",
     "export": "0; 1 invalid, or the shot cannot be written as a mold script; 2 no --shot",
     "diff": "0 nothing re-renders; 1 something does; 2 a side cannot be read or is invalid",
     "pull": "0; 1 an invalid --for spec; 2 an unknown model or extra, or neither MODEL nor "
