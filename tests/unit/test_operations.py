@@ -158,3 +158,16 @@ def test_every_command_says_a_missing_spec_with_exit_6(tmp_path):
         assert res.exit_code == 6, (args, res.output)
         said = "no such file" if "--json" in args else "gone.yaml:1:1: no such file"
         assert said in res.output, (args, res.output)
+
+
+def test_pull_for_a_spec_names_what_its_stages_need(tmp_path):
+    spec = write(tmp_path, "film.yaml", REAL)
+    ((model, chosen),) = operations.pull_targets(None, (), (str(spec),))
+    assert model == "ltx-2-19b-distilled:fp8"
+    assert chosen == operations.pull_choices(model, ("spatial-x2",))[1]  # its second stage
+    tiny = write(tmp_path, "tiny.yaml", TINY_FILM.replace(", image: assets/start.png", ""))
+    assert operations.pull_targets(None, (), (str(tiny),)) == []  # built in: nothing to fetch
+    with pytest.raises(UsageError, match="--for SPEC"):
+        operations.pull_targets(None, (), ())
+    with pytest.raises(UsageError, match="not both"):
+        operations.pull_targets(model, (), (str(spec),))
