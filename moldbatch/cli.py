@@ -1,25 +1,61 @@
 """The command line: parse, call one function of operations.py, print, exit. Nothing else here.
 
-Exit codes (errors.py: each MoldbatchError carries its own, mapped once, in `main`):
-  0  done
-  1  the spec is invalid (or a shot cannot be exported, or its output belongs to another spec)
-  2  usage: an unknown option, model, extra or executor; an unreadable `diff` side
-  3  a stage failed, the work folder is locked, full or unwritable, model files are missing,
+Exit codes (errors.py: each MoldbatchError carries its own, mapped once, in `_Commands.invoke`):
+  0  done (`diff`: nothing re-renders)
+  1  the spec is invalid, or a shot cannot be exported (`diff`: something re-renders)
+  2  usage: an unknown option, model, extra or executor; an unreadable or invalid `diff` side
+  3  a stage failed, the work folder is locked, full or unwritable, model files or the GPU
+     runtime are missing,
      a download failed
   4  the render is over its --max-gpu-minutes budget
-  130  interrupted (Ctrl-C); run the same command again to resume
+  5  an output collision: another spec (of the same folder) writes one of the output files
+  6  a file is missing: the spec file, or an image, video, audio or LoRA file it names
+  130  interrupted (Ctrl-C, or SIGTERM from a cancelled job); run the same command again
 """
 
 from __future__ import annotations
 
+import inspect
 import json
+import signal
 import sys
 from pathlib import Path
 
 import click
 
 from moldbatch import __version__, operations
-from moldbatch.errors import MoldbatchError, SpecInvalid, display_path, printable
+from moldbatch.errors import Interrupted, MoldbatchError, SpecInvalid, display_path, printable
+
+# the lines each command's --help ends with: `moldbatch X --help` says what X exits with
+EXITS = {
+    "validate": "0 valid; 1 invalid; 5 an output another spec of the folder writes; 6 a file "
+    "is missing",
+    "plan": "0 valid; 1 invalid; 5 an output collision; 6 a file is missing",
+    "render": "0 done; 1 invalid; 3 a stage failed (the others are kept), the work folder is "
+    "locked, model files or the GPU runtime are missing; 4 over --max-gpu-minutes; 5 an output "
+    "collision; 6 a file is missing; 130 interrupted (run it again to resume)",
+    "status": "0; 1 invalid; 6 a file is missing",
+    "gc": "0; 1 invalid; 3 the work folder is in use; 6 a file is missing",
+    "export": "0; 1 invalid, or the shot cannot be written as a mold script; 2 no --shot",
+    "diff": "0 nothing re-renders; 1 something does; 2 a side cannot be read or is invalid",
+    "pull": "0; 1 an invalid --for spec; 2 an unknown model or extra, or neither MODEL nor "
+    "--for; 3 a download failed; 6 a --for spec is missing",
+    "schema": "0",
+    "models": "0",
+}
+
+
+def _help(name: str, *examples: str):
+    """Ends a command's --help with examples and its exit codes (put it under the options)."""
+
+    def add(f):
+        lines = "\n".join(f"  {e}" for e in examples)
+        f.__doc__ = (
+            f"{inspect.cleandoc(f.__doc__)}\n\n\b\nExamples:\n{lines}\n\nExit codes: {EXITS[name]}."
+        )
+        return f
+
+    return add
 
 
 def _workdir_option(what: str):
@@ -61,7 +97,7 @@ def _valid(plan, stream=None):
     """Print a plan's findings; an invalid one ends the command (exit 1, already said)."""
     _print_diagnostics(plan, stream)
     if not plan.valid:
-        raise _said(SpecInvalid(plan.errors))
+        raise _said(SpecInvalid.of(plan.errors))
     return plan
 
 
@@ -98,14 +134,30 @@ def cli() -> None:
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Check the specs as `render --out DIR` renders them: their outputs go to DIR.",
+)
+@_help(
+    "validate",
+    "moldbatch validate films/*.yaml",
+    "moldbatch validate --strict --out renders/opening films/opening.yaml",
+)
 @_allow_option
-def validate(files: tuple[str, ...], strict: bool, allow: tuple[Path, ...]) -> None:
-    """Check spec files against the models' rules; print every error as file:line:col."""
-    plans = [operations.load_plan(f, strict=strict, allow=allow) for f in files]
+def validate(
+    files: tuple[str, ...], strict: bool, out: Path | None, allow: tuple[Path, ...]
+) -> None:
+    """Check spec files against the models' rules; print every error as file:line:col.
+
+    Also checks what `render` would refuse later: every file a spec names is there and
+    decodes, no two of the specs write the same output file, and none writes over what
+    another spec rendered into the same work folder."""
+    plans = operations.load_plans(files, strict=strict, out=out, allow=allow)
     for p in plans:
         _print_diagnostics(p, sys.stdout)
     if not all(p.valid for p in plans):
-        raise _said(SpecInvalid([d for p in plans for d in p.errors]))
+        raise _said(SpecInvalid.of([d for p in plans for d in p.errors]))
 
 
 @cli.command()
@@ -126,6 +178,12 @@ def validate(files: tuple[str, ...], strict: bool, allow: tuple[Path, ...]) -> N
     help="List every stage (default: when they fit one table; a long film is summarised).",
 )
 @_allow_option
+@_help(
+    "plan",
+    "moldbatch plan film.yaml",
+    "moldbatch plan film.yaml --json | jq '.counts'",
+    "moldbatch plan film.yaml --html storyboard.html",
+)
 def plan(
     file: str,
     as_json: bool,
@@ -137,7 +195,7 @@ def plan(
     allow: tuple[Path, ...],
 ) -> None:
     """Dry run: show the shots, clips and stages, which are cached, and what they cost."""
-    p = operations.load_plan(file, strict=strict, out=out, workdir=workdir, allow=allow)
+    (p,) = operations.load_plans([file], strict=strict, out=out, workdir=workdir, allow=allow)
     view = operations.dry_run(p, workdir) if p.valid else None
     if as_json:
         click.echo(json.dumps(view.to_json() if view else p.to_json(), indent=2))
@@ -148,7 +206,7 @@ def plan(
 
             print_plan(p, view.cached, view.cost, stages)
     if view is None:
-        raise _said(SpecInvalid(p.errors))
+        raise _said(SpecInvalid.of(p.errors))
     if html_path is not None:
         from moldbatch.review.storyboard import write_storyboard
 
@@ -209,6 +267,11 @@ def plan(
     "each new clip shape compiles again).",
 )
 @_allow_option
+@_help(
+    "render",
+    "moldbatch render film.yaml",
+    "moldbatch render film.yaml --out renders/film --max-gpu-minutes 60 --json > result.json",
+)
 def render(
     file: str,
     workdir: Path | None,
@@ -225,11 +288,14 @@ def render(
     compile_: bool,
     allow: tuple[Path, ...],
 ) -> None:
-    """Render a film: every stage not already cached, then the shot files and the film."""
+    """Render a film: every stage not already cached, then the shot files and the film.
+
+    In a terminal it shows progress bars; elsewhere (a CI log, a pipe) one line per stage on
+    stderr as it happens. With --json, stdout holds one JSON document however the render
+    ends (its `ok`, `exit_code` and `reason`, each stage's status, the shot files and the
+    report), and the per-stage lines still go to stderr."""
     p = operations.load_plan(file, out=out, workdir=workdir, allow=allow)
     _print_diagnostics(p)
-    if not p.valid and as_json:
-        click.echo(json.dumps(p.to_json(), indent=2))
     try:
         summary = operations.render(
             p,
@@ -238,6 +304,7 @@ def render(
             keep_going=keep_going,
             device=device,
             progress=not as_json,
+            log_lines=as_json,
             executor=executor,
             ray_options={"address": address, "workers": workers, "retries": retries}
             if executor == "ray"
@@ -246,27 +313,25 @@ def render(
             models_dir=models_dir,
             compile=compile_,
         )
-    except SpecInvalid as e:
-        raise _said(e) from None
-    except operations.ModelFilesMissing as e:
-        if as_json:
-            click.echo(json.dumps({"ok": False, "error": str(e)}, indent=2))
-        raise
-    except MoldbatchError as e:
-        summary = getattr(e, "summary", None)
-        if as_json and summary is not None:  # what was done and kept, even on failure
-            click.echo(json.dumps(summary.to_json(), indent=2))
-        raise
+    except (MoldbatchError, KeyboardInterrupt) as e:
+        if isinstance(e, KeyboardInterrupt):
+            e = Interrupted("interrupted; run the same command again to resume")
+        if as_json:  # the same document as a success: what was done and kept, and why not
+            doc = operations.render_result(p, error=e, workdir=workdir)
+            click.echo(json.dumps(doc, indent=2))
+        raise _said(e) if isinstance(e, SpecInvalid) else e from None
+    doc = operations.render_result(p, summary=summary)
     if as_json:
-        click.echo(json.dumps(summary.to_json(), indent=2))
-    sys.exit(0 if summary.ok else 3)
+        click.echo(json.dumps(doc, indent=2))
+    sys.exit(doc["exit_code"])
 
 
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @_workdir_option("of the render")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @_allow_option
+@_help("status", "moldbatch status film.yaml", "moldbatch status film.yaml --json")
 def status(file: str, workdir: Path | None, as_json: bool, allow: tuple[Path, ...]) -> None:
     """Show the progress of the last render of a spec."""
     p = _valid(operations.load_plan(file, workdir=workdir, allow=allow))
@@ -285,15 +350,31 @@ def status(file: str, workdir: Path | None, as_json: bool, allow: tuple[Path, ..
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @_workdir_option("to clean")
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@click.option(
+    "--lean",
+    is_flag=True,
+    help="Keep only the finished shot and film files of these specs, not their raw frames "
+    "and latents: the same specs still render nothing; a changed shot renders all its "
+    "stages again (for a CI cache).",
+)
 @_allow_option
+@_help(
+    "gc",
+    "moldbatch gc films/*.yaml --dry-run",
+    "moldbatch gc films/opening.yaml --workdir .moldbatch-work/opening --lean",
+)
 def gc(
-    files: tuple[str, ...], workdir: Path | None, dry_run: bool, allow: tuple[Path, ...]
+    files: tuple[str, ...],
+    workdir: Path | None,
+    dry_run: bool,
+    lean: bool,
+    allow: tuple[Path, ...],
 ) -> None:
     """Remove artifacts that no stage of the given specs needs."""
     plans = [operations.load_plan(f, workdir=workdir, allow=allow) for f in files]
     for p in plans:
         _print_diagnostics(p)
-    removed, freed, others = operations.gc(plans, workdir, dry_run=dry_run, allow=allow)
+    removed, freed, others = operations.gc(plans, workdir, dry_run=dry_run, lean=lean, allow=allow)
     verb = "would remove" if dry_run else "removed"
     kept = (
         f"; kept what {len(others)} other spec(s) sharing this work folder need" if others else ""
@@ -302,6 +383,7 @@ def gc(
 
 
 @cli.group()
+@_help("export", "moldbatch export mold film.yaml --shot opening -o opening.toml")
 def export() -> None:
     """Write a shot in another tool's format."""
 
@@ -316,6 +398,7 @@ def export() -> None:
     help="Write the script here (default: stdout).",
 )
 @_allow_option
+@_help("export", "moldbatch export mold film.yaml --shot opening -o opening.toml")
 def export_mold(
     file: str, shot_id: str | None, output: Path | None, allow: tuple[Path, ...]
 ) -> None:
@@ -337,12 +420,17 @@ def export_mold(
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @click.option("--markdown", is_flag=True, help="A Markdown table (for a CI job summary).")
 @_allow_option
+@_help(
+    "diff",
+    "moldbatch diff HEAD~1:film.yaml film.yaml",
+    'moldbatch diff --markdown "origin/main:films/opening.yaml" films/opening.yaml',
+)
 def diff(old: str, new: str, as_json: bool, markdown: bool, allow: tuple[Path, ...]) -> None:
     """What a spec change adds, removes and re-renders, per shot, and why.
 
-    OLD and NEW are spec files or git revisions such as HEAD~1:film.yaml. Exit 0 when
-    nothing re-renders, 1 when something does, 2 when a side cannot be read or is invalid.
-    """
+    OLD and NEW are spec files or git revisions such as HEAD~1:film.yaml; a revision's side
+    is planned with the files (images, audio, ...) of that revision. A side missing from its
+    revision (a spec new in a pull request) has no stages: all are added."""
     from moldbatch.review.diff import diff_refs, format_markdown, format_text
 
     d = diff_refs(old, new, allow=allow)
@@ -356,6 +444,7 @@ def diff(old: str, new: str, as_json: bool, markdown: bool, allow: tuple[Path, .
 
 
 @cli.command()
+@_help("schema", "moldbatch schema > moldbatch.schema.json")
 def schema() -> None:
     """Print the JSON Schema of the spec language."""
     from moldbatch.spec.schema import json_schema
@@ -364,7 +453,7 @@ def schema() -> None:
 
 
 @cli.command()
-@click.argument("model")
+@click.argument("model", required=False)
 @click.option(
     "--with",
     "extras",
@@ -373,6 +462,14 @@ def schema() -> None:
     help="Extras, comma-separated: spatial-x2, spatial-x1.5, temporal-x2, distilled-lora, "
     "camera:<preset>, camera:all, or all.",
 )
+@click.option(
+    "--for",
+    "specs",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    metavar="SPEC",
+    help="Instead of MODEL: every model and extra these specs' stages need (repeatable).",
+)
 @_models_dir_option(
     "Write plain copies under DIR/<org>/<name>/ instead of the Hugging Face cache "
     "(default: $MOLDBATCH_MODELS when set)."
@@ -380,20 +477,37 @@ def schema() -> None:
 @click.option(
     "--dry-run", is_flag=True, help="List the files and which are present; fetch nothing."
 )
-def pull(model: str, extras: tuple[str, ...], models_dir: Path | None, dry_run: bool) -> None:
-    """Download a model's files (resumable), so that `render` can run offline."""
-    _, chosen = operations.pull_choices(model, extras)
-    if dry_run:
-        for state, role, label in operations.pull_listing(model, chosen, models_dir):
-            click.echo(f"{state:8}  {role:14}  {label}")
-        return
-    from moldbatch.weights.pull import pull as do_pull
+@_help(
+    "pull",
+    "moldbatch pull ltx-2-19b-distilled:fp8 --with spatial-x2",
+    "moldbatch pull --for films/opening.yaml --for films/finale.yaml",
+    "moldbatch pull ltx-2-19b-distilled:fp8 --models-dir /models --dry-run",
+)
+def pull(
+    model: str | None,
+    extras: tuple[str, ...],
+    specs: tuple[str, ...],
+    models_dir: Path | None,
+    dry_run: bool,
+) -> None:
+    """Download a model's files (resumable), so that `render` can run offline. Gated
+    repositories read the token of `huggingface-cli login`, or $HF_TOKEN."""
+    targets = operations.pull_targets(model, extras, specs)
+    if not targets:
+        click.echo("nothing to pull: the specs use built-in models only", err=True)
+    for name, chosen in targets:
+        if dry_run:
+            for state, role, label in operations.pull_listing(name, chosen, models_dir):
+                click.echo(f"{state:8}  {role:14}  {label}")
+            continue
+        from moldbatch.weights.pull import pull as do_pull
 
-    do_pull(model, chosen, models_dir, say=lambda line: click.echo(line, err=True))
+        do_pull(name, chosen, models_dir, say=lambda line: click.echo(line, err=True))
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON array on stdout.")
+@_help("models", "moldbatch models", "moldbatch models --json")
 def models(as_json: bool) -> None:
     """List the models with their caps and features."""
     from moldbatch.views import print_models
@@ -401,7 +515,14 @@ def models(as_json: bool) -> None:
     print_models(as_json)
 
 
+def _terminated(signum, frame):
+    """SIGTERM (a cancelled or timed-out CI job) stops as Ctrl-C does: the stages done stay
+    cached and logged, exit 130."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminated)
     # click's standalone mode turns Ctrl-C into "Aborted!" and exit 1 (our "invalid" code):
     # handle its exceptions here instead
     try:

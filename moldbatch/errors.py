@@ -28,6 +28,9 @@ class Diagnostic:
     path: str  # e.g. "shots[2].frames"; "" for the document itself
     message: str
     severity: str = "error"  # "error" | "warning"
+    # what kind of error, where its exit code is not "invalid spec" (1): "missing-file" (6),
+    # "output-taken" (5); "" for the rest
+    code: str = ""
 
     def __post_init__(self) -> None:
         # one finding, one line: messages from parsers may span several; the values they
@@ -47,22 +50,29 @@ class Diagnostic:
         return {"file": self.file, **out}
 
 
+# a Diagnostic's code -> the exit code of a spec whose every error is of that kind
+DIAGNOSTIC_EXIT = {"missing-file": 6, "output-taken": 5}
+
+
 class MoldbatchError(Exception):
     """Base of every error moldbatch reports as one line (never a traceback)."""
 
     exit_code = 1
+    reason = "error"  # the `reason` of `render --json`
 
 
 class UsageError(MoldbatchError):
     """The command was called wrongly: an unknown name, a missing choice (exit 2)."""
 
     exit_code = 2
+    reason = "usage"
 
 
 class OverBudget(MoldbatchError):
     """The estimated GPU time of what would render is above --max-gpu-minutes (exit 4)."""
 
     exit_code = 4
+    reason = "over-budget"
 
 
 class RuntimeLoadError(MoldbatchError):
@@ -78,15 +88,48 @@ class RuntimeFeatureError(MoldbatchError):
 
 
 class SpecInvalid(MoldbatchError):
-    """The spec has errors; `diagnostics` holds them all, not just the first."""
+    """The spec has errors; `diagnostics` holds them all, not just the first (exit 1; see
+    `of` for the two kinds that have codes of their own)."""
+
+    reason = "invalid-spec"
 
     def __init__(self, diagnostics: list[Diagnostic]):
         self.diagnostics = diagnostics
         super().__init__("\n".join(str(d) for d in diagnostics))
 
+    @staticmethod
+    def of(diagnostics: list[Diagnostic]) -> SpecInvalid:
+        """The error for these findings: InputsMissing (exit 6) when every error is a file
+        that is not there, OutputCollision (exit 5) when every one is an output another spec
+        writes, else SpecInvalid (exit 1)."""
+        errors = [d for d in diagnostics if d.severity == "error"]
+        codes = {d.code for d in errors}
+        if len(codes) == 1:
+            cls = {"missing-file": InputsMissing, "output-taken": OutputCollision}.get(
+                codes.pop(), SpecInvalid
+            )
+            return cls(diagnostics)
+        return SpecInvalid(diagnostics)
+
+
+class InputsMissing(SpecInvalid):
+    """The spec file, or a file it names, is not there (exit 6: a checkout without its LFS
+    files, a path typed wrong)."""
+
+    exit_code = 6
+    reason = "missing-file"
+
+
+class OutputCollision(SpecInvalid):
+    """Another spec in the same folder writes one of this spec's output files (exit 5)."""
+
+    exit_code = 5
+    reason = "output-collision"
+
 
 class StageFailed(MoldbatchError):
     exit_code = 3
+    reason = "stage-failed"
 
     def __init__(self, message: str, summary=None):
         super().__init__(message)
@@ -95,6 +138,19 @@ class StageFailed(MoldbatchError):
 
 class WorkdirLocked(MoldbatchError):
     exit_code = 3
+    reason = "workdir-locked"
+
+
+class Interrupted(MoldbatchError):
+    """Ctrl-C or SIGTERM during a render: the stages done are kept (exit 130: run the same
+    command again to resume)."""
+
+    exit_code = 130
+    reason = "interrupted"
+
+    def __init__(self, message: str, summary=None):
+        super().__init__(message)
+        self.summary = summary
 
 
 class WorkdirFailed(MoldbatchError):
@@ -104,7 +160,19 @@ class WorkdirFailed(MoldbatchError):
 
 
 class OutputTaken(MoldbatchError):
-    """An output path holds what another spec's render wrote (exit 1: fix the spec or --out)."""
+    """An output path holds what another spec's render wrote (exit 5: another shot id, or
+    --out)."""
+
+    exit_code = 5
+    reason = "output-collision"
+
+
+class RuntimeMissing(MoldbatchError):
+    """The GPU runtime (torch, numpy, PyAV) is not installed: `pip install moldbatch[gpu]`
+    (exit 3)."""
+
+    exit_code = 3
+    reason = "runtime-missing"
 
 
 def one_line(e: BaseException) -> str:

@@ -136,8 +136,8 @@ def _clips_cell(shot) -> str:
 def print_status(doc: dict) -> None:
     con = _out()
     con.print(
-        f"{_user(doc['spec'])}: {doc['cached']} of {doc['stages']} stages cached "
-        f"(work folder {_user(doc['workdir'])})"
+        f"{_user(doc['spec'])}: {doc['counts']['cached']} of {len(doc['stages'])} stages "
+        f"cached (work folder {_user(doc['workdir'])})"
     )
     last = doc["last_run"]
     if last is None:
@@ -152,10 +152,8 @@ def print_status(doc: dict) -> None:
     )
     for s in last["stages"]:
         if s["status"] in ("failed", "interrupted", "running"):
-            con.print(
-                f"  {_user(s['id'])}: {s['status']}"
-                + (f": {_user(s['error'])}" if s["error"] else "")
-            )
+            error = f": {_user(s['error'])}" if s["error"] else ""
+            con.print(f"  {_user(s['id'])}: {s['status']}{error}", soft_wrap=True)
 
 
 def print_models(as_json: bool) -> None:

@@ -45,6 +45,27 @@ def solid(tmp_path_factory: pytest.TempPathFactory):
     return make
 
 
+def undecodable_png(path: Path) -> Path:
+    """A PNG whose chunks are whole (planning checks them, and accepts it) in a colour type no
+    decoder knows: the render's stage that reads it fails."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    head = struct.pack(">IIBBBBB", 8, 8, 8, 7, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", head)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 72))
+        + chunk(b"IEND", b"")
+    )
+    return path
+
+
 def write(folder: Path, name: str, text: str) -> Path:
     path = folder / name
     path.write_text(text)

@@ -17,15 +17,17 @@ from moldbatch.errors import OutputTaken, display_path
 from moldbatch.execute.state import StateDB
 from moldbatch.execute.store import Artifact
 from moldbatch.fsio import atomic_copy, remove_stale_temporaries, sha256_file
-from moldbatch.plan.types import TERMINAL_KINDS, Plan
+from moldbatch.plan.types import TERMINAL_KINDS, Plan, Stage
 
 # what a render writes beside the shots (review/report.py): their temporaries are ours too
 PAGES = (".contact.png", ".report.html")
 
 
-def check_outputs_are_ours(plan: Plan, db: StateDB, spec: str) -> None:
-    """Refuse, before rendering anything, to write over a file that another spec's render
-    wrote: two specs in one folder with a shot id (or film output) in common."""
+def taken_outputs(plan: Plan, db: StateDB, spec: str) -> list[tuple[Stage, Path, str]]:
+    """(stage, its output, the other spec) for each output file that another spec's render
+    wrote and would be written over: two specs in one folder with a shot id (or film output)
+    in common."""
+    taken = []
     for stage in plan.stages:
         if stage.kind not in TERMINAL_KINDS:
             continue
@@ -33,17 +35,25 @@ def check_outputs_are_ours(plan: Plan, db: StateDB, spec: str) -> None:
         owner = db.delivered_for(dst)
         # a spec that no longer exists (renamed, deleted) has given its outputs up
         if owner and owner != spec and dst.is_file() and Path(owner).is_file():
-            if stage.shot:
-                fix = "give this shot another id"
-                what = f"shot '{stage.shot}'"
-            else:
-                fix = "give this film another `output`"
-                what = "the film"
-            raise OutputTaken(
-                f"{display_path(dst)} ({what}) was rendered by {display_path(Path(owner))}, "
-                f"which writes into the same folder; {fix} or render with --out DIR; "
-                "nothing was rendered"
-            )
+            taken.append((stage, dst, owner))
+    return taken
+
+
+def collision_fix(stage: Stage) -> str:
+    """What to do about an output another spec writes (`--out` moves shots and the film)."""
+    what = "give this shot another id" if stage.shot else "give this film another `output`"
+    return f"{what} or render with --out DIR"
+
+
+def check_outputs_are_ours(plan: Plan, db: StateDB, spec: str) -> None:
+    """Refuse, before rendering anything, to write over a file that another spec's render
+    wrote (OutputTaken, exit 5)."""
+    for stage, dst, owner in taken_outputs(plan, db, spec)[:1]:
+        what = f"shot '{stage.shot}'" if stage.shot else "the film"
+        raise OutputTaken(
+            f"{display_path(dst)} ({what}) was rendered by {display_path(Path(owner))}, "
+            f"which writes into the same folder; {collision_fix(stage)}; nothing was rendered"
+        )
 
 
 def deliver(

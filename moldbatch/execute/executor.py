@@ -33,18 +33,31 @@ def render_plan(
     executor: str = "local",
     ray_options: dict | None = None,
     compile: bool = False,
+    log_lines: bool = False,
+    estimates: dict[str, float] | None = None,
 ) -> Summary:
     """Render every output of a valid plan. Raises StageFailed (after recording it) when a stage
     fails and `keep_going` is off; with it, returns a Summary whose `ok` is False.
 
     `executor="ray"` spreads the shots over a Ray cluster's workers (ray_driver.py);
     `ray_options`: address, workers, retries, timings (see `ray_driver.on_ray`). `compile`:
-    torch.compile each runtime's transformer once per process (each worker's on Ray)."""
+    torch.compile each runtime's transformer once per process (each worker's on Ray).
+    `log_lines`, `estimates`: see RenderSession."""
     if executor not in EXECUTORS:
         raise UsageError(f"unknown executor {executor!r}: {' or '.join(EXECUTORS)}")
     workdir = (workdir or default_workdir(plan.path)).resolve()
     with _locked(workdir), _disk_errors(workdir):
-        session = RenderSession(plan, workdir, keep_going, device, progress, runtimes, compile)
+        session = RenderSession(
+            plan,
+            workdir,
+            keep_going,
+            device,
+            progress,
+            runtimes,
+            compile=compile,
+            log_lines=log_lines,
+            estimates=estimates,
+        )
         if executor == "local":
             serial = os.environ.get(LANES_ENV) == "1"
             return session.run(run_in_order if serial else run_in_lanes)

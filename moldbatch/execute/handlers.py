@@ -8,38 +8,19 @@ import torch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file as load_np
 from safetensors.numpy import save_file as save_np
 
+from moldbatch.execute.context import StageContext
 from moldbatch.execute.store import Artifact, ArtifactWriter
 from moldbatch.models import FRAME_GRID, SIZE_GRID
 from moldbatch.plan.types import ClipParams, Conditions, Stage
 
 MEDIA = "media.safetensors"
 LATENTS = "latents.safetensors"
-
-
-@dataclass
-class StageContext:
-    """What a handler may use: the artifacts of its needs, and the shared runtimes."""
-
-    device: str | None
-    inputs: dict[str, Artifact]  # stage id -> artifact, for this stage's needs
-    on_step: Callable[[int, int], None] | None = None
-    runtimes: dict = field(default_factory=dict)  # model name -> Runtime, one per process
-    compile: bool = False  # torch.compile the transformer (render --compile)
-
-    def runtime(self, model: str):
-        if model not in self.runtimes:
-            from moldbatch.runtime import Runtime
-
-            self.runtimes[model] = Runtime(model, device=self.device, compile=self.compile)
-        return self.runtimes[model]
 
 
 def save_media(

@@ -327,7 +327,8 @@ class _Run:
             if task.attempt < self.retries:
                 self.session.console.print(
                     f"[yellow]![/] {stage.id}: worker {slot.index} lost ({result['lost']}); "
-                    f"retrying ({task.attempt + 1} of {self.retries})"
+                    f"retrying ({task.attempt + 1} of {self.retries})",
+                    soft_wrap=True,
                 )
                 log.warning("ray: %s: worker %d lost; retrying", stage.id, slot.index)
                 self._submit(slot, stage, task.attempt + 1, task.started)

@@ -16,7 +16,8 @@ from collections import OrderedDict
 from pathlib import Path
 
 from moldbatch.errors import MoldbatchError, one_line
-from moldbatch.execute.handlers import HANDLERS, StageContext
+from moldbatch.execute.context import StageContext
+from moldbatch.execute.handlers import HANDLERS
 from moldbatch.execute.store import Artifact, ArtifactStore
 from moldbatch.fsio import sha256_file
 from moldbatch.plan.types import FileRef, Stage, file_refs, with_paths

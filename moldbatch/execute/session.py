@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from moldbatch.errors import (
+    Interrupted,
     MoldbatchError,
     OutputTaken,
     StageFailed,
@@ -34,9 +35,9 @@ from moldbatch.errors import (
     one_line,
     printable,
 )
+from moldbatch.execute.context import StageContext
 from moldbatch.execute.deliver import check_outputs_are_ours, deliver
-from moldbatch.execute.handlers import HANDLERS, StageContext
-from moldbatch.execute.progress import StageBars
+from moldbatch.execute.progress import StageBars, StageLines, plain_log_wanted
 from moldbatch.execute.state import StateDB
 from moldbatch.execute.store import Artifact, ArtifactStore, resolve
 from moldbatch.fsio import atomic_write
@@ -62,6 +63,7 @@ class Summary:
     seconds: float = 0.0
     runtime_seconds: float = 0.0  # time spent inside the runtime (clip/refine/upscale stages)
     cpu_seconds: float = 0.0  # time spent in the other stages (stitch, export, join)
+    report: Path | None = None  # <spec>.report.html, once written
 
     @property
     def ok(self) -> bool:
@@ -73,27 +75,6 @@ class Summary:
     @property
     def failed(self) -> list[StageOutcome]:
         return [s for s in self.stages if s.status == "failed"]
-
-    def to_json(self) -> dict:
-        return {
-            "spec": self.spec,
-            "ok": self.ok,
-            "workdir": str(self.workdir),
-            "seconds": round(self.seconds, 3),
-            "rendered": sum(s.status == "rendered" for s in self.stages),
-            "cached": sum(s.status == "cached" for s in self.stages),
-            "stages": [
-                {
-                    "id": s.id,
-                    "kind": s.kind,
-                    "status": s.status,
-                    "seconds": round(s.seconds, 3),
-                    **({"error": s.error} if s.error else {}),
-                }
-                for s in self.stages
-            ],
-            "outputs": self.outputs,
-        }
 
 
 RunStages = Callable[["RenderSession", list[Stage]], str]
@@ -111,16 +92,23 @@ class RenderSession:
         progress: bool = True,
         runtimes: dict | None = None,
         compile: bool = False,
+        log_lines: bool = False,
+        estimates: dict[str, float] | None = None,
     ):
+        """`progress`: bars in a terminal, else one plain line per stage (a CI log);
+        `log_lines` (`--json`): the plain lines on stderr, bars or not; `estimates`: seconds
+        per stage id, for the time left."""
+        self.estimates = estimates
         self.plan, self.workdir, self.keep_going = plan, workdir, keep_going
         self.store = ArtifactStore(workdir)
         self.console = Console(stderr=True, highlight=False)
         self.show = progress
+        self.lines = log_lines or (progress and plain_log_wanted(self.console))
         self.ctx = StageContext(device=device, inputs={}, runtimes=runtimes or {}, compile=compile)
         self.found: dict[str, Artifact] = {}
         self.outcomes: dict[str, StageOutcome] = {}
         self.summary = Summary(plan.file, workdir)
-        self.bars: StageBars | None = None
+        self.bars: StageBars | StageLines | None = None
         self._db: StateDB | None = None
         self._run_id: int | None = None
         self._books = threading.RLock()  # the state database, outcomes, bars, `found`
@@ -151,14 +139,15 @@ class RenderSession:
             self._db.set_stage(
                 self._run_id, stage.id, "failed", seconds=seconds, error=outcome.error
             )
-            self.console.print(
-                f"[red]✗[/] {stage.id}: {escape(printable(outcome.error))}", soft_wrap=True
-            )
-            self.bars.done(stage)
+            if not self.lines:  # a plain line says it already; whole: never wrapped in a path
+                self.console.print(
+                    f"[red]✗[/] {stage.id}: {escape(printable(outcome.error))}", soft_wrap=True
+                )
+            self.bars.failed(stage, seconds, outcome.error)
             return False
         outcome.status = "rendered"
         self._db.set_stage(self._run_id, stage.id, "rendered", seconds=seconds)
-        self.bars.done(stage)
+        self.bars.done(stage, seconds)
         return True
 
     def skip(self, stage: Stage) -> None:
@@ -166,6 +155,7 @@ class RenderSession:
         with self._books:
             self.outcomes[stage.id].status = "skipped"
             self._db.set_stage(self._run_id, stage.id, "skipped")
+            self.bars.skipped(stage)
 
     def pending(self, stage: Stage) -> None:
         """A stage that was stopped before it ended: neither done nor failed."""
@@ -182,10 +172,17 @@ class RenderSession:
         """Run one stage's handler in this process, its inputs all committed; True when it
         rendered. The model's stages share the runtimes' context (one at a time); the others
         get a context of their own, so that they can run beside them."""
+        from moldbatch.execute.handlers import HANDLERS  # numpy and the runtime: only to run
+
         if stage.kind in RUNTIME_KINDS:
             ctx = self.ctx
         else:
-            ctx = StageContext(device=self.ctx.device, inputs={}, runtimes=self.ctx.runtimes)
+            ctx = StageContext(
+                device=self.ctx.device,
+                inputs={},
+                runtimes=self.ctx.runtimes,
+                compile=self.ctx.compile,
+            )
         ctx.on_step = self.begin(stage)
         with self._books:
             ctx.inputs = {n: self.found[n] for n in stage.needs}
@@ -252,13 +249,27 @@ class RenderSession:
                 self.outcomes[s.id].status = "cached" if cached else "skipped"
                 db.set_stage(run_id, s.id, self.outcomes[s.id].status, seconds=0.0)
         summary = self.summary
+        if self.lines:
+            bars = StageLines(todo, self.estimates)
+        else:
+            bars = StageBars(self.console, todo, enabled=self.show, estimates=self.estimates)
         try:
-            with StageBars(self.console, todo, enabled=self.show) as self.bars:
+            with bars as self.bars:
+                for s in self.plan.stages:
+                    if self.outcomes[s.id].status == "cached":
+                        bars.cached(s)
                 status = run_stages(self, todo)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (a cancelled CI job): a clean stop
             db.interrupt_run(run_id)
             db.close()
-            raise
+            summary.stages = [self.outcomes[s.id] for s in self.plan.stages]
+            summary.seconds = time.perf_counter() - t0
+            done = sum(o.status in ("rendered", "cached") for o in summary.stages)
+            raise Interrupted(
+                f"interrupted; run the same command again to resume ({done} of "
+                f"{len(summary.stages)} stages are done and kept)",
+                summary,
+            ) from None
         summary.outputs = deliver(
             self.plan, self.found, db, spec, self.console, summary.delivery_errors
         )
@@ -266,7 +277,7 @@ class RenderSession:
         summary.seconds = time.perf_counter() - t0
         if summary.delivery_errors:
             status = "failed"
-        if self.show:
+        if self.show or self.lines:
             self._report()
         db.finish_run(run_id, status)
         db.close()

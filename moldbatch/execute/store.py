@@ -175,10 +175,16 @@ def resolve(plan, store: ArtifactStore, *, verify: bool = True):
     return [s for s in plan.stages if s.id in todo], found
 
 
-def collect_garbage(plans, workdir: Path | None, dry_run: bool = False, allow=()):
+def collect_garbage(
+    plans, workdir: Path | None, dry_run: bool = False, allow=(), lean: bool = False
+):
     """Remove every artifact no stage needs: of `plans`, or of any other spec that rendered
     into this work folder and still exists (work folders are shared by the specs beside
-    them). Returns (count, bytes, other specs whose artifacts were kept)."""
+    them). `lean`: of `plans`, keep only the finished shot and film files (export and join
+    stages) of each shot that is finished, and everything of one that is not: the raw frames
+    and latents of finished shots go, a render of the same specs still renders nothing, the
+    clips done of an unfinished shot are kept, and a changed finished shot renders all its
+    stages again. Returns (count, bytes, other specs whose artifacts were kept)."""
     import contextlib
 
     from moldbatch.execute.lock import WorkdirLock
@@ -187,6 +193,13 @@ def collect_garbage(plans, workdir: Path | None, dry_run: bool = False, allow=()
     workdir = workdir or default_workdir(plans[0].path)
     store = ArtifactStore(workdir)
     keep = {s.key for p in plans for s in p.stages}
+    if lean:  # a finished shot keeps its file only; an unfinished one keeps all it has done
+        keep = set()
+        for p in plans:
+            done = {
+                s.shot for s in p.stages if s.kind == "export" and store.get(s.key, verify=False)
+            }
+            keep |= {s.key for s in p.stages if s.kind in TERMINAL_KINDS or s.shot not in done}
     given = {str(p.path.resolve()) for p in plans}
     others = []
     for spec in dict.fromkeys(_specs_rendered_in(workdir) + _specs_beside(workdir)):

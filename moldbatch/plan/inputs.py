@@ -7,11 +7,18 @@ Confinement: every path a spec names (inputs, the film's output, the folders it 
 resolves, symlinks followed, inside the spec's project root (the git work tree holding the
 spec, else its folder) or a folder the user allowed (`--allow-path DIR`, or $MOLDBATCH_ALLOW_PATHS,
 os.pathsep-separated). A path outside is refused before anything looks at it, so the message
-says nothing about whether the file exists."""
+says nothing about whether the file exists.
+
+Files are read through one pluggable reader: the working tree by default, or a git revision
+(`GitReader`, for `moldbatch diff REV:film.yaml`), so that a side of a diff sees the assets
+of its own revision."""
 
 from __future__ import annotations
 
 import os
+import struct
+import subprocess
+import zlib
 from pathlib import Path
 
 from moldbatch.fsio import sha256_bytes, sha256_file
@@ -20,7 +27,45 @@ IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
 
 
 class InputError(Exception):
-    """A named file cannot be used; the planner reports the message at the field's position."""
+    """A named file cannot be used; the planner reports the message at the field's position.
+    `code` is "missing-file" for a file that is not there (its own exit code)."""
+
+    def __init__(self, message: str, code: str = ""):
+        super().__init__(message)
+        self.code = code
+
+
+class GitReader:
+    """Files as they are at a git revision: `Inputs(root, reader=GitReader(rev, top))` plans a
+    spec of that revision with that revision's assets, not the working tree's."""
+
+    def __init__(self, rev: str, top: Path):
+        self.rev, self.top = rev, top.resolve()
+        self._blobs: dict[Path, bytes | None] = {}
+
+    def _blob(self, path: Path) -> bytes | None:
+        if path not in self._blobs:
+            try:
+                rel = path.resolve().relative_to(self.top).as_posix()
+            except ValueError:  # outside the repository: the same file on both sides
+                self._blobs[path] = path.read_bytes() if path.is_file() else None
+            else:
+                res = subprocess.run(
+                    ["git", "cat-file", "blob", f"{self.rev}:{rel}"],
+                    cwd=self.top,
+                    capture_output=True,
+                )
+                self._blobs[path] = res.stdout if res.returncode == 0 else None
+        return self._blobs[path]
+
+    def is_file(self, path: Path) -> bool:
+        return self._blob(path) is not None
+
+    def read_bytes(self, path: Path) -> bytes:
+        data = self._blob(path)
+        if data is None:
+            raise FileNotFoundError(2, "not in the revision", str(path))
+        return data
 
 
 ALLOW_ENV = "MOLDBATCH_ALLOW_PATHS"
@@ -51,6 +96,7 @@ class Inputs:
         self,
         root: Path,
         inline: dict[str, bytes] | None = None,
+        reader: GitReader | None = None,
         *,
         project: Path | None = None,
         allow: tuple[Path, ...] = (),
@@ -59,9 +105,11 @@ class Inputs:
         self.project = project or project_root(root)
         self.allowed = (self.project, *allow)  # where the spec's paths may lead
         self.inline = dict(inline or {})  # absolute path -> bytes
+        self.reader = reader  # None: the working tree
         self._paths: dict[str, Path] = {}
         self._readable: dict[Path, str | None] = {}  # path -> None when fine, else why not
         self._heads: dict[Path, bytes] = {}
+        self._broken: dict[Path, str] = {}  # an image that cannot be decoded -> why
         self._digests: dict[Path, str] = {}
         self._probes: dict[Path | str, object] = {}  # an outside path by its value
 
@@ -88,7 +136,8 @@ class Inputs:
         if path not in self._readable:
             self._readable[path] = self._why_unreadable(path, value)
         if self._readable[path] is not None:
-            raise InputError(self._readable[path])
+            why = self._readable[path]
+            raise InputError(why, "missing-file" if " not found" in why else "")
         return path
 
     def image(self, value: str) -> Path:
@@ -96,19 +145,30 @@ class Inputs:
         path = self.file(value)
         if path not in self._heads:
             try:
-                self._heads[path] = self.read(path)[:8] if str(path) in self.inline else _head(path)
+                data = self.read(path)
             except OSError as e:
                 raise InputError(f"cannot read '{value}': {e.strerror or e}") from None
+            self._heads[path] = data[:8]
+            if any(data.startswith(m) for m in IMAGE_MAGIC):
+                broken = image_problem(data)
+                if broken:
+                    self._broken[path] = broken
+        if path in self._broken:
+            raise InputError(f"'{value}' cannot be decoded: {self._broken[path]}")
         if not any(self._heads[path].startswith(m) for m in IMAGE_MAGIC):
             raise InputError(f"'{value}' is not a PNG or JPEG image")
         return path
 
     def read(self, path: Path) -> bytes:
-        return self.inline[str(path)] if str(path) in self.inline else path.read_bytes()
+        if str(path) in self.inline:
+            return self.inline[str(path)]
+        return self.reader.read_bytes(path) if self.reader else path.read_bytes()
 
     def digest(self, path: Path) -> str:
         if path not in self._digests:
             data = self.inline.get(str(path))
+            if data is None and self.reader is not None:
+                data = self.reader.read_bytes(path)
             self._digests[path] = sha256_bytes(data) if data is not None else sha256_file(path)
         return self._digests[path]
 
@@ -125,7 +185,8 @@ class Inputs:
         if path in self._probes:
             return self._probes[path], None, None
         info, problem, severity = None, None, None
-        if path.is_file():
+        present = self.reader.is_file(path) if self.reader is not None else path.is_file()
+        if present:
             try:
                 from moldbatch.media.probe import probe
             except ImportError:
@@ -136,16 +197,30 @@ class Inputs:
                 )
             else:
                 try:
-                    info = probe(path)
+                    info = self._probe_with(probe, path)
                 except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file
                     problem, severity = f"cannot read '{value}' as video: {e}", "error"
         self._probes[path] = info
         return info, problem, severity
 
+    def _probe_with(self, probe, path: Path):
+        """Probe the file; a revision's copy is probed from a temporary file."""
+        if self.reader is None:
+            return probe(path)
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="moldbatch-rev-") as tmp:
+            copy = Path(tmp) / path.name
+            copy.write_bytes(self.reader.read_bytes(path))
+            return probe(copy)
+
     def _why_unreadable(self, path: Path, value: str) -> str | None:
         if str(path) in self.inline:
             return None
-        if path.is_file():
+        if self.reader is not None:
+            if self.reader.is_file(path):
+                return None
+        elif path.is_file():
             return None if os.access(path, os.R_OK) else f"cannot read '{value}': permission denied"
         hint = (
             "" if Path(value).is_absolute() else " (paths are relative to the spec file's folder)"
@@ -153,6 +228,48 @@ class Inputs:
         return f"file '{value}' not found{hint}"
 
 
-def _head(path: Path) -> bytes:
-    with path.open("rb") as f:
-        return f.read(8)
+def image_problem(data: bytes) -> str | None:
+    """Why a PNG or JPEG file cannot be decoded (truncated, corrupt), or None; the standard
+    library only (a light install has no Pillow): a PNG's chunks, their CRCs and its pixel
+    data's length; a JPEG's markers up to its end."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return _png_problem(data)
+    return _jpeg_problem(data)
+
+
+def _png_problem(data: bytes) -> str | None:
+    pos, idat, ihdr = 8, [], None
+    while True:
+        if pos + 8 > len(data):
+            return "the PNG is truncated (no IEND chunk)"
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        body = data[pos + 8 : pos + 8 + length]
+        crc = data[pos + 8 + length : pos + 12 + length]
+        if len(body) < length or len(crc) < 4:
+            return f"the PNG is truncated inside its {kind.decode(errors='replace')} chunk"
+        if zlib.crc32(kind + body) != struct.unpack(">I", crc)[0]:
+            return f"the PNG's {kind.decode(errors='replace')} chunk is corrupt (CRC)"
+        if kind == b"IHDR":
+            ihdr = struct.unpack(">IIBBBBB", body[:13])
+        elif kind == b"IDAT":
+            idat.append(body)
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+    if ihdr is None or not idat:
+        return "the PNG has no image data"
+    try:
+        pixels = zlib.decompress(b"".join(idat))
+    except zlib.error as e:
+        return f"the PNG's image data is corrupt ({e})"
+    width, height, depth, colour, _, _, interlace = ihdr
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour, 1)
+    if interlace == 0 and len(pixels) < height * (1 + (width * channels * depth + 7) // 8):
+        return "the PNG's image data is short"
+    return None
+
+
+def _jpeg_problem(data: bytes) -> str | None:
+    if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        return "the JPEG is truncated (no end-of-image marker)"
+    return None

@@ -7,6 +7,7 @@ merged with `defaults`, the cross-field rules (rules.py) check them, its clips a
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -16,7 +17,7 @@ from moldbatch.models import FRAME_GRID, MODELS, grid_ceil, rendered_tail, seam_
 from moldbatch.plan import rules
 from moldbatch.plan.chain import locate_frame
 from moldbatch.plan.clips import explicit_chain, planned_chain
-from moldbatch.plan.inputs import InputError, Inputs, allowed_paths
+from moldbatch.plan.inputs import GitReader, InputError, Inputs, allowed_paths
 from moldbatch.plan.ladder import film_stages
 from moldbatch.plan.rules import Checker, Settings
 from moldbatch.plan.types import ClipPlan, Plan, ShotPlan
@@ -43,11 +44,13 @@ def plan_file(
     strict: bool = False,
     workdir: Path | None = None,
     allow=(),
+    reader: GitReader | None = None,
 ) -> Plan:
     """Read, validate and compile one spec file (or a mold chain script). Never raises for a
     bad spec: the plan's diagnostics say what is wrong. `allow`: folders besides the spec's
     project its paths may reach (with those of $MOLDBATCH_ALLOW_PATHS); `out_dir` and
-    `workdir` are the user's own and always allowed."""
+    `workdir` are the user's own and always allowed. `reader`: where the files the spec names
+    are read (default: the working tree)."""
     path = Path(path)
     file = display or str(path)
     try:
@@ -65,17 +68,14 @@ def plan_file(
         src = film
     # the folders given on the command line are the user's own: the spec may use them too
     own = tuple(Path(p).resolve() for p in (out_dir, workdir) if p is not None)
-    inputs = Inputs(src.path.parent.resolve(), inline, allow=allowed_paths(allow) + own)
+    inputs = Inputs(src.path.parent.resolve(), inline, reader, allow=allowed_paths(allow) + own)
     plan = Planner(src, inputs, out_dir=out_dir, own_workdir=workdir is not None).run()
     if found:
         plan.diagnostics = sorted(found + plan.diagnostics, key=lambda d: (d.line, d.column))
         if any(d.severity == "error" for d in found):
             plan.stages, plan.shots = [], []
     if strict:
-        plan.diagnostics = [
-            Diagnostic(d.file, d.line, d.column, d.path, d.message, "error")
-            for d in plan.diagnostics
-        ]
+        plan.diagnostics = [dataclasses.replace(d, severity="error") for d in plan.diagnostics]
     return plan
 
 
@@ -151,7 +151,7 @@ class Planner:
         self._check_out_folder(plans)
         output = None
         if isinstance(data.get("output"), str):
-            output = rules.check_film_output(self.check, data["output"], plans)
+            output = rules.check_film_output(self.check, data["output"], plans, self.out_dir)
         plan = self._plan(name, plans, output)
         if plan.valid:
             plan.stages = film_stages(plans, self.settings, self.inputs, output)

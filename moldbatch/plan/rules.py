@@ -6,6 +6,7 @@ Every finding is a diagnostic at the position the user wrote the value (see `Set
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,8 +57,9 @@ class Checker:
         self.src, self.inputs = src, inputs
         self.diags: list[Diagnostic] = []
 
-    def error(self, path: PathKey, message: str, *, key: bool = False) -> None:
-        self.diags.append(self.src.diag(path, message, key=key))
+    def error(self, path: PathKey, message: str, *, key: bool = False, code: str = "") -> None:
+        d = self.src.diag(path, message, key=key)
+        self.diags.append(dataclasses.replace(d, code=code) if code else d)
 
     def warn(self, path: PathKey, message: str) -> None:
         self.diags.append(self.src.diag(path, message, "warning"))
@@ -70,14 +72,14 @@ class Checker:
         try:
             return self.inputs.file(value)
         except InputError as e:
-            self.error(where, str(e))
+            self.error(where, str(e), code=e.code)
             return None
 
     def image_at(self, where: PathKey, value: str) -> Path | None:
         try:
             return self.inputs.image(value)
         except InputError as e:
-            self.error(where, str(e))
+            self.error(where, str(e), code=e.code)
             return None
 
     def image_path(self, s: Settings, name: str) -> Path | None:
@@ -432,7 +434,10 @@ def check_retake(c: Checker, s: Settings) -> None:
         )
 
 
-def check_film_output(c: Checker, output: str, shots: list[ShotPlan]) -> str | None:
+def check_film_output(
+    c: Checker, output: str, shots: list[ShotPlan], out_dir: Path | None = None
+) -> str | None:
+    """The film's path: `output` from the spec's folder, or its file name in `--out DIR`."""
     path = Path(output)
     if format_of(output) is None:
         c.error(
@@ -454,13 +459,16 @@ def check_film_output(c: Checker, output: str, shots: list[ShotPlan]) -> str | N
             f"'{odd.id}' is {odd.width}x{odd.height}@{odd.fps:g}",
         )
         return None
-    try:
-        c.inputs.resolve(output)  # symlinks followed: it must stay inside the project
-        # the folder resolved, the name kept: delivery replaces a link, never writes through it
-        film = c.inputs.resolve(str(path.parent)) / path.name
-    except InputError as e:
-        c.error(("output",), str(e))
-        return None
+    if out_dir is not None:  # --out is the user's own: the film's file name goes there
+        film = out_dir / path.name
+    else:
+        try:
+            c.inputs.resolve(output)  # symlinks followed: it must stay inside the project
+            # the folder resolved, the name kept: delivery replaces a link, never writes through
+            film = c.inputs.resolve(str(path.parent)) / path.name
+        except InputError as e:
+            c.error(("output",), str(e))
+            return None
     if film.is_dir():
         c.error(("output",), f"the film's output {output} is a folder: name a file")
         return None

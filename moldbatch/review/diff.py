@@ -8,7 +8,9 @@ Formatting, comments and the order of keys change nothing, because they change n
 A side is a file, or a git revision and a path (`HEAD~1:film.yaml`, path from the repository
 root, or `HEAD~1:./film.yaml` from the current folder). A revision's text is planned from a
 hidden temporary file beside the working-tree copy so that relative asset paths resolve; the
-assets themselves are read from the working tree.
+assets themselves are read from that revision (plan/inputs.py `GitReader`), so a change to an
+image alone shows. A spec missing from its revision (new in a pull request, or deleted) is a
+plan without stages: every stage of the other side is added (or removed).
 
 Light install only: no torch here.
 """
@@ -47,7 +49,7 @@ class StageChange:
             "id": self.id,
             "shot": self.shot,
             "kind": self.kind,
-            "change": self.change,
+            "status": self.change,
             "reasons": self.reasons,
             "key": self.key,
         }
@@ -88,7 +90,7 @@ class PlanDiff:
             "old": self.old,
             "new": self.new,
             "rerenders": self.changed,
-            "summary": {k: self.count(k) for k in (ADDED, REMOVED, CHANGED, SAME)},
+            "counts": {k: self.count(k) for k in (ADDED, REMOVED, CHANGED, SAME)},
             "gpu_seconds": round(self.gpu_seconds, 3),
             "shots": shots,
             "stages": [s.to_json() for s in self.stages],
@@ -154,21 +156,37 @@ def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(["git", *args], cwd=cwd, capture_output=True)
 
 
+@dataclass
+class Side:
+    """Where to plan one side from: a file on disk, and the reader of the files it names
+    (None: the working tree). `absent`: the spec is not in that revision (no stages)."""
+
+    path: Path
+    shown: str
+    reader: object = None
+    absent: bool = False
+
+
 @contextlib.contextmanager
-def spec_file(ref: str, cwd: Path | None = None) -> Iterator[tuple[Path, str]]:
-    """A path to plan for `ref` (a file, or REV:PATH from git) and the name to show."""
+def spec_file(ref: str, cwd: Path | None = None) -> Iterator[Side]:
+    """A path to plan for `ref` (a file, or REV:PATH from git), the name to show and where
+    its assets are read."""
+    from moldbatch.plan.inputs import GitReader
+
     cwd = Path(cwd or Path.cwd())
     direct = cwd / ref
     if direct.is_file() or ":" not in ref:
         if not direct.is_file():
             raise DiffError(f"{ref}: no such file")
-        yield direct, display_path(direct)
+        yield Side(direct, display_path(direct))
         return
     rev, _, rel = ref.partition(":")
     top = _git(["rev-parse", "--show-toplevel"], cwd)
     if top.returncode != 0:
         raise DiffError(f"{ref}: not a file, and {cwd} is not in a git repository")
     root = Path(top.stdout.decode().strip())
+    if _git(["rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd).returncode != 0:
+        raise DiffError(f"{ref}: {rev!r} is not a revision of this repository")
     tries = [(rel, root / rel)]
     if not rel.startswith(("./", "../")):
         tries.append((f"./{rel}", cwd / rel))
@@ -178,14 +196,14 @@ def spec_file(ref: str, cwd: Path | None = None) -> Iterator[tuple[Path, str]]:
         if res.returncode == 0:
             text, target = res.stdout, where.resolve()
             break
-    if text is None:
-        msg = res.stderr.decode(errors="replace").strip().splitlines()
-        raise DiffError(f"{ref}: {msg[-1] if msg else 'git show failed'}")
+    if text is None:  # the revision has no such file: a spec added (or deleted) since
+        yield Side(tries[0][1], ref, absent=True)
+        return
     folder = target.parent if target.parent.is_dir() else cwd
     tmp = folder / f".moldbatch-diff-{os.getpid()}-{target.name}"
     tmp.write_bytes(text)
     try:
-        yield tmp, ref
+        yield Side(tmp, ref, GitReader(rev, root))
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -193,14 +211,17 @@ def spec_file(ref: str, cwd: Path | None = None) -> Iterator[tuple[Path, str]]:
 def plan_ref(ref: str, cwd: Path | None = None, allow=()):
     """Plan one side; DiffError when it cannot be read or is invalid."""
     from moldbatch.plan.planner import plan_file
+    from moldbatch.plan.types import Plan
 
-    with spec_file(ref, cwd) as (path, shown):
-        plan = plan_file(path, display=shown, allow=allow)
-        if plan.name == path.stem and ":" in shown:  # no `name:`: the file's, not the temp's
-            plan.name = Path(shown.partition(":")[2]).stem
+    with spec_file(ref, cwd) as side:
+        if side.absent:
+            return Plan(file=side.shown, path=side.path, name=side.path.stem)
+        plan = plan_file(side.path, display=side.shown, reader=side.reader, allow=allow)
+        if plan.name == side.path.stem and ":" in side.shown:  # no `name:`: the file's
+            plan.name = Path(side.shown.partition(":")[2]).stem
     if not plan.valid:
         lines = "\n".join(str(d) for d in plan.errors)
-        raise DiffError(f"{shown} is not a valid spec:\n{lines}")
+        raise DiffError(f"{side.shown} is not a valid spec:\n{lines}")
     return plan
 
 

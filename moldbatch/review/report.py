@@ -205,12 +205,15 @@ estimated GPU time of the whole film {esc(format_seconds(cost.gpu_seconds))}</di
 def write_report(plan, summary, out_dir: Path) -> Path:
     """Contact sheets and `<spec>.report.html` into `out_dir`, each written atomically."""
     from moldbatch.execute.store import ArtifactStore
-    from moldbatch.review.contact import write_contact_sheet
 
     out_dir = Path(out_dir)
     store = ArtifactStore(Path(summary.workdir))
     sheets = {}
-    for shot in plan.shots:
+    try:
+        from moldbatch.review.contact import write_contact_sheet
+    except ImportError:  # a light install delivering a cached film: the report, no sheets
+        write_contact_sheet = None
+    for shot in plan.shots if write_contact_sheet else ():
         sheet = write_contact_sheet(plan, shot, store, out_dir / f"{shot.id}.contact.png")
         if sheet is not None:
             sheets[shot.id] = sheet

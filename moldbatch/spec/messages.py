@@ -17,6 +17,68 @@ def did_you_mean(word: str, choices) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
+# the names users bring from other tools -> (moldbatch's name, the tool); said when a spec
+# uses one where moldbatch's name is a key
+FOREIGN = {
+    # mold's chain scripts (mold.chain.v1)
+    "source_image_path": ("image", "mold"),
+    "source_image": ("image", "mold"),
+    "strength": ("image_strength", "mold"),
+    "motion_tail_frames": ("motion_tail", "mold"),
+    "output_format": ("format", "mold"),
+    "enable_audio": ("audio", "mold"),
+    # ComfyUI's LTX-Video nodes
+    "length": ("frames", "ComfyUI"),
+    "frame_rate": ("fps", "ComfyUI"),
+    "cfg": ("guidance", "ComfyUI"),
+    "noise_seed": ("seed", "ComfyUI"),
+    "positive": ("prompt", "ComfyUI"),
+    "negative": ("negative_prompt", "ComfyUI"),
+    "denoise": ("image_strength", "ComfyUI"),
+    # diffusers' pipelines
+    "num_frames": ("frames", "diffusers"),
+    "num_inference_steps": ("steps", "diffusers"),
+    "guidance_scale": ("guidance", "diffusers"),
+}
+_DENOISE = (
+    "; moldbatch always denoises fully (ComfyUI's `denoise`): to hold a start image more or "
+    "less firmly use 'image_strength', to re-render part of a video use 'retake'"
+)
+
+
+def unknown_key(field: str, parent_fields: list[str], placed_elsewhere: str = "") -> str:
+    """The message for a key that is not allowed here: another tool's name for one of ours,
+    a key of a shot written where it does not belong (indentation), or the nearest name."""
+    msg = f"unknown key '{field}'"
+    ours, tool = FOREIGN.get(field, (None, None))
+    if ours in parent_fields:
+        if field == "denoise":
+            return msg + _DENOISE
+        return msg + f"; did you mean '{ours}'? ({tool}'s `{field}` is moldbatch's `{ours}`)"
+    if placed_elsewhere:
+        return msg + placed_elsewhere
+    msg += did_you_mean(field, parent_fields)
+    if not nearest(field, parent_fields) and parent_fields:
+        msg += f"; known keys: {', '.join(parent_fields)}"
+    return msg
+
+
+def _placed_elsewhere(loc: tuple, field: str) -> str:
+    """A hint when a key is one of a shot's, written at the film's level (an indentation
+    slip): `frames:` under `shots:` one level too far left."""
+    from moldbatch.spec.schema import SETTING_FIELDS, SHOT_FIELDS
+
+    if len(loc) == 1 and field in SHOT_FIELDS:
+        where = "a shot or of `defaults`" if field in SETTING_FIELDS else "a shot"
+        return (
+            f"; '{field}' is a key of {where}, not of the film: check the indentation (a "
+            "shot's keys line up under its first key, one level deeper than `- `)"
+        )
+    if len(loc) == 2 and loc[0] == "defaults" and field in ("id", "clips"):
+        return f"; '{field}' is a key of a shot only, not of `defaults`"
+    return ""
+
+
 def _show(value) -> str:
     if isinstance(value, str):
         return repr(value if len(value) <= 60 else value[:57] + "...")
@@ -42,9 +104,8 @@ def pydantic_diagnostics(src: Source, base: tuple, exc, known_fields) -> list:
         at_key = False
         if kind == "extra_forbidden":
             parent_fields = known_fields(loc[:-1])
-            msg = f"unknown key '{field}'" + did_you_mean(field, parent_fields)
-            if not nearest(field, parent_fields) and parent_fields:
-                msg += f"; known keys: {', '.join(parent_fields)}"
+            elsewhere = _placed_elsewhere(loc, field) if "shots" in parent_fields else ""
+            msg = unknown_key(field, parent_fields, elsewhere)
             at_key = True
         elif kind == "missing":
             msg = f"missing required key '{field}'"

@@ -92,7 +92,7 @@ def read_source(path: Path, file: str | None = None) -> Source:
     try:
         text = path.read_bytes().decode("utf-8-sig")  # a BOM some editors write is no error
     except FileNotFoundError:
-        raise SourceError(Diagnostic(file, 1, 1, "", "no such file")) from None
+        raise SourceError(Diagnostic(file, 1, 1, "", "no such file", code="missing-file")) from None
     except IsADirectoryError:
         raise SourceError(Diagnostic(file, 1, 1, "", "is a folder, not a spec file")) from None
     except UnicodeDecodeError as e:
@@ -126,12 +126,39 @@ def _read_yaml(text: str, path: Path, file: str) -> Source:
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         problem = e.problem or e.context or "invalid YAML"
-        raise SourceError(Diagnostic(file, line, col, "", f"invalid YAML: {problem}")) from None
+        raise SourceError(
+            Diagnostic(
+                file, line, col, "", f"invalid YAML: {problem}{_indent_hint(problem, text, line)}"
+            )
+        ) from None
     except yaml.YAMLError as e:
         raise SourceError(Diagnostic(file, 1, 1, "", f"invalid YAML: {e}")) from None
     except RecursionError:
         raise SourceError(Diagnostic(file, 1, 1, "", f"invalid YAML: {_too_deep()}")) from None
     return src
+
+
+# what PyYAML says when a line is indented wrongly
+_INDENT_PROBLEMS = (
+    "did not find expected",
+    "mapping values are not allowed",
+    "expected <block end>",
+    "could not find expected ':'",
+)
+
+
+def _indent_hint(problem: str, text: str, line: int) -> str:
+    """A hint for a YAML error that is an indentation slip (`line`: 1-based)."""
+    lines = text.splitlines()
+    here = lines[line - 1] if 0 < line <= len(lines) else ""
+    if "\t" in here[: len(here) - len(here.lstrip())]:
+        return "; this line is indented with a tab: YAML indents with spaces only"
+    if any(p in problem for p in _INDENT_PROBLEMS):
+        return (
+            "; check the indentation of this line and the one above: the keys of one "
+            "mapping line up, and a nested mapping is indented further than its key"
+        )
+    return ""
 
 
 class _YamlWalk:

@@ -29,7 +29,7 @@ from moldbatch.execute.store import ArtifactStore
 from moldbatch.media.probe import read_video
 from moldbatch.plan.planner import plan_file
 
-from conftest import write
+from conftest import undecodable_png, write
 
 pytestmark = pytest.mark.slow  # renders through subprocesses, Ray, Chromium or training
 
@@ -228,8 +228,7 @@ def test_interrupted_driver_resumes_with_only_the_missing_stages(tmp_path, clust
 
 
 def test_a_failing_stage_fails_closed_and_keep_going_renders_the_rest(tmp_path, cluster):
-    bad = tmp_path / "bad.png"
-    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    undecodable_png(tmp_path / "bad.png")  # planning accepts it; decoding it fails
     spec = write(
         tmp_path,
         "film.yaml",

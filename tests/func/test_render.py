@@ -24,7 +24,7 @@ from moldbatch.media.probe import probe, read_video
 from moldbatch.plan.planner import plan_file
 
 from conftest import TINY_HEAD as HEAD
-from conftest import write
+from conftest import undecodable_png, write
 
 CHAIN = (
     HEAD
@@ -177,9 +177,9 @@ def test_second_render_of_a_locked_work_folder_is_refused(tmp_path, runtimes):
 
 
 def test_a_failing_stage_stops_the_run_and_writes_no_output(tmp_path, runtimes):
-    # a keyframe image that is a valid PNG header but not a decodable image fails at render
-    bad = tmp_path / "bad.png"
-    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    # a PNG whose chunks are whole (planning checks them) in a colour type no decoder knows:
+    # it fails at render
+    undecodable_png(tmp_path / "bad.png")
     spec = write(
         tmp_path,
         "film.yaml",

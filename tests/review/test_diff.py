@@ -157,7 +157,7 @@ def test_cli_exit_codes_json_and_markdown(film_dir):
         "opening/stitch",
         "opening/export",
     ]
-    assert doc["summary"]["changed"] == 5  # and film/join
+    assert doc["counts"]["changed"] == 5  # and film/join
     md = moldbatch("diff", "--markdown", "a.yaml", "b.yaml", cwd=film_dir).stdout
     assert "| opening | `opening/clip-0` | re-render | prompt |" in md
 
@@ -228,3 +228,44 @@ def test_plan_html_diff_and_cost_need_no_torch(film_dir):
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().endswith("ok []"), res.stdout[-500:]
     assert (film_dir / "sb.html").stat().st_size > 5000
+
+
+def _git(folder: Path, *args):
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        cwd=folder,
+        check=True,
+        capture_output=True,
+    )
+
+
+def test_a_revision_side_reads_its_assets_from_that_revision(film_dir):
+    # a pull request that changes only assets/start.png: the spec's text is the same
+    write(film_dir, "film.yaml", FILM)
+    _git(film_dir, "init", "-q")
+    _git(film_dir, "add", "-A")
+    _git(film_dir, "commit", "-qm", "one")
+    (film_dir / "assets" / "start.png").write_bytes((film_dir / "assets" / "end.png").read_bytes())
+    _git(film_dir, "commit", "-qam", "a new start frame")
+
+    res = moldbatch("diff", "--json", "HEAD~1:film.yaml", "HEAD:film.yaml", cwd=film_dir)
+    assert res.returncode == 1, res.stderr
+    doc = json.loads(res.stdout)
+    moved = {s["id"]: s for s in doc["stages"] if s["status"] != "unchanged"}
+    assert moved["opening/clip-0"]["reasons"] == ["image"]
+    assert doc["shots"]["walk"]["changed"] == []  # the other shots do not use it
+    # the working tree against its own revision: nothing
+    assert moldbatch("diff", "HEAD:film.yaml", "film.yaml", cwd=film_dir).returncode == 0
+
+
+def test_a_spec_new_in_the_revision_is_all_added(film_dir):
+    _git(film_dir, "init", "-q")
+    _git(film_dir, "add", "-A")
+    _git(film_dir, "commit", "-qm", "assets only")
+    write(film_dir, "film.yaml", FILM)
+
+    res = moldbatch("diff", "--json", "HEAD:film.yaml", "film.yaml", cwd=film_dir)
+    assert res.returncode == 1, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["counts"]["added"] == len(doc["stages"]) > 0
+    assert doc["counts"]["removed"] == doc["counts"]["changed"] == 0

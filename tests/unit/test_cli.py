@@ -90,7 +90,9 @@ def test_plan_json_has_the_documented_shape():
     }
     stage = doc["stages"][2]  # after clip 0 and its second stage, refine-0
     assert stage["id"] == "opening/clip-1" and stage["needs"] == ["opening/clip-0"]
-    assert {"id", "kind", "shot", "needs", "key", "cached"} <= set(stage)
+    assert {"id", "kind", "shot", "needs", "key", "status"} <= set(stage)
+    assert stage["status"] == "pending"  # the same word as render's and status's
+    assert doc["counts"]["pending"] == len(doc["stages"]) and doc["counts"]["cached"] == 0
 
 
 def test_plan_json_of_an_invalid_spec_lists_errors_with_positions():
@@ -161,8 +163,79 @@ def test_python_dash_m_works():
 
 def test_missing_spec_file_is_one_clean_line(tmp_path: Path):
     res = run("validate", str(tmp_path / "nope.yaml"))
-    assert res.exit_code == 1
+    assert res.exit_code == 6  # a missing file: not "invalid spec"
     assert res.output.strip().endswith("nope.yaml:1:1: no such file")
     other = write(tmp_path, "film.json", "{}")
     res = run("validate", str(other))
     assert "unknown spec format '.json'" in res.output
+
+
+def test_did_you_mean_knows_the_names_of_mold_comfyui_and_diffusers(tmp_path: Path):
+    spec = write(
+        tmp_path,
+        "film.yaml",
+        "version: 1\nshots:\n  - {id: a, prompt: x, length: 9, frame_rate: 24, cfg: 3,"
+        " denoise: 0.5, source_image_path: a.png, num_inference_steps: 8}\n",
+    )
+    res = run("validate", str(spec))
+    assert res.exit_code == 1
+    said = {line.split(": unknown key ")[1] for line in res.output.strip().splitlines()}
+    assert said == {
+        "'length'; did you mean 'frames'? (ComfyUI's `length` is moldbatch's `frames`)",
+        "'frame_rate'; did you mean 'fps'? (ComfyUI's `frame_rate` is moldbatch's `fps`)",
+        "'cfg'; did you mean 'guidance'? (ComfyUI's `cfg` is moldbatch's `guidance`)",
+        "'source_image_path'; did you mean 'image'? (mold's `source_image_path` is "
+        "moldbatch's `image`)",
+        "'num_inference_steps'; did you mean 'steps'? (diffusers's `num_inference_steps` is "
+        "moldbatch's `steps`)",
+        "'denoise'; moldbatch always denoises fully (ComfyUI's `denoise`): to hold a start "
+        "image more or less firmly use 'image_strength', to re-render part of a video use "
+        "'retake'",
+    }
+
+
+def test_a_mis_indented_yaml_line_gets_a_hint_about_indentation(tmp_path: Path):
+    cases = {
+        # a shot's key one column left of its siblings: a YAML error
+        "version: 1\nshots:\n  - id: a\n    prompt: x\n   frames: 9\n": ":5:4: invalid YAML",
+        # a shot's key at the film's level
+        "version: 1\nshots:\n  - id: a\n    prompt: x\nframes: 9\n": ":5:1: frames: unknown key",
+        # a tab
+        "version: 1\nshots:\n\t- id: a\n": ":3:1: invalid YAML",
+    }
+    for text, where in cases.items():
+        res = run("validate", str(write(tmp_path, "film.yaml", text)))
+        assert res.exit_code == 1 and where in res.output, res.output
+        assert "indent" in res.output.lower(), res.output
+        assert "did you mean 'name'" not in res.output  # not the nearest film key
+
+
+def test_every_commands_help_has_an_example_and_its_exit_codes():
+    def commands(group, prefix=()):
+        for name, cmd in group.commands.items():
+            yield (*prefix, name), cmd
+            if hasattr(cmd, "commands"):
+                yield from commands(cmd, (*prefix, name))
+
+    seen = 0
+    for path, _cmd in commands(cli):
+        res = run(*path, "--help")
+        assert res.exit_code == 0, path
+        assert "  Examples:\n    moldbatch " in res.output, (path, res.output)
+        assert "Exit codes: 0" in res.output, (path, res.output)
+        seen += 1
+    assert seen >= 11
+
+
+def test_the_readme_lists_the_exit_codes_of_the_cli():
+    from moldbatch import cli as cli_module
+
+    table = {
+        int(line.split()[0])
+        for line in cli_module.__doc__.splitlines()
+        if line[:3].strip().isdigit()
+    }
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("The exit codes, everywhere:")[1].split("\n\n")[1]
+    listed = {int(row.split("|")[1]) for row in section.splitlines()[2:]}
+    assert listed == table

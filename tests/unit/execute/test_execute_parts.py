@@ -132,3 +132,19 @@ def test_the_lock_keeps_a_second_render_out_and_is_gone_with_its_holder(tmp_path
     assert not render_running(tmp_path)
     with WorkdirLock(tmp_path):  # free again
         pass
+
+
+def test_a_lean_gc_keeps_finished_shots_files_and_everything_of_an_unfinished_one(tmp_path):
+    from moldbatch.execute.store import collect_garbage
+
+    plan, store = _plan(), ArtifactStore(tmp_path)
+    for sid in ("a/clip-0", "a/stitch", "a/export", "b/clip-0"):  # b stopped after its clip
+        _put(store, plan.stage(sid))
+    plan.path = tmp_path / "film.yaml"
+    plan.path.write_text("")
+    removed, _, _ = collect_garbage([plan], tmp_path, lean=True)
+    assert removed == 2  # a's clip and stitch: its export is what a render resumes from
+    kept = {s.id for s in plan.stages if store.get(s.key) is not None}
+    assert kept == {"a/export", "b/clip-0"}
+    todo, _ = resolve(plan, store)
+    assert [s.id for s in todo] == ["b/stitch", "b/export"]  # nothing done is lost
