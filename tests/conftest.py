@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -35,6 +36,12 @@ def solid(tmp_path_factory: pytest.TempPathFactory):
     from PIL import Image
 
     folder = tmp_path_factory.mktemp("solid")
+    # specs in other folders name these images: let them, as a user would with --allow-path
+    from moldbatch.plan.inputs import ALLOW_ENV
+
+    os.environ[ALLOW_ENV] = os.pathsep.join(
+        p for p in (os.environ.get(ALLOW_ENV, ""), str(folder)) if p
+    )
 
     def make(colour: tuple[int, int, int]) -> Path:
         path = folder / ("".join(f"{c:02x}" for c in colour) + ".png")

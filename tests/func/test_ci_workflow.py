@@ -221,7 +221,7 @@ def test_the_workflows_render_job_renders_uploads_and_keeps_its_work(tmp_path: P
         "renders/opening/dawn.mp4",
         "renders/opening/noon.mp4",
         "renders/opening/film.mp4",  # the joined film, moved by --out with its shots
-        "renders/opening/report.html",
+        "renders/opening/opening.report.html",  # <spec>.report.html
         "renders/finale/dusk.mp4",
         "renders/opening.json",
     ):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from moldbatch.errors import MoldbatchError
-from moldbatch.execute import session as session_module
+from moldbatch.execute import handlers as handlers_module
 from moldbatch.execute.executor import render_plan
 from moldbatch.plan.planner import plan_file
 
@@ -71,7 +72,14 @@ def read_since_aged(folder: Path) -> list[str]:
 
 
 def lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.strip()]
+    """The lines a command printed besides its log of stages (`moldbatch: [i/n] …`) and the
+    closing `✓` lines."""
+    stage = re.compile(r"^moldbatch: (\[\d+/\d+\] )?\S+ (started|rendered|cached|failed|skipped)")
+    return [
+        line
+        for line in text.splitlines()
+        if line.strip() and not stage.match(line) and not line.startswith("✓ ")
+    ]
 
 
 @pytest.fixture
@@ -186,7 +194,7 @@ def test_stale_temporaries_go_and_two_specs_keep_their_own_report(tmp_path: Path
     for path in (stale, live, someone):
         path.write_bytes(b"half")
     res = moldbatch("render", "one.yaml", "--json", cwd=tmp_path)  # all cached: no copy
-    assert json.loads(res.stdout)["rendered"] == 0
+    assert json.loads(res.stdout)["counts"]["rendered"] == 0
     assert not stale.exists() and live.exists() and someone.exists()
     assert moldbatch("render", "two.yaml", cwd=tmp_path).returncode == 0
     assert (renders / "one.report.html").is_file() and (renders / "two.report.html").is_file()
@@ -227,7 +235,7 @@ def test_a_damaged_state_database_is_moved_aside_and_the_render_resumes(tmp_path
     (warning,) = lines(res.stderr)
     assert "was damaged" in warning and "moved it aside as state.sqlite.corrupt-" in warning
     summary = json.loads(res.stdout)
-    assert summary["ok"] and summary["rendered"] == 0 and summary["cached"] == 3
+    assert summary["ok"] and summary["counts"]["rendered"] == 0 and summary["counts"]["cached"] == 3
     assert list((tmp_path / ".moldbatch").glob("state.sqlite.corrupt-*"))
     after = json.loads(moldbatch("status", "--json", "film.yaml", cwd=tmp_path).stdout)
     assert after["last_run"]["status"] == "done" and "warning" not in after
@@ -235,7 +243,7 @@ def test_a_damaged_state_database_is_moved_aside_and_the_render_resumes(tmp_path
     gc = moldbatch("gc", "film.yaml", cwd=tmp_path)
     assert gc.returncode == 0 and "removed 0 artifacts" in gc.stdout, gc.stderr
     again = json.loads(moldbatch("render", "other.yaml", "--json", cwd=tmp_path).stdout)
-    assert again["rendered"] == 0
+    assert again["counts"]["rendered"] == 0
 
 
 @contextlib.contextmanager
@@ -293,7 +301,9 @@ def test_a_full_disk_is_one_line_exit_3_and_the_next_render_resumes(tmp_path: Pa
         res = moldbatch("render", "film.yaml", *args, "--json", cwd=tmp_path)
         assert res.returncode == 0, res.stderr
         summary = json.loads(res.stdout)
-        assert summary["cached"] == 3 and summary["rendered"] == 3  # shot a was kept
+        assert (
+            summary["counts"]["cached"] == 3 and summary["counts"]["rendered"] == 3
+        )  # shot a was kept
 
 
 @pytest.mark.slow
@@ -328,13 +338,13 @@ def test_status_reads_a_read_only_work_folder(tmp_path: Path):
 @pytest.mark.slow
 def test_deleting_the_work_folder_mid_render_is_one_line(tmp_path: Path, monkeypatch):
     spec = write(tmp_path, "film.yaml", SPEC)
-    real = session_module.HANDLERS["clip"]
+    real = handlers_module.HANDLERS["clip"]
 
     def clip_then_gone(stage, ctx, out):
         shutil.rmtree(tmp_path / ".moldbatch")
         return real(stage, ctx, out)
 
-    monkeypatch.setitem(session_module.HANDLERS, "clip", clip_then_gone)
+    monkeypatch.setitem(handlers_module.HANDLERS, "clip", clip_then_gone)
     with pytest.raises(MoldbatchError) as e:
         render_plan(plan_file(spec), progress=False, runtimes={})
     assert len(str(e.value).splitlines()) == 1

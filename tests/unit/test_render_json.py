@@ -111,7 +111,7 @@ def test_success_stage_failure_and_collision_print_the_same_document(tmp_path):
     assert (res.returncode, doc.exit_code, doc.reason, doc.ok) == (0, 0, "done", True)
     assert doc.counts["rendered"] == 3 and doc.message is None
     assert doc.outputs == {"a": str(tmp_path / "renders" / "a.mp4")}
-    assert doc.report == str(tmp_path / "renders" / "report.html")
+    assert doc.report == str(tmp_path / "renders" / "film.report.html")
     assert Path(doc.report).is_file()
 
     # another spec of the folder with a shot `a`: its output is taken (exit 5)
