@@ -191,6 +191,14 @@ def plan(
     help="torch.compile the transformer once per process (pays off on long films on a GPU; "
     "each new clip shape compiles again).",
 )
+@click.option(
+    "--memory",
+    type=click.Choice(["auto", "resident", "sequential", "streamed"]),
+    default=None,
+    help="Where the models live on the GPU: resident (all at once, fastest), sequential (the "
+    "text encoder, then the transformer), streamed (blocks offloaded to host memory); auto "
+    "(default, or $MOLDBATCH_MEMORY) takes the fastest that fits the GPU's free memory.",
+)
 def render(
     file: str,
     workdir: Path | None,
@@ -205,6 +213,7 @@ def render(
     max_gpu_minutes: float | None,
     models_dir: Path | None,
     compile_: bool,
+    memory: str | None,
 ) -> None:
     """Render a film: every stage not already cached, then the shot files and the film."""
     p = operations.load_plan(file, out=out, workdir=workdir)
@@ -226,6 +235,7 @@ def render(
             max_gpu_minutes=max_gpu_minutes,
             models_dir=models_dir,
             compile=compile_,
+            memory=memory,
         )
     except SpecInvalid as e:
         raise _said(e) from None

@@ -97,6 +97,7 @@ def render(
     report: bool = True,
     runtimes: dict | None = None,
     compile: bool = False,
+    memory: str | None = None,
 ):
     """Render a planned film: refuse before starting when it is invalid (SpecInvalid), over the
     GPU budget (OverBudget) or missing model files (ModelFilesMissing); render what is not
@@ -130,6 +131,7 @@ def render(
         executor=executor,
         ray_options=ray_options,
         compile=compile,
+        memory=memory,
     )
     if report:
         from moldbatch.review.report import report_after_render

@@ -31,18 +31,24 @@ def render_plan(
     executor: str = "local",
     ray_options: dict | None = None,
     compile: bool = False,
+    memory: str | None = None,
 ) -> Summary:
     """Render every output of a valid plan. Raises StageFailed (after recording it) when a stage
     fails and `keep_going` is off; with it, returns a Summary whose `ok` is False.
 
     `executor="ray"` spreads the shots over a Ray cluster's workers (ray_driver.py);
     `ray_options`: address, workers, retries, timings (see `ray_driver.on_ray`). `compile`:
-    torch.compile each runtime's transformer once per process (each worker's on Ray)."""
+    torch.compile each runtime's transformer once per process (each worker's on Ray).
+    `memory`: the memory tier (runtime/memory.py), "auto" (the default, or MOLDBATCH_MEMORY)
+    picking the fastest that fits the GPU; a film that fits none is refused here."""
     if executor not in EXECUTORS:
         raise UsageError(f"unknown executor {executor!r}: {' or '.join(EXECUTORS)}")
     workdir = (workdir or default_workdir(plan.path)).resolve()
+    tier = _tier(plan, memory, device)
     with _locked(workdir):
-        session = RenderSession(plan, workdir, keep_going, device, progress, runtimes, compile)
+        session = RenderSession(
+            plan, workdir, keep_going, device, progress, runtimes, compile, memory=tier
+        )
         if executor == "local":
             serial = os.environ.get(LANES_ENV) == "1"
             return session.run(run_in_order if serial else run_in_lanes)
@@ -50,6 +56,14 @@ def render_plan(
 
         with on_ray(**(ray_options or {})) as run_stages:
             return session.run(run_stages)
+
+
+def _tier(plan: Plan, memory: str | None, device: str | None) -> str:
+    """The memory tier of this render (runtime/memory.choose_tier)."""
+    from moldbatch.models import memory_needs
+    from moldbatch.runtime.memory import choose_tier
+
+    return choose_tier(memory, memory_needs(plan.stages), device)
 
 
 @contextlib.contextmanager

@@ -100,12 +100,19 @@ class RenderSession:
         progress: bool = True,
         runtimes: dict | None = None,
         compile: bool = False,
+        memory: str = "resident",
     ):
         self.plan, self.workdir, self.keep_going = plan, workdir, keep_going
         self.store = ArtifactStore(workdir)
         self.console = Console(stderr=True, highlight=False)
         self.show = progress
-        self.ctx = StageContext(device=device, inputs={}, runtimes=runtimes or {}, compile=compile)
+        self.ctx = StageContext(
+            device=device,
+            inputs={},
+            runtimes=runtimes if runtimes is not None else {},
+            compile=compile,
+            memory=memory,
+        )
         self.found: dict[str, Artifact] = {}
         self.outcomes: dict[str, StageOutcome] = {}
         self.summary = Summary(plan.file, workdir)

@@ -9,7 +9,7 @@ from moldbatch.plan.types import StageParams, key_doc
 
 # Bump when a change to moldbatch changes what a stage produces for the same inputs, so that
 # old artifacts are not taken for new ones.
-KEY_VERSION = "moldbatch-stage-3"  # 3: typed params, refine stages of their own kind
+KEY_VERSION = "moldbatch-stage-4"  # 4: text encodes as stages (3: typed params, refine stages)
 
 
 def content_key(kind: str, params: StageParams, needs: list[str], memo: dict | None = None) -> str:
