@@ -132,6 +132,7 @@ class TextEncoding:
         """The pipeline's text arguments for a clip: its stored prompts, padded (a prompt not
         given stored is encoded now). `guided`: the call runs classifier-free guidance, so it
         needs the negative prompt too."""
+        encodes = self.text_encodes
         if stored is None:
             stored = self.encode_text(prompt)
         embeds, mask = self.padded(stored)
@@ -141,6 +142,10 @@ class TextEncoding:
                 stored_negative = self.encode_text(negative or "")
             neg, neg_mask = self.padded(stored_negative)
             out.update(negative_prompt_embeds=neg, negative_prompt_attention_mask=neg_mask)
+        if self.text_encodes != encodes and self.memory != "resident":
+            # encoded here, in a denoising call: one large model at a time all the same
+            self.release_text_encoder()
+            self.pipe  # noqa: B018 - back on the device if it waited on the host meanwhile
         return out
 
 

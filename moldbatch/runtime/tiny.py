@@ -39,8 +39,9 @@ _TOKENIZER_MAX_LENGTH = 32  # must be a multiple of the connectors' learnable re
 
 # How many times this process has built the tiny components (a Runtime should do it once).
 build_count = 0
-# Benchmarks only (benchmarks/bench_memory.py): about this many MB of text encoder and as many
-# of transformer, random weights from their own seeds (the tiny renders change; keys do not)
+# Benchmarks only (benchmarks/bench_memory.py): about this many MB of text encoder and twice as
+# many of transformer (as the real models' ~24 / ~40 GB in bf16), random weights from their own
+# seeds (the tiny renders change; keys do not)
 SCALE_ENV = "MOLDBATCH_TINY_SCALE_MB"
 
 
@@ -266,7 +267,7 @@ def build_components(seed: int = TINY_SEED) -> TinyComponents:
     if _scale_mb():
         torch.manual_seed(seed + 11)
         # heads of 256: 1024 wide, a block about 100 MB of float32 weights
-        blocks = max(1, round(_scale_mb() / 100))
+        blocks = max(1, round(2 * _scale_mb() / 100))
         transformer = LTX2VideoTransformer3DModel(
             **{**_transformer_args(), "attention_head_dim": 256, "cross_attention_dim": 1024},
             num_layers=blocks,
