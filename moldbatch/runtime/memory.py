@@ -168,4 +168,7 @@ def stream(module: Any, device: torch.device) -> None:
         offload_type="block_level",
         num_blocks_per_group=1,
         use_stream=cuda,
+        # pin each group as it streams rather than a pinned copy of every weight up front
+        # (which would double the host memory the tier exists to save)
+        low_cpu_mem_usage=True,
     )

@@ -178,3 +178,27 @@ def test_every_tier_renders_the_bytes_of_resident(tmp_path: Path):
         got[tier]["film"] = hashlib.sha256((folder / "film.mp4").read_bytes()).hexdigest()
     assert got["sequential"] == got["resident"]
     assert got["streamed"] == got["resident"]
+
+
+def test_a_dev_model_encodes_its_default_negative_prompt_by_name(film_dir: Path):
+    from diffusers.pipelines.ltx2.utils import DEFAULT_NEGATIVE_PROMPT
+
+    from moldbatch.models import DEFAULT_NEGATIVE
+    from moldbatch.runtime.text import resolve_prompt
+
+    dev = FILM.replace("ltx-2-tiny:random", "ltx-2-19b-dev:fp8").replace("64", "1024")
+    plan = plan_file(write(film_dir, "film.yaml", dev.format(seed=1, guidance=3.0)))
+    assert plan.valid, [str(d) for d in plan.diagnostics]
+    encodes = {s.id: s.params for s in plan.stages if s.kind == "encode"}
+    negative = [i for i, p in encodes.items() if p.prompt is None]
+    assert len(negative) == 1 and encodes[negative[0]].default == DEFAULT_NEGATIVE
+    # every guided first pass reads it; a refine runs unguided and reads its prompt alone
+    for st in plan.stages:
+        texts = [n for n in st.needs if n.startswith("encode/")]
+        if st.kind == "clip":
+            assert texts[1:] == negative
+        elif st.kind == "refine":
+            assert len(texts) == 1 and texts != negative
+    assert resolve_prompt(None, DEFAULT_NEGATIVE) == DEFAULT_NEGATIVE_PROMPT
+    # a key of the text encoder, the text and the length only: another model shares it
+    assert encodes[negative[0]].text_encoder == "google/gemma-3-12b-it-qat-q4_0-unquantized"
