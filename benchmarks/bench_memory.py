@@ -84,6 +84,21 @@ def run(mb: int, tiers=TIERS) -> list[dict]:
     return [measure(tier, mb) for tier in tiers]
 
 
+def stored_prompt_sizes(tokens=(32, 64, 128, 256, 512, 1024)) -> list[dict]:
+    """The size of an encode stage's artifact file (execute/handlers.run_encode's safetensors)
+    at the real models' shapes: Gemma 3 12B, 49 hidden states x 3840, bf16, per prompt length."""
+    import torch
+    from safetensors.torch import save_file
+
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        for n in tokens:
+            path = Path(d) / "text.safetensors"
+            save_file({"embeds": torch.zeros((n, 49 * 3840), dtype=torch.bfloat16)}, str(path))
+            rows.append({"tokens": n, "mb": round(path.stat().st_size / 1e6, 2)})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -95,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         child(*args.child)
         return 0
+    for r in stored_prompt_sizes():
+        print(f"stored prompt of {r['tokens']:>4} tokens (Gemma 3 12B, bf16): {r['mb']:7.2f} MB")
     rows = run(args.mb)
     base = rows[0]["max_rss_mb"]
     for r in rows:
