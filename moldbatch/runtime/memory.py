@@ -63,6 +63,13 @@ def choose_tier(
             raise MoldbatchError(_too_big(needs, free[0]))
         log.info("memory tier %s for %.1f GB free", fits, free[0] / 1e9)
         return fits
+    if fits is None or MEMORY_TIERS.index(fits) > MEMORY_TIERS.index(tier):
+        log.warning(  # asked for: it runs, the estimate may be pessimistic
+            "the %s tier is estimated not to fit the %.1f GB free; %s",
+            tier,
+            free[0] / 1e9,
+            f"--memory {fits} would" if fits else _too_big(needs, free[0]),
+        )
     return tier
 
 
@@ -140,7 +147,8 @@ class MemoryTier:
         return self._lora_switch
 
     def _before_text_phase(self) -> None:
-        if self.memory != "resident" and self._pipe is not None and self.device.type == "cuda":
+        # (streamed: the transformer is on the host already, and the text encoder streams)
+        if self.memory == "sequential" and self._pipe is not None and self.device.type == "cuda":
             self._pipe.to("cpu")
             self._parked = True
             torch.cuda.empty_cache()

@@ -149,3 +149,14 @@ def test_sequential_peaks_lower_on_the_host_by_most_of_the_text_encoder():
     text = resident["text_encoder_mb"]
     assert text >= 300
     assert resident["max_rss_mb"] - sequential["max_rss_mb"] >= 0.8 * text
+
+
+def test_render_takes_memory_and_refuses_an_unknown_tier(film_dir: Path):
+    from click.testing import CliRunner
+
+    from moldbatch.cli import cli
+
+    spec = write(film_dir, "film.yaml", FILM)
+    res = CliRunner().invoke(cli, ["render", str(spec), "--memory", "huge"])
+    assert res.exit_code == 2 and "huge" in res.output
+    assert "--memory" in CliRunner().invoke(cli, ["render", "--help"]).output
