@@ -296,7 +296,14 @@ def bench_model(name: str, spec: dict, args, device: str, smoke: bool) -> dict:
 class Timed:
     """Wraps a runtime and adds up the seconds spent inside its calls (synchronised)."""
 
-    TIMED = ("render_clip", "decode_video", "decode_audio", "upscale", "upscale_spatial")
+    TIMED = (
+        "encode_text",
+        "render_clip",
+        "decode_video",
+        "decode_audio",
+        "upscale",
+        "upscale_spatial",
+    )
 
     def __init__(self, runtime, sync):
         self.runtime, self.sync, self.seconds, self.calls = runtime, sync, 0.0, 0
