@@ -160,3 +160,19 @@ def test_render_takes_memory_and_refuses_an_unknown_tier(film_dir: Path):
     res = CliRunner().invoke(cli, ["render", str(spec), "--memory", "huge"])
     assert res.exit_code == 2 and "huge" in res.output
     assert "--memory" in CliRunner().invoke(cli, ["render", "--help"]).output
+
+
+def test_models_and_plan_show_the_estimate(film_dir: Path):
+    import json
+
+    from click.testing import CliRunner
+
+    from moldbatch.cli import cli
+
+    doc = json.loads(CliRunner().invoke(cli, ["models", "--json"]).output)
+    dev = next(m for m in doc if m["name"] == "ltx-2-19b-dev:fp8")
+    assert list(dev["gpu_memory_gb"]) == list(MEMORY_TIERS)
+    assert dev["gpu_memory_gb"]["resident"] > dev["gpu_memory_gb"]["streamed"] > 10
+    dev_film = FILM.replace("ltx-2-tiny:random", "ltx-2-19b-dev:fp8").replace("64", "1024")
+    out = CliRunner().invoke(cli, ["plan", str(write(film_dir, "film.yaml", dev_film))]).output
+    assert "GPU memory: needs ~" in out and "GB sequential, ~" in out and "streamed" in out
