@@ -120,9 +120,10 @@ def _text_phase(plan, outcomes: dict) -> str:
         secs = f"{o.seconds:.2f} s" if o and o.status == "rendered" else "-"
         p = st.params
         text = p.prompt if p.prompt is not None else f"({p.default})"
+        cls = {"rendered": "rendered", "cached": "cached-t"}.get(status, status)
         rows.append(
             f"<tr><td class=mono>{esc(st.id)}</td><td>{esc(text)}</td>"
-            f"<td>{esc(status)}</td><td class=num>{secs}</td></tr>"
+            f'<td class="{cls}">{esc(status)}</td><td class=num>{secs}</td></tr>'
         )
     if not rows:
         return ""
