@@ -202,3 +202,13 @@ def test_a_dev_model_encodes_its_default_negative_prompt_by_name(film_dir: Path)
     assert resolve_prompt(None, DEFAULT_NEGATIVE) == DEFAULT_NEGATIVE_PROMPT
     # a key of the text encoder, the text and the length only: another model shares it
     assert encodes[negative[0]].text_encoder == "google/gemma-3-12b-it-qat-q4_0-unquantized"
+
+
+@pytest.mark.slow
+def test_refines_and_chains_of_a_two_stage_film_read_the_stored_prompts(
+    film_dir: Path, forwards: Forwards
+):
+    two_stage = FILM.replace("64, height: 64", "128, height: 128, pipeline: two-stage")
+    plan, _, _ = _render(write(film_dir, "film.yaml", two_stage.format(seed=1, guidance=1.0)))
+    assert sum(s.kind == "refine" for s in plan.stages) == 4
+    assert forwards.text == 2  # the first passes and their refines: one encode per prompt
