@@ -18,7 +18,15 @@ weights, built in bf16 straight on the GPU. For each model it reports:
   matmuls (`torch._scaled_mm`, "scaled", what an H100 runs);
 * peak GPU memory of each;
 * the executor's overhead: a tiny-model film rendered through `render_plan` on the GPU, its
-  wall time against the time spent inside the runtime's calls (the bare pipeline work).
+  wall time against the time spent inside the runtime's calls (the bare pipeline work);
+* the memory tiers (`moldbatch/runtime/memory.py`, README "Which GPU"): a full-size
+  random-weight Gemma 3 12B (text model, bf16) encoding one 1024-token prompt, then the
+  transformer (bf16) denoising one 97-frame 1216x704 clip (8 steps distilled at batch 1, 30
+  guided dev steps at batch 2), placed as each tier places them: `resident` (both on the GPU),
+  `sequential` (the text encoder on the GPU, then moved off before the transformer moves
+  on), `streamed` (both under diffusers' block-level group offloading, prefetched on a CUDA
+  stream). Reported per tier: peak GPU memory and seconds per clip, weight moves included.
+  The VAE decode is not in them (tiled in every tier; `models.DECODE_GB` estimates it).
 
 Without CUDA it prints one line, "skipped: no CUDA GPU", and exits 0.
 """
@@ -289,7 +297,14 @@ def bench_model(name: str, spec: dict, args, device: str, smoke: bool) -> dict:
 class Timed:
     """Wraps a runtime and adds up the seconds spent inside its calls (synchronised)."""
 
-    TIMED = ("render_clip", "decode_video", "decode_audio", "upscale", "upscale_spatial")
+    TIMED = (
+        "encode_text",
+        "render_clip",
+        "decode_video",
+        "decode_audio",
+        "upscale",
+        "upscale_spatial",
+    )
 
     def __init__(self, runtime, sync):
         self.runtime, self.sync, self.seconds, self.calls = runtime, sync, 0.0, 0
@@ -347,6 +362,171 @@ def bench_overhead(device: str) -> dict:
     }
 
 
+# Gemma 3 12B's text model (google/gemma-3-12b-it's text_config): 48 layers of 3840, 49
+# hidden states (the embeddings and each layer's), what the connectors read
+GEMMA3_12B = {
+    "vocab_size": 262208,
+    "hidden_size": 3840,
+    "intermediate_size": 15360,
+    "num_hidden_layers": 48,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 8,
+    "head_dim": 256,
+    "query_pre_attn_scalar": 256,
+    "sliding_window": 1024,
+    "max_position_embeddings": 131072,
+    "rope_theta": 1000000.0,
+}
+TIERS = ("resident", "sequential", "streamed")
+
+
+def shrink_gemma(config: dict) -> dict:
+    return {
+        **config,
+        "vocab_size": 64,
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 8,
+        "query_pre_attn_scalar": 8,
+        "sliding_window": 8,
+        "max_position_embeddings": 64,
+    }
+
+
+def _built(make, device: str, dtype):
+    import torch
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # weights born in bf16 on the device: no fp32 copy
+    try:
+        with torch.device(device):
+            return make().eval().requires_grad_(False)
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def bench_tiers(name: str, spec: dict, args, device: str, smoke: bool) -> dict:
+    """Peak GPU memory and seconds per clip of one model in each memory tier (module doc)."""
+    import torch
+    from diffusers import LTX2VideoTransformer3DModel
+    from diffusers.hooks import apply_group_offloading
+    from transformers import Gemma3TextConfig, Gemma3TextModel
+
+    cuda = device == "cuda"
+    dtype = torch.float32 if smoke else torch.bfloat16
+    config = shrink(spec["config"]) if smoke else spec["config"]
+    gemma = shrink_gemma(GEMMA3_12B) if smoke else GEMMA3_12B
+    latent = (2, 2, 3) if smoke else LATENT
+    audio_tokens = 4 if smoke else AUDIO_TOKENS
+    text_tokens = 8 if smoke else TEXT_TOKENS
+    tiers = [t for t in (args.tiers or ",".join(TIERS)).split(",") if t]
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    encoder = _built(lambda: Gemma3TextModel(Gemma3TextConfig(**gemma)), device, dtype).cpu()
+    transformer = _built(lambda: LTX2VideoTransformer3DModel(**config), device, dtype).cpu()
+    if cuda:
+        torch.cuda.empty_cache()
+    ids = torch.randint(0, gemma["vocab_size"], (1, text_tokens), generator=None)
+    out = {
+        "model": name,
+        "tiers": {},
+        "text_encoder_gib": round(sum(p.numel() * 2 for p in encoder.parameters()) / 2**30, 2),
+        "transformer_gib": round(sum(p.numel() * 2 for p in transformer.parameters()) / 2**30, 2),
+        "dtype": str(dtype).removeprefix("torch."),
+        "covers": "text encoder + transformer (no VAE decode)",
+    }
+    distilled_steps, dev_steps = spec["steps"]
+    for tier in tiers:
+        row: dict = {}
+        for label, steps, batch in (("distilled", distilled_steps, 1), ("dev", dev_steps, 2)):
+            if smoke:
+                steps = 1
+            try:
+                seconds, peak = _one_clip(
+                    tier, encoder, transformer, ids, steps, batch, device, sync, apply_group_offloading,
+                    lambda b: inputs(
+                        config, latent, audio_tokens, text_tokens, b, device, dtype,
+                        spec["cross_timestep"],
+                    ),
+                )  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 - e.g. out of memory: keep the other tiers
+                row[f"{label}_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+                if cuda:
+                    torch.cuda.empty_cache()
+                continue
+            row[f"{label}_s_per_clip"] = round(seconds, 2)
+            if peak is not None:
+                row[f"{label}_peak_gib"] = round(peak / 2**30, 2)
+        out["tiers"][tier] = row
+    return out
+
+
+def _one_clip(tier, encoder, transformer, ids, steps, batch, device, sync, offload, make_inputs):
+    """One clip in `tier`: the prompt's encode, then `steps` transformer passes at `batch`;
+    (seconds, peak GPU bytes or None). Leaves both models on the host, unhooked."""
+    import torch
+
+    cuda = device == "cuda"
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    streamed = tier == "streamed"
+    sync()
+    t = time.perf_counter()
+    if streamed:
+        for module in (encoder, transformer):
+            offload(
+                module,
+                onload_device=torch.device(device),
+                offload_device=torch.device("cpu"),
+                offload_type="block_level",
+                num_blocks_per_group=1,
+                use_stream=cuda,
+                low_cpu_mem_usage=True,  # as the runtime's (no pinned copy of every weight)
+            )
+    else:
+        encoder.to(device)
+        if tier == "resident":
+            transformer.to(device)
+    with torch.inference_mode():
+        hidden = encoder(
+            input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device),
+            output_hidden_states=True,
+        ).hidden_states  # fmt: skip
+        packed = torch.stack(hidden, dim=-1).flatten(2, 3)
+        del hidden, packed
+        if tier == "sequential":
+            encoder.to("cpu")
+            if cuda:
+                torch.cuda.empty_cache()
+            transformer.to(device)
+        kw = make_inputs(batch)
+        for _ in range(steps):
+            transformer(**kw)
+        del kw
+    sync()
+    seconds = time.perf_counter() - t
+    peak = torch.cuda.max_memory_allocated() if cuda else None
+    if streamed:
+        from diffusers.hooks import HookRegistry
+
+        for module in (encoder, transformer):
+            for sub in module.modules():
+                registry = getattr(sub, "_diffusers_hook", None)
+                if isinstance(registry, HookRegistry):
+                    for hook in list(registry.hooks):
+                        registry.remove_hook(hook, recurse=False)
+    encoder.to("cpu")
+    transformer.to("cpu")
+    return seconds, peak
+
+
 def dry_run(names: list[str]) -> None:
     f, h, w = LATENT
     print(
@@ -362,6 +542,13 @@ def dry_run(names: list[str]) -> None:
             f"{spec['steps'][0]} distilled / {spec['steps'][1]} dev"
         )
         print(json.dumps(spec["config"], sort_keys=True))
+    layers = GEMMA3_12B["num_hidden_layers"]
+    print(
+        f"tiers: {', '.join(TIERS)}; text encoder Gemma 3 12B text model ({layers} layers x "
+        f"{GEMMA3_12B['hidden_size']}), one {TEXT_TOKENS}-token prompt per clip; a stored "
+        f"prompt is {layers + 1} x {GEMMA3_12B['hidden_size']} bf16 values a token "
+        f"({(layers + 1) * GEMMA3_12B['hidden_size'] * 2 / 1e6:.3f} MB)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -376,6 +563,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="timed forwards per measurement")
     ap.add_argument("--no-fp8", action="store_true", help="skip the fp8-storage runs")
     ap.add_argument("--no-overhead", action="store_true", help="skip the executor-overhead run")
+    ap.add_argument("--no-tiers", action="store_true", help="skip the memory-tier runs")
+    ap.add_argument("--tiers", help="comma-separated tiers to run (default: all)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
@@ -405,6 +594,13 @@ def main(argv: list[str] | None = None) -> int:
         results["models"].append(r)
         print(json.dumps(r))
         sys.stdout.flush()
+    if not args.no_tiers:
+        results["tiers"] = []
+        for name in names:
+            r = bench_tiers(name, MODELS[name], args, device, args.smoke)
+            results["tiers"].append(r)
+            print(json.dumps(r))
+            sys.stdout.flush()
     if not args.no_overhead:
         results["overhead"] = bench_overhead(device)
         print(json.dumps(results["overhead"]))

@@ -266,6 +266,14 @@ def plan(
     help="torch.compile the transformer once per process (pays off on long films on a GPU; "
     "each new clip shape compiles again).",
 )
+@click.option(
+    "--memory",
+    type=click.Choice(["auto", "resident", "sequential", "streamed"]),
+    default=None,
+    help="Where the models live on the GPU: resident (all at once, fastest), sequential (the "
+    "text encoder, then the transformer), streamed (blocks offloaded to host memory); auto "
+    "(default, or $MOLDBATCH_MEMORY) takes the fastest that fits the GPU's free memory.",
+)
 @_allow_option
 @_help(
     "render",
@@ -287,6 +295,7 @@ def render(
     models_dir: Path | None,
     compile_: bool,
     allow: tuple[Path, ...],
+    memory: str | None,
 ) -> None:
     """Render a film: every stage not already cached, then the shot files and the film.
 
@@ -312,6 +321,7 @@ def render(
             max_gpu_minutes=max_gpu_minutes,
             models_dir=models_dir,
             compile=compile_,
+            memory=memory,
         )
     except (MoldbatchError, KeyboardInterrupt) as e:
         if isinstance(e, KeyboardInterrupt):

@@ -83,6 +83,12 @@ class ModelInfo:
         return not (self.distilled or self.built_in)
 
     @property
+    def text_encoder(self) -> str:
+        """The text encoder's identity (an encode stage's key): Gemma 3 12B's repo, or the tiny
+        model's own random one."""
+        return f"{self.name}/text-encoder" if self.built_in else TEXT_ENCODER_REPO
+
+    @property
     def transformer_repo(self) -> str | None:
         return self.repo
 
@@ -116,6 +122,9 @@ _LTX23_UPSCALERS = {
 TEXT_ENCODER_REPO = "google/gemma-3-12b-it-qat-q4_0-unquantized"
 _CAMERA_REPO = "Lightricks/LTX-2-19b-LoRA-Camera-Control-"
 TINY_MODEL = "ltx-2-tiny:random"
+# an encode stage's symbolic prompt: a guided model's default negative prompt (diffusers'
+# DEFAULT_NEGATIVE_PROMPT: the planner does not import diffusers; runtime/text.py resolves it)
+DEFAULT_NEGATIVE = "default-negative"
 # Distilled LTX-2 checkpoints were trained on this fixed 8-step schedule.
 DISTILLED_STEPS = 8
 
@@ -244,3 +253,91 @@ def rendered_tail(tail: int, temporal: bool) -> int:
     """A motion tail in rendered frames: with temporal x2 (clips rendered at half the frames)
     a tail of 16m+1 output frames is 8m+1 rendered, which the x2 turns back into 16m+1."""
     return (tail - 1) // 2 + 1 if temporal and tail else tail
+
+
+# --- GPU memory: the one estimate of what a render needs (shown by `models` and `plan`,
+# used by `render --memory auto`). Estimates, from the components' parameter counts, until
+# benchmarks/gpu.py measures them (README, "Which GPU").
+
+MEMORY_TIERS = ("resident", "sequential", "streamed")  # fastest first
+GB = 1e9
+TEXT_ENCODER_GB = 24.4  # Gemma 3 12B in bf16 (12.2B parameters, its vision tower included)
+TEXT_EMBEDDING_GB = 2.0  # its 262k x 3840 token embeddings: on the GPU while streamed
+TEXT_LAYERS = 48
+# a family's transformer in fp8 (its bf16 norms, gates and embeddings included) and how much of
+# it lies outside the 48 blocks (never streamed: mold #653 measured ~2.1 GB)
+TRANSFORMER_GB = {"ltx-2": 19.0, "ltx-2.3": 22.0, "tiny": 0.002}
+TRANSFORMER_OUTSIDE_BLOCKS_GB = 2.1
+TRANSFORMER_BLOCKS = 48
+CONNECTORS_GB = 1.9  # text connectors and their 188160 -> 3840 projection, bf16
+DECODERS_GB = 2.4  # video VAE, audio VAE and vocoder
+UPSAMPLER_GB = 1.0  # a latent upsampler, loaded for its stage
+# activations per latent video token of a denoising pass (gelu intermediates dominate: mold
+# #653 saw ~7 GB at 13k tokens), twice that for a guided (CFG) pass; the text encoder's at
+# 1024 tokens; the tiled VAE decode's and the CUDA context's
+ACTIVATION_GB_PER_TOKEN = 0.55e-3
+TEXT_ACTIVATION_GB = 1.5
+DECODE_GB = 3.0
+CONTEXT_GB = 1.0
+STREAM_GROUPS = 2  # groups on the GPU at once while streaming (the one running, the next)
+
+
+def peak_bytes(info: ModelInfo, tier: str, width: int, height: int, frames: int) -> float:
+    """Estimated peak GPU bytes of `info` denoising a width x height x frames pass in `tier`:
+    parameter bytes of what the tier holds at once + activations by latent tokens."""
+    if info.built_in:
+        return 0.05 * GB
+    transformer = TRANSFORMER_GB.get(info.family, 22.0)
+    act = latent_tokens(frames, width, height) * ACTIVATION_GB_PER_TOKEN * (2 if info.guided else 1)
+    denoise_act = max(act, DECODE_GB)
+    if tier == "resident":
+        gb = TEXT_ENCODER_GB + transformer + CONNECTORS_GB + DECODERS_GB + UPSAMPLER_GB
+        gb += denoise_act
+    elif tier == "sequential":
+        text = TEXT_ENCODER_GB + TEXT_ACTIVATION_GB
+        gb = max(text, transformer + CONNECTORS_GB + DECODERS_GB + UPSAMPLER_GB + denoise_act)
+    elif tier == "streamed":
+        layer = (TEXT_ENCODER_GB - TEXT_EMBEDDING_GB) / TEXT_LAYERS
+        text = TEXT_EMBEDDING_GB + STREAM_GROUPS * layer + TEXT_ACTIVATION_GB
+        block = (transformer - TRANSFORMER_OUTSIDE_BLOCKS_GB) / TRANSFORMER_BLOCKS
+        resident = TRANSFORMER_OUTSIDE_BLOCKS_GB + STREAM_GROUPS * block
+        gb = max(text, resident + CONNECTORS_GB + DECODERS_GB + UPSAMPLER_GB + denoise_act)
+    else:
+        raise ValueError(f"memory tier {tier!r}: one of {', '.join(MEMORY_TIERS)}")
+    return (gb + CONTEXT_GB) * GB
+
+
+def tier_for(needs: list[tuple[ModelInfo, int, int, int]], free: float) -> str | None:
+    """The fastest tier whose estimate for every (model, width, height, frames) pass fits in
+    `free` bytes, or None."""
+    for tier in MEMORY_TIERS:
+        if all(peak_bytes(info, tier, w, h, f) <= free for info, w, h, f in needs):
+            return tier
+    return None
+
+
+def memory_line(needs: list[tuple[ModelInfo, int, int, int]]) -> str:
+    """ "needs ~43 GB resident, ~27 GB sequential, ~12 GB streamed" for a render's passes."""
+    parts = []
+    for tier in MEMORY_TIERS:
+        gb = max((peak_bytes(i, tier, w, h, f) for i, w, h, f in needs), default=0.0) / GB
+        parts.append(f"~{gb:.0f} GB {tier}" if gb >= 1 else f"<1 GB {tier}")
+    return "needs " + ", ".join(parts) + " (estimates)"
+
+
+def memory_needs(stages) -> list[tuple[ModelInfo, int, int, int]]:
+    """(model, width, height, frames) of each distinct denoising pass of a plan's stages: a
+    clip's first pass, a refine at its size (what `peak_bytes` estimates)."""
+    frames: dict[str, int] = {}
+    out: set[tuple[str, int, int, int]] = set()
+    for st in stages:
+        p = st.params
+        if st.kind == "clip":
+            frames[st.id] = p.frames
+            out.add((p.model, p.width, p.height, p.frames))
+        elif st.kind in ("refine", "upscale"):
+            src = frames.get(st.needs[0], 1)
+            frames[st.id] = (src - 1) * 2 + 1 if p.temporal else src
+            if p.refine is not None:
+                out.add((p.model, p.width, p.height, src))
+    return [(MODELS[m], w, h, f) for m, w, h, f in sorted(out) if m in MODELS]

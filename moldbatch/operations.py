@@ -303,6 +303,7 @@ def render(
     runtimes: dict | None = None,
     compile: bool = False,
     log_lines: bool = False,
+    memory: str | None = None,
 ):
     """Render a planned film: refuse before starting when it is invalid (SpecInvalid), over the
     GPU budget (OverBudget) or missing model files (ModelFilesMissing); render what is not
@@ -344,6 +345,7 @@ def render(
             ray_options=ray_options,
             log_lines=log_lines,
             compile=compile,
+            memory=memory,
             estimates={s.id: cost.seconds_for([s.id]) for s in plan.stages},
         )
     except StageFailed as e:  # the report shows what failed, and what is done

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from moldbatch.errors import printable
-from moldbatch.models import MODELS
+from moldbatch.models import GB, MEMORY_TIERS, MODELS, peak_bytes
 
 
 def _user(text) -> str:
@@ -65,6 +65,10 @@ def print_plan(plan, cached: dict[str, bool], cost=None, stages: bool | None = N
             f"{format_seconds(cost.gpu_seconds)} for the whole film (an estimate: see "
             "moldbatch/review/cost.py)"
         )
+    if plan.shots:
+        from moldbatch.models import memory_line, memory_needs
+
+        con.print(f"GPU memory: {memory_line(memory_needs(plan.stages))}; render --memory picks")
 
 
 def _shots_table(con: Console, plan) -> None:
@@ -170,6 +174,7 @@ def print_models(as_json: bool) -> None:
                 "spatial_upscales": list(m.spatial_upscales),
                 "temporal_upscales": list(m.temporal_upscales),
                 "camera_control": m.camera_control,
+                "gpu_memory_gb": _memory_gb(m),
             }
             for m in MODELS.values()
         ]
@@ -185,6 +190,7 @@ def print_models(as_json: bool) -> None:
         "temporal",
         "camera",
         "pipelines",
+        f"GB at {_SIZE}: {' / '.join(MEMORY_TIERS)}",
     ):
         table.add_column(col)
     for m in MODELS.values():
@@ -197,5 +203,21 @@ def print_models(as_json: bool) -> None:
             ", ".join(m.temporal_upscales) or "-",
             "presets" if m.camera_control else "-",
             ", ".join(m.pipelines),
+            " / ".join(f"~{gb:.0f}" for gb in _memory_gb(m).values()),
         )
     _out().print(table)
+    print("GPU memory: estimates (models.peak_bytes) for one clip; README, 'Which GPU'")
+
+
+_SIZE = "1216x704x97"
+
+
+def _memory_gb(m) -> dict[str, float]:
+    """Estimated peak GB per tier of a 97-frame 1216x704 clip (its half-size first pass and
+    full-size refine on the two-stage pipelines)."""
+    two = m.renders_in_two_stages(m.base_pipeline)
+    passes = [(1216, 704)] + ([(608, 352)] if two else [])
+    return {
+        tier: round(max(peak_bytes(m, tier, w, h, 97) for w, h in passes) / GB, 1)
+        for tier in MEMORY_TIERS
+    }

@@ -18,10 +18,13 @@ class StageContext:
     on_step: Callable[[int, int], None] | None = None
     runtimes: dict = field(default_factory=dict)  # model name -> Runtime, one per process
     compile: bool = False  # torch.compile the transformer (render --compile)
+    memory: str = "resident"  # the runtimes' memory tier (runtime/memory.py)
 
     def runtime(self, model: str):
         if model not in self.runtimes:
             from moldbatch.runtime import Runtime
 
-            self.runtimes[model] = Runtime(model, device=self.device, compile=self.compile)
+            self.runtimes[model] = Runtime(
+                model, device=self.device, compile=self.compile, memory=self.memory
+            )
         return self.runtimes[model]

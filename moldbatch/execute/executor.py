@@ -35,6 +35,7 @@ def render_plan(
     compile: bool = False,
     log_lines: bool = False,
     estimates: dict[str, float] | None = None,
+    memory: str | None = None,
 ) -> Summary:
     """Render every output of a valid plan. Raises StageFailed (after recording it) when a stage
     fails and `keep_going` is off; with it, returns a Summary whose `ok` is False.
@@ -42,10 +43,13 @@ def render_plan(
     `executor="ray"` spreads the shots over a Ray cluster's workers (ray_driver.py);
     `ray_options`: address, workers, retries, timings (see `ray_driver.on_ray`). `compile`:
     torch.compile each runtime's transformer once per process (each worker's on Ray).
-    `log_lines`, `estimates`: see RenderSession."""
+    `log_lines`, `estimates`: see RenderSession. `memory`: the memory tier
+    (runtime/memory.py), "auto" (the default, or MOLDBATCH_MEMORY) picking the fastest that
+    fits the GPU; a film that fits none is refused here."""
     if executor not in EXECUTORS:
         raise UsageError(f"unknown executor {executor!r}: {' or '.join(EXECUTORS)}")
     workdir = (workdir or default_workdir(plan.path)).resolve()
+    tier = _tier(plan, memory, device)
     with _locked(workdir), _disk_errors(workdir):
         session = RenderSession(
             plan,
@@ -57,6 +61,7 @@ def render_plan(
             compile=compile,
             log_lines=log_lines,
             estimates=estimates,
+            memory=tier,
         )
         if executor == "local":
             serial = os.environ.get(LANES_ENV) == "1"
@@ -65,6 +70,14 @@ def render_plan(
 
         with on_ray(**(ray_options or {})) as run_stages:
             return session.run(run_stages)
+
+
+def _tier(plan: Plan, memory: str | None, device: str | None) -> str:
+    """The memory tier of this render (runtime/memory.choose_tier)."""
+    from moldbatch.models import memory_needs
+    from moldbatch.runtime.memory import choose_tier
+
+    return choose_tier(memory, memory_needs(plan.stages), device)
 
 
 @contextlib.contextmanager

@@ -1,5 +1,5 @@
-"""What each kind of stage does: render a clip, refine or upscale it, stitch a shot, export,
-join.
+"""What each kind of stage does: encode a prompt, render a clip, refine or upscale it, stitch
+a shot, export, join.
 
 Each handler reads the artifacts of the stages it needs and writes its own into `out` (an
 ArtifactWriter); it never touches a final output path. Only this module and the runtime
@@ -8,6 +8,7 @@ import torch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +18,36 @@ from safetensors.numpy import save_file as save_np
 from moldbatch.execute.context import StageContext
 from moldbatch.execute.store import Artifact, ArtifactWriter
 from moldbatch.models import FRAME_GRID, SIZE_GRID
-from moldbatch.plan.types import ClipParams, Conditions, Stage
+from moldbatch.plan.types import ClipParams, Conditions, Stage, encode_needs, media_needs
 
 MEDIA = "media.safetensors"
 LATENTS = "latents.safetensors"
+TEXT = "text.safetensors"  # an encode stage's stored prompt (runtime/text.py)
+
+
+def run_encode(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
+    """A prompt's stored form (runtime/text.py), for every stage that reads the prompt."""
+    from safetensors.torch import save_file
+
+    from moldbatch.runtime.text import resolve_prompt
+
+    p = stage.params
+    embeds = ctx.runtime(p.model).encode_text(resolve_prompt(p.prompt, p.default))
+    save_file({"embeds": embeds}, str(out.path(TEXT)))
+    out.meta.update(tokens=int(embeds.shape[0]), bytes=embeds.numel() * embeds.element_size())
+
+
+def _text_fields(stage: Stage, ctx: StageContext) -> dict:
+    """ClipRequest fields of a clip's stored prompts: its prompt's, then its negative's."""
+    names = ("prompt_embeds", "negative_prompt_embeds")
+    return {name: embeds for name, embeds in zip(names, _texts(stage, ctx), strict=False)}
+
+
+def _texts(stage: Stage, ctx: StageContext) -> list:
+    """The stored prompts a stage needs, in its needs' order (prompt, then negative)."""
+    from safetensors.torch import load_file
+
+    return [load_file(str(ctx.inputs[n].file(TEXT)))["embeds"] for n in encode_needs(stage.needs)]
 
 
 def save_media(
@@ -90,6 +117,7 @@ def run_clip(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
         carry=carry,
         image_strength=c.image_strength if c.image_strength is not None else 1.0,
         **_clip_media(p),
+        **_text_fields(stage, ctx),
     )
     result = ctx.runtime(p.model).render_clip(req, on_step=ctx.on_step)
     latents = {"video": result.video_latents.contiguous()}
@@ -154,17 +182,18 @@ def run_upscale(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
     from moldbatch.runtime.requests import Refine
 
     p = stage.params
-    source = ctx.inputs[stage.needs[0]]
+    needs = media_needs(stage.needs)
+    source = ctx.inputs[needs[0]]
     rt = ctx.runtime(p.model)
     audio, rate = load_audio(source)  # the upscale works on the latents: no frames needed
     refine = None
     if p.refine is not None:
         r = p.refine
         carry = None
-        if r.carry_tail and len(stage.needs) > 1:
+        if r.carry_tail and len(needs) > 1:
             # the previous clip's refined frames and sound at the rate the clips render at (half
             # the output rate before a temporal x2), encoded again
-            frames, tail_audio, tail_rate = _refined(ctx.inputs[stage.needs[1]], rt)
+            frames, tail_audio, tail_rate = _refined(ctx.inputs[needs[1]], rt)
             render_fps = p.fps / 2 if p.temporal else p.fps
             carry = rt.carry_from(
                 frames,
@@ -183,6 +212,7 @@ def run_upscale(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
             keyframes=[(k.frame, Path(k.image.path), k.strength) for k in r.keyframes],
             carry=carry,
             audio=p.refine_audio or "refine",
+            prompt_embeds=next(iter(_texts(stage, ctx)), None),
         )
     result = rt.upscale(
         source.file(LATENTS),
@@ -306,10 +336,29 @@ def run_join(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
     out.meta.update(file=name)
 
 
+def _named_oom(handler: Callable) -> Callable:
+    """A model stage whose CUDA memory runs out fails with one line naming the stage, the
+    memory tier and what to try (runtime/memory.py); what is done stays cached."""
+
+    def run(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
+        import torch
+
+        from moldbatch.errors import MoldbatchError
+        from moldbatch.runtime.memory import oom_message
+
+        try:
+            handler(stage, ctx, out)
+        except torch.cuda.OutOfMemoryError as e:
+            raise MoldbatchError(oom_message(stage.id, ctx.memory)) from e
+
+    return run
+
+
 HANDLERS = {
-    "clip": run_clip,
-    "refine": run_upscale,
-    "upscale": run_upscale,
+    "encode": _named_oom(run_encode),
+    "clip": _named_oom(run_clip),
+    "refine": _named_oom(run_upscale),
+    "upscale": _named_oom(run_upscale),
     "stitch": run_stitch,
     "export": run_export,
     "join": run_join,

@@ -132,7 +132,12 @@ def shot_cost(stages: list[Stage]) -> float:
     cost = 0.0
     for s in stages:
         p = s.params
-        cost += p.width * p.height * getattr(p, "frames", 1) * getattr(p, "steps", 2)
+        cost += (
+            getattr(p, "width", 1)
+            * getattr(p, "height", 1)
+            * getattr(p, "frames", 1)
+            * (getattr(p, "steps", 2))
+        )
     return cost
 
 
@@ -169,7 +174,11 @@ class _Run:
         for s in todo:
             if s.kind in RUNTIME_KINDS:
                 shots.setdefault(s.shot, []).append(s)
-        self.shots = deque(sorted(shots.values(), key=shot_cost, reverse=True))
+        # the film's text encodes first (one worker, one text encoder load), then the shots,
+        # the costliest first
+        self.shots = deque(
+            sorted(shots.values(), key=lambda g: (g[0].kind != "encode", -shot_cost(g)))
+        )
         self.worker_todo = [s for group in self.shots for s in group]
         # results of this run still needed by a later worker stage: id -> ObjectRef
         self.live: dict[str, object] = {}
@@ -210,7 +219,7 @@ class _Run:
                 num_gpus=1 if gpu else 0,
                 max_restarts=-1,  # Ray brings a dead worker back; we count the retries
                 max_task_retries=0,
-            ).remote(device, self.session.ctx.compile)
+            ).remote(device, self.session.ctx.compile, self.session.ctx.memory)
             self.slots.append(_Slot(i, handle))
         log.info("ray: %d %s workers for %d shots", n, "GPU" if gpu else "CPU", len(self.shots))
 
@@ -280,11 +289,13 @@ class _Run:
                 if not self.shots:
                     return None
                 slot.queue = deque(self.shots.popleft())
-            stage = slot.queue.popleft()
+            stage = slot.queue[0]
             if any(n in self.blocked for n in stage.needs):
-                self._skip(stage)
+                self._skip(slot.queue.popleft())
                 continue
-            return stage
+            if not all(n in self.found for n in stage.needs):
+                return None  # it waits for what another worker renders (its prompts' encodes)
+            return slot.queue.popleft()
 
     def _submit(self, slot: _Slot, stage: Stage, attempt: int, started: float) -> None:
         inputs = {n: (self.found[n].key, [self._input_ref(n, attempt)]) for n in stage.needs}

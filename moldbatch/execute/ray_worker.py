@@ -55,7 +55,7 @@ class StageWorker:
     input it could not fetch as {"lost"} (the driver retries both like a dead worker's stage).
     """
 
-    def __init__(self, device: str | None, compile: bool = False):
+    def __init__(self, device: str | None, compile: bool = False, memory: str = "resident"):
         if device == "cpu":
             # Ray caps a worker's threads at its CPU share; results on CPU depend on the thread
             # count, so use what a local render on this machine uses, and match it bit for bit.
@@ -69,7 +69,9 @@ class StageWorker:
         self.store = ArtifactStore(self.scratch)
         self.kept: OrderedDict[str, Artifact] = OrderedDict()
         self.files: dict[str, Path] = {}
-        self.ctx = StageContext(device=device, inputs={}, runtimes={}, compile=compile)
+        self.ctx = StageContext(
+            device=device, inputs={}, runtimes={}, compile=compile, memory=memory
+        )
 
     def pid(self) -> int:
         return os.getpid()

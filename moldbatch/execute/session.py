@@ -94,6 +94,7 @@ class RenderSession:
         compile: bool = False,
         log_lines: bool = False,
         estimates: dict[str, float] | None = None,
+        memory: str = "resident",
     ):
         """`progress`: bars in a terminal, else one plain line per stage (a CI log);
         `log_lines` (`--json`): the plain lines on stderr, bars or not; `estimates`: seconds
@@ -104,7 +105,13 @@ class RenderSession:
         self.console = Console(stderr=True, highlight=False)
         self.show = progress
         self.lines = log_lines or (progress and plain_log_wanted(self.console))
-        self.ctx = StageContext(device=device, inputs={}, runtimes=runtimes or {}, compile=compile)
+        self.ctx = StageContext(
+            device=device,
+            inputs={},
+            runtimes=runtimes if runtimes is not None else {},
+            compile=compile,
+            memory=memory,
+        )
         self.found: dict[str, Artifact] = {}
         self.outcomes: dict[str, StageOutcome] = {}
         self.summary = Summary(plan.file, workdir)

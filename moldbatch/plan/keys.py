@@ -9,7 +9,8 @@ from moldbatch.plan.types import StageParams, key_doc
 
 # Bump when a change to moldbatch changes what a stage produces for the same inputs, so that
 # old artifacts are not taken for new ones.
-KEY_VERSION = "moldbatch-stage-4"  # 4: chain carries re-encode the decoded tail (#13)
+KEY_VERSION = "moldbatch-stage-4"  # 4: chain carries re-encode the decoded tail (#13), text
+# encodes as stages (#12); 3: typed params, refine stages
 
 
 def content_key(kind: str, params: StageParams, needs: list[str], memo: dict | None = None) -> str:

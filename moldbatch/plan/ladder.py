@@ -5,17 +5,30 @@ A clip's first pass renders at half size on the two-stage pipelines, whose `refi
 upsamples it x2 in latent space and refines it at the render size; a shot's own spatial or
 temporal upscale follows as an `upscale` stage. On a smooth seam each step holds the previous
 clip's tail at the same step, so it needs that stage too.
+
+Before them all, the film's text encodes: one `encode` stage per distinct prompt (per text
+encoder and length), which every stage reading that prompt needs (a clip its prompt's, then,
+when it runs classifier-free guidance, its negative prompt's; a refine its prompt's).
 """
 
 from __future__ import annotations
 
-from moldbatch.models import MEDIA_PIPELINES, MODELS, first_pass_size, format_of, rendered_tail
+from moldbatch.models import (
+    DEFAULT_NEGATIVE,
+    MEDIA_PIPELINES,
+    MODELS,
+    ModelInfo,
+    first_pass_size,
+    format_of,
+    rendered_tail,
+)
 from moldbatch.plan.inputs import Inputs
 from moldbatch.plan.keys import content_key
 from moldbatch.plan.rules import Settings
 from moldbatch.plan.types import (
     ClipParams,
     Conditions,
+    EncodeParams,
     ExportParams,
     FileRef,
     JoinParams,
@@ -30,12 +43,44 @@ from moldbatch.plan.types import (
 )
 
 
+class Encodes:
+    """The film's encode stages, one per distinct (text encoder, prompt, length), in the order
+    of first use."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, Stage] = {}  # key -> stage
+
+    def of(self, model: ModelInfo, prompt: str | None, default: str | None = None) -> Stage:
+        params = EncodeParams(
+            model.text_encoder, prompt, default, model.max_sequence_length, model=model.name
+        )
+        key = content_key("encode", params, [])
+        stage = self.stages.get(key)
+        if stage is None:
+            stage = self.stages[key] = Stage(f"encode/{key[:12]}", "encode", None, [], key, params)
+        return stage
+
+    def for_clip(self, model: ModelInfo, params: ClipParams) -> list[Stage]:
+        """A first pass's encodes: its prompt, and its negative prompt when it is guided (a
+        dev model's; the tiny model's above guidance 1) (runtime sampling_kwargs)."""
+        c = params.conditions
+        out = [self.of(model, c.prompt)]
+        if model.guided:
+            negative = c.negative_prompt or None
+            out.append(self.of(model, negative, None if negative else DEFAULT_NEGATIVE))
+        elif model.built_in and (params.guidance or 0) > 1:
+            out.append(self.of(model, c.negative_prompt or ""))
+        return out
+
+
 def film_stages(
     shots: list[ShotPlan], settings: dict[str, Settings], inputs: Inputs, output: str | None
 ) -> list[Stage]:
     stages: list[Stage] = []
+    encodes = Encodes()
     for shot in shots:
-        stages += shot_stages(shot, settings[shot.id], inputs)
+        stages += shot_stages(shot, settings[shot.id], inputs, encodes)
+    stages = list(encodes.stages.values()) + stages  # the text phase first
     if output is not None and shots:
         fmt = format_of(output)
         needs = [f"{p.id}/stitch" for p in shots]
@@ -51,7 +96,12 @@ def film_stages(
     return stages
 
 
-def shot_stages(shot: ShotPlan, s: Settings, inputs: Inputs) -> list[Stage]:
+def shot_stages(
+    shot: ShotPlan, s: Settings, inputs: Inputs, encodes: Encodes | None = None
+) -> list[Stage]:
+    """A shot's stages; the encodes its stages need are added to `encodes` (the film's)."""
+    encodes = encodes if encodes is not None else Encodes()
+
     def ref(value: str | None) -> FileRef | None:
         if value is None:
             return None
@@ -117,7 +167,8 @@ def shot_stages(shot: ShotPlan, s: Settings, inputs: Inputs) -> list[Stage]:
             source_window=source_window,
             retake=retake,
         )
-        final = _step(shot, "clip", clip.index, params, None, last, out, memo)
+        texts = encodes.for_clip(model, params)
+        final = _step(shot, "clip", clip.index, params, None, last, out, memo, texts)
         # a refine pass has the clip's prompt, seed, LoRAs and conditions; an IC-LoRA works
         # with its reference tokens, which the refine pass has not
         refine = conditions
@@ -130,7 +181,8 @@ def shot_stages(shot: ShotPlan, s: Settings, inputs: Inputs) -> list[Stage]:
                 shot.model, "x2", None, shot.render_width, shot.render_height,
                 shot.render_fps, shot.audio, refine, audio_mode,
             )  # fmt: skip
-            final = _step(shot, "refine", clip.index, up, final, last, out, memo)
+            texts = [encodes.of(model, refine.prompt)]
+            final = _step(shot, "refine", clip.index, up, final, last, out, memo, texts)
         if shot.spatial_upscale or shot.temporal_upscale:
             is_retake = shot.pipeline == "retake"
             up = UpscaleParams(
@@ -148,7 +200,8 @@ def shot_stages(shot: ShotPlan, s: Settings, inputs: Inputs) -> list[Stage]:
                     RetakeSource(params.video, source_window, retake) if is_retake else None
                 ),
             )
-            final = _step(shot, "upscale", clip.index, up, final, last, out, memo)
+            texts = [encodes.of(model, refine.prompt)] if up.refine is not None else []
+            final = _step(shot, "upscale", clip.index, up, final, last, out, memo, texts)
         finals.append(final)
     stitch = StitchParams(
         seams=tuple((kind, n) for kind, n in shot.seams),
@@ -199,14 +252,16 @@ def _step(
     last: dict[str, Stage],
     out: list[Stage],
     memo: dict,
+    texts: list[Stage],
 ) -> Stage:
-    """One clip's stage at one step of its ladder: it needs its `source` (the step below), and
-    on a carrying seam the previous clip's stage at the same step, whose tail it holds (a clip
-    needs its latents; a refine its refined latents)."""
+    """One clip's stage at one step of its ladder: it needs its `source` (the step below), on
+    a carrying seam the previous clip's stage at the same step, whose tail it holds (a clip
+    needs its latents; a refine its refined latents), and last its prompts' encodes."""
     needs = [source] if source is not None else []
     refine = params.conditions if step == "clip" else params.refine
     if refine is not None and refine.carry_tail and step in last:
         needs.append(last[step])
+    needs += texts
     stage = Stage(
         f"{shot.id}/{step}-{index}",
         step,
@@ -220,4 +275,4 @@ def _step(
     return stage
 
 
-__all__ = ["film_stages", "shot_stages"]
+__all__ = ["Encodes", "film_stages", "shot_stages"]

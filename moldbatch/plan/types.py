@@ -137,8 +137,36 @@ class JoinParams:
     shots: tuple[str, ...]
 
 
-StageParams = ClipParams | UpscaleParams | StitchParams | ExportParams | JoinParams
-RUNTIME_KINDS = ("clip", "refine", "upscale")  # the stages that run the model (on a GPU)
+@dataclass(frozen=True)
+class EncodeParams:
+    """A prompt's text encoding, shared by every stage of the film that reads it. It keys by
+    the text encoder, the text and the padded length only: two models with one text encoder
+    share it, and the connectors (with their LoRAs) run in the stages that read it."""
+
+    text_encoder: str  # the text encoder's identity (models.ModelInfo.text_encoder)
+    prompt: str | None  # None: the symbolic `default` instead
+    default: str | None = None  # a prompt the runtime knows by name ("default-negative")
+    max_sequence_length: int = 1024
+    # the runtime that encodes it: any model with this text encoder (not in the key)
+    model: str = field(default="", metadata={"key": False})
+
+
+StageParams = ClipParams | UpscaleParams | StitchParams | ExportParams | JoinParams | EncodeParams
+# the stages that run the model (on a GPU), the text encodes first in a plan
+RUNTIME_KINDS = ("encode", "clip", "refine", "upscale")
+ENCODE_PREFIX = "encode/"  # the id of every encode stage starts so
+
+
+def encode_needs(needs: list[str]) -> list[str]:
+    """The encode stages among a stage's needs, in order (a clip's prompt, then its negative)."""
+    return [n for n in needs if n.startswith(ENCODE_PREFIX)]
+
+
+def media_needs(needs: list[str]) -> list[str]:
+    """A stage's needs but its text encodes: the stages whose media or latents it reads."""
+    return [n for n in needs if not n.startswith(ENCODE_PREFIX)]
+
+
 TERMINAL_KINDS = ("export", "join")  # the stages whose results leave the work folder
 
 
@@ -167,7 +195,7 @@ _PLAIN = frozenset({str, int, float, bool, type(None)})
 
 @functools.cache
 def _field_names(kind: type) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(kind))
+    return tuple(f.name for f in dataclasses.fields(kind) if f.metadata.get("key", True))
 
 
 def file_refs(value) -> Iterator[FileRef]:
@@ -258,7 +286,7 @@ class ShotPlan:
 @dataclass
 class Stage:
     id: str  # "opening/clip-2"
-    kind: str  # clip | refine | upscale | stitch | export | join
+    kind: str  # encode | clip | refine | upscale | stitch | export | join
     shot: str | None
     needs: list[str]
     key: str

@@ -10,7 +10,9 @@ clip counts its steps plus one for decoding, and an upscale counts its output to
 (latent upsampler + decode) plus, after a spatial upscale, the 3 steps of its refine pass
 (run without guidance: one transformer pass per step, where a dev rate counts ~3.5). A stage
 on a smooth seam also encodes the previous clip's tail again (runtime/carry.py), counted as
-one step over the tail's tokens. Stitch, export and join run on the CPU and count zero.
+one step over the tail's tokens. An encode runs the text encoder once over its padded prompt
+(1024 tokens: ~2 x 12B x 1024 FLOPs for Gemma 3 12B, ~0.1 s at that throughput; its load,
+once per render, is not counted). Stitch, export and join run on the CPU and count zero.
 
 Where the numbers come from (an honest account): the four real-model rates are ESTIMATES,
 not measurements. They come from the transformer's size (about 2 x parameters FLOPs per
@@ -58,6 +60,8 @@ RATES: dict[str, Rate] = {
     "ltx-2-tiny:random": Rate(4.0e-3, "measured on a 2-core CPU (fixed overhead dominates)"),
 }
 UNKNOWN = Rate(4.0e-4, "no entry for this model: the slowest real model's rate")
+ENCODE_SECONDS = {"ltx-2-tiny:random": 0.01}  # per prompt; the real models' text encoder:
+ENCODE_SECONDS_REAL = 0.1
 
 
 def load_rates(path: str | Path | None = None) -> dict[str, Rate]:
@@ -144,7 +148,10 @@ def estimate(plan, rates: dict[str, Rate] | None = None) -> PlanCost:
     out = PlanCost()
     for st in plan.stages:
         p = st.params
-        if st.kind == "clip":
+        if st.kind == "encode":
+            seconds = ENCODE_SECONDS.get(p.model, ENCODE_SECONDS_REAL)
+            out.stages[st.id] = StageCost(st.id, "encode", 0, p.max_sequence_length, 1, 0, seconds)
+        elif st.kind == "clip":
             rate = rates.get(p.model, UNKNOWN)
             out.rates[p.model] = rate
             tokens = latent_tokens(p.frames, p.width, p.height)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from moldbatch.errors import UsageError, display_path
-from moldbatch.plan.types import key_doc
+from moldbatch.plan.types import key_doc, media_needs
 from moldbatch.review.cost import estimate, format_seconds
 
 ADDED, REMOVED, CHANGED, SAME = "added", "removed", "changed", "unchanged"
@@ -113,12 +113,14 @@ def _reasons(old, new, old_keys: dict[str, str], new_keys: dict[str, str]) -> li
     for name in sorted(set(was) | set(now)):
         if was.get(name) != now.get(name):
             reasons.append(name)
-    if set(old.needs) != set(new.needs):
-        gone = [n for n in old.needs if n not in new.needs]
-        came = [n for n in new.needs if n not in old.needs]
+    # a prompt's encode is named by its key: its change is the `prompt` reason above
+    old_needs, new_needs = media_needs(old.needs), media_needs(new.needs)
+    if set(old_needs) != set(new_needs):
+        gone = [n for n in old_needs if n not in new_needs]
+        came = [n for n in new_needs if n not in old_needs]
         reasons.append("needs " + ", ".join([f"+{n}" for n in came] + [f"-{n}" for n in gone]))
     else:
-        reasons += [f"needs {n}" for n in new.needs if old_keys.get(n) != new_keys.get(n)]
+        reasons += [f"needs {n}" for n in new_needs if old_keys.get(n) != new_keys.get(n)]
     return reasons or ["key"]
 
 
@@ -141,11 +143,13 @@ def diff_plans(old, new) -> PlanDiff:
     for st in old.stages:
         if st.id not in new_by:
             changes.append(StageChange(st.id, st.shot, st.kind, REMOVED, [], st.key))
-    # group by shot in the new plan's order (removed shots after), the film last
+    # group by shot in the new plan's order (removed shots after), then the film's own stages
+    # (its prompts' encodes and the join) in plan order
     order: dict[str, int] = {}
     for c in changes:
-        order.setdefault(c.shot or "\uffff", len(order))
-    changes.sort(key=lambda c: (order[c.shot or "\uffff"], c.shot is None))
+        if c.shot is not None:
+            order.setdefault(c.shot, len(order))
+    changes.sort(key=lambda c: order.get(c.shot, len(order)))
     cost = estimate(new)
     seconds = cost.seconds_for(c.id for c in changes if c.change in (ADDED, CHANGED))
     return PlanDiff(old.file, new.file, changes, seconds)

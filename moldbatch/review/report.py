@@ -116,6 +116,31 @@ def _media(path: Path, out_dir: Path, fmt: str, shot_id: str, width: int) -> str
     return f'<img class="anim" src="{src}" data-shot="{esc(shot_id)}" width="{width}" alt="{src}">'
 
 
+def _text_phase(plan, outcomes: dict) -> str:
+    """The film's prompt encodes: what each encoded, and how this run had it."""
+    rows = []
+    for st in plan.stages_of(None):
+        if st.kind != "encode":
+            continue
+        o = outcomes.get(st.id)
+        status = o.status if o else "?"
+        secs = f"{o.seconds:.2f} s" if o and o.status == "rendered" else "-"
+        p = st.params
+        text = p.prompt if p.prompt is not None else f"({p.default})"
+        cls = {"rendered": "rendered", "cached": "cached-t"}.get(status, status)
+        rows.append(
+            f"<tr><td class=mono>{esc(st.id)}</td><td>{esc(text)}</td>"
+            f'<td class="{cls}">{esc(status)}</td><td class=num>{secs}</td></tr>'
+        )
+    if not rows:
+        return ""
+    return (
+        '<section class="shot" id="text"><h2>text phase</h2><div class="dim">each distinct '
+        "prompt encoded once, before any clip</div><table><tr><th>stage</th><th>prompt</th>"
+        "<th>this run</th><th class=num>time</th></tr>" + "".join(rows) + "</table></section>"
+    )
+
+
 def render_report(plan, summary, out_dir: Path, sheets: dict[str, Path]) -> str:
     cost = estimate(plan)
     outcomes = {s.id: s for s in summary.stages}
@@ -183,6 +208,7 @@ def render_report(plan, summary, out_dir: Path, sheets: dict[str, Path]) -> str:
             f"{esc(_rel(o, out_dir))} · film/join {esc(join.status)} {secs}</div>"
             f'<div class="media">{shown}</div></section>'
         )
+    film = _text_phase(plan, outcomes) + film
     rendered = sum(s.status == "rendered" for s in summary.stages)
     cached = sum(s.status == "cached" for s in summary.stages)
     failed = sum(s.status == "failed" for s in summary.stages)

@@ -45,17 +45,31 @@ class Loaded:
     upsamplers: dict[str, Any] = field(default_factory=dict)
 
 
-def load(info: ModelInfo, device: torch.device, dtype: torch.dtype) -> Loaded:
+def load(
+    info: ModelInfo, device: torch.device, dtype: torch.dtype, keep_on_host: tuple[str, ...] = ()
+) -> Loaded:
+    """The denoiser (everything but the text encoder) on `device`; the components named in
+    `keep_on_host` stay on the CPU (the streamed tier offloads them itself)."""
     if info.built_in:
-        return _load_tiny(device, dtype)
-    return _load_real(info, device, dtype)
+        return _load_tiny(device, dtype, keep_on_host)
+    return _load_real(info, device, dtype, keep_on_host)
 
 
-def _load_tiny(device: torch.device, dtype: torch.dtype) -> Loaded:
+def _place(pipe: Any, device: torch.device, keep_on_host: tuple[str, ...]) -> None:
+    if not keep_on_host:
+        pipe.to(device)
+        return
+    for name, part in pipe.components.items():
+        if isinstance(part, torch.nn.Module) and name not in keep_on_host:
+            part.to(device)
+
+
+def _load_tiny(device: torch.device, dtype: torch.dtype, keep_on_host: tuple[str, ...]) -> Loaded:
     from moldbatch.runtime.tiny import build_components
 
     components = build_components()
-    pipe = MoldConditionPipeline(**components.pipeline_kwargs())
+    # the text encoder loads apart, when a prompt is encoded (load_text_encoder)
+    pipe = MoldConditionPipeline(**{**components.pipeline_kwargs(), "text_encoder": None})
     upsamplers = {
         "spatial-x2": components.latent_upsampler,
         "spatial-x1.5": components.spatial_upsampler_x1_5,
@@ -65,7 +79,7 @@ def _load_tiny(device: torch.device, dtype: torch.dtype) -> Loaded:
         pipe.to(dtype=dtype)
         for upsampler in upsamplers.values():
             upsampler.to(dtype=dtype)
-    pipe.to(device)
+    _place(pipe, device, keep_on_host)
     for upsampler in upsamplers.values():
         upsampler.to(device)
     finish_pipeline(pipe)
@@ -311,9 +325,11 @@ def _diffusers_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
-def _load_real(info: ModelInfo, device: torch.device, dtype: torch.dtype) -> Loaded:
+def _load_real(
+    info: ModelInfo, device: torch.device, dtype: torch.dtype, keep_on_host: tuple[str, ...]
+) -> Loaded:
     from diffusers import FlowMatchEulerDiscreteScheduler
-    from transformers import AutoTokenizer, Gemma3ForConditionalGeneration
+    from transformers import AutoTokenizer
 
     assert info.diffusers_repo and info.transformer_repo and info.transformer_file
     require_files(info)
@@ -321,11 +337,8 @@ def _load_real(info: ModelInfo, device: torch.device, dtype: torch.dtype) -> Loa
     components = local_root(info.diffusers_repo)
     checkpoint = str(Path(local_root(info.transformer_repo)) / info.transformer_file)
 
-    with hub_errors(TEXT_ENCODER_REPO, "the Gemma 3 text encoder"):
+    with hub_errors(TEXT_ENCODER_REPO, "the Gemma 3 tokenizer"):
         tokenizer = AutoTokenizer.from_pretrained(text_root, local_files_only=True)
-        text_encoder = Gemma3ForConditionalGeneration.from_pretrained(
-            text_root, dtype=dtype, local_files_only=True
-        )
 
     # Keep the 19B/22B weights in fp8, as shipped (the file's own bytes and scales): fp8
     # matmuls where the GPU has them, else fp8 storage upcast to bf16 per call (runtime/fp8.py).
@@ -349,7 +362,7 @@ def _load_real(info: ModelInfo, device: torch.device, dtype: torch.dtype) -> Loa
             components,
             transformer=transformer,
             **own,
-            text_encoder=text_encoder,
+            text_encoder=None,  # loaded apart, when a prompt is encoded (load_text_encoder)
             tokenizer=tokenizer,
             # prompt-enhancer parts moldbatch does not use (and `pull` does not fetch)
             processor=None,
@@ -363,9 +376,43 @@ def _load_real(info: ModelInfo, device: torch.device, dtype: torch.dtype) -> Loa
         pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
             pipe.scheduler.config, use_dynamic_shifting=False, shift=1.0, shift_terminal=None
         )
-    pipe.to(device)
+    _place(pipe, device, keep_on_host)
     finish_pipeline(pipe)  # (clips decode in the reference's tiles: pipeline.reference_tiling)
     return Loaded(pipe=pipe)
+
+
+def load_tokenizer(info: ModelInfo) -> Any:
+    """The text encoder's tokenizer (small: loaded with the runtime, whatever the tier)."""
+    if info.built_in:
+        from moldbatch.runtime.tiny import build_tokenizer
+
+        return build_tokenizer()
+    from transformers import AutoTokenizer
+
+    require_files(info)
+    with hub_errors(TEXT_ENCODER_REPO, "the Gemma 3 tokenizer"):
+        return AutoTokenizer.from_pretrained(local_root(TEXT_ENCODER_REPO), local_files_only=True)
+
+
+def load_text_encoder(info: ModelInfo, device: torch.device, dtype: torch.dtype) -> Any:
+    """The text encoder alone (Gemma 3 12B, or the tiny model's), on `device` in `dtype`: the
+    runtime loads it for the text phase and may release it before the transformer runs."""
+    if info.built_in:
+        from moldbatch.runtime.tiny import build_text_encoder
+
+        encoder = build_text_encoder()
+        if dtype != torch.float32:
+            encoder.to(dtype=dtype)
+        return encoder.to(device)
+    from transformers import Gemma3ForConditionalGeneration
+
+    require_files(info)
+    text_root = local_root(TEXT_ENCODER_REPO)
+    with hub_errors(TEXT_ENCODER_REPO, "the Gemma 3 text encoder"):
+        encoder = Gemma3ForConditionalGeneration.from_pretrained(
+            text_root, dtype=dtype, local_files_only=True
+        )
+    return encoder.to(device).eval().requires_grad_(False)
 
 
 def load_latent_upsampler(

@@ -6,7 +6,6 @@ import contextlib
 import inspect
 import logging
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,15 +15,17 @@ import numpy as np
 import torch
 
 from moldbatch.errors import RuntimeFeatureError, RuntimeLoadError
-from moldbatch.models import FRAME_GRID, SIZE_GRID, ModelInfo
+from moldbatch.models import FRAME_GRID, MEMORY_TIERS, SIZE_GRID, ModelInfo
 from moldbatch.runtime import carry as carry_math
 from moldbatch.runtime import sources
-from moldbatch.runtime.loading import load
-from moldbatch.runtime.lora import LoraSwitch, reference_downscale_factor
+from moldbatch.runtime.loading import load_tokenizer
+from moldbatch.runtime.lora import reference_downscale_factor
+from moldbatch.runtime.memory import MemoryTier
 from moldbatch.runtime.pipeline import reference_tiling
 from moldbatch.runtime.registry import model_info
 from moldbatch.runtime.requests import Carry, ClipRequest, ClipResult
 from moldbatch.runtime.sampling import negative_prompt_for, sampling_kwargs, unshifted_schedule
+from moldbatch.runtime.text import TextEncoding
 from moldbatch.runtime.upscale import Upscaling
 
 log = logging.getLogger(__name__)
@@ -47,35 +48,45 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-class Runtime(Upscaling):
+class Runtime(MemoryTier, TextEncoding, Upscaling):
     """Loaded LTX-2 models for one process; `render_clip` renders one clip at a time.
 
-    Build with `Runtime(model)` or `Runtime.load(model)`. Components are loaded once, in the
-    constructor, and shared by every clip (and by the latent upsample pipeline).
+    Build with `Runtime(model)` or `Runtime.load(model)`. Components are loaded once and
+    shared by every clip (and by the latent upsample pipeline): the denoiser in the
+    constructor (on first use in the sequential and streamed tiers), the text encoder on the
+    first prompt it encodes (runtime/text.py, runtime/memory.py).
     """
 
-    def __init__(self, model: str, device: str | None = None, compile: bool = False):
+    def __init__(
+        self,
+        model: str,
+        device: str | None = None,
+        compile: bool = False,
+        memory: str = "resident",
+    ):
         self.model = model
         self.info: ModelInfo = model_info(model)
         self.device = torch.device(device) if device else default_device()
         # bf16 is what the real checkpoints run in on GPUs; CPUs are slow and exact in float32.
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        started = time.perf_counter()
-        loaded = load(self.info, self.device, self.dtype)
-        self.pipe = loaded.pipe
-        self._upsamplers: dict[str, Any] = dict(loaded.upsamplers)  # role -> upsampler model
-        self._loras = LoraSwitch(self.pipe, self.info)
+        if memory not in MEMORY_TIERS:
+            raise RuntimeFeatureError(f"memory tier {memory!r}: one of {', '.join(MEMORY_TIERS)}")
+        self.memory = memory  # runtime/memory.py: where the models live between stages
+        self.tokenizer = load_tokenizer(self.info)
+        self._upsamplers: dict[str, Any] = {}  # role -> upsampler model
         self._in_context: Any | None = None  # the IC-LoRA pipeline, sharing the components
-        if compile:
-            # in place (the pipeline keeps its module): compiled on the first clip of a shape,
-            # reused by every later one of that shape; MOLDBATCH_COMPILE_BACKEND picks the
-            # backend (inductor; "eager" compiles the graph without generating code)
-            backend = os.environ.get(COMPILE_BACKEND_ENV, "inductor")
-            self.pipe.transformer.compile(backend=backend, dynamic=False)
         self.compiled = compile
-        self.load_seconds = time.perf_counter() - started
+        self.load_seconds = 0.0
         self.clips_rendered = 0
-        log.info("loaded %s on %s in %.1f s", model, self.device, self.load_seconds)
+        if memory == "resident":
+            self._load_denoiser()  # else on first use, after the text phase
+
+    def _compile(self, pipe: Any) -> None:
+        # in place (the pipeline keeps its module): compiled on the first clip of a shape,
+        # reused by every later one of that shape; MOLDBATCH_COMPILE_BACKEND picks the
+        # backend (inductor; "eager" compiles the graph without generating code)
+        backend = os.environ.get(COMPILE_BACKEND_ENV, "inductor")
+        pipe.transformer.compile(backend=backend, dynamic=False)
 
     @classmethod
     def load(cls, model: str, device: str | None = None) -> Runtime:
@@ -190,8 +201,13 @@ class Runtime(Upscaling):
         ):
             video_latents, audio_latents = pipe(
                 conditions=conditions or None,
-                prompt=req.prompt,
-                negative_prompt=negative_prompt_for(self.info, req),
+                **self.prompt_kwargs(
+                    req.prompt,
+                    negative_prompt_for(self.info, req),
+                    req.prompt_embeds,
+                    req.negative_prompt_embeds,
+                    guided=_guided(sampling),
+                ),
                 height=req.height,
                 width=req.width,
                 num_frames=req.frames,
@@ -407,8 +423,10 @@ class Runtime(Upscaling):
 
     def close(self) -> None:
         """Drop adapters and free device memory (the object is unusable afterwards)."""
-        self._loras.unload()
-        self.pipe = None  # type: ignore[assignment]
+        if self.denoiser_loaded:
+            self._loras.unload()
+        self.release_text_encoder()
+        self.pipe = None
         self._in_context = None
         self._upsamplers = {}
         if self.device.type == "cuda":
@@ -505,6 +523,13 @@ class Runtime(Upscaling):
             if index > 0:
                 appended_frames.append(frame)
         return conditions, appended_frames
+
+
+def _guided(sampling: dict[str, Any]) -> bool:
+    """Whether a pipeline call with these settings runs classifier-free guidance (diffusers'
+    `do_classifier_free_guidance`, with its defaults), so that it reads a negative prompt."""
+    audio = sampling.get("audio_guidance_scale", 7.0)
+    return sampling.get("guidance_scale", 3.0) > 1.0 or (audio is not None and audio > 1.0)
 
 
 @dataclass

@@ -65,6 +65,10 @@ class ClipRequest:
     # appended to the sequence as clean tokens the IC-LoRA attends to.
     reference_frames: Any | None = None  # np.ndarray
     reference_strength: float = 1.0
+    # the prompts' stored forms (runtime/text.py, an encode stage's artifact): given, the
+    # text encoder is not run for them
+    prompt_embeds: Any | None = None  # torch.Tensor [tokens, D]
+    negative_prompt_embeds: Any | None = None
 
 
 @dataclass
@@ -106,6 +110,7 @@ class Refine:
     keyframes: list[tuple] = field(default_factory=list)  # as ClipRequest.keyframes
     carry: Carry | None = None
     audio: str = "refine"  # "refine" | "keep" | "hold" (see above)
+    prompt_embeds: Any | None = None  # the prompt's stored form (as ClipRequest's)
 
 
 REFINE_AUDIO = ("refine", "keep", "hold")

@@ -39,6 +39,16 @@ _TOKENIZER_MAX_LENGTH = 32  # must be a multiple of the connectors' learnable re
 
 # How many times this process has built the tiny components (a Runtime should do it once).
 build_count = 0
+# Benchmarks only (benchmarks/bench_memory.py): about this many MB of text encoder and twice as
+# many of transformer (as the real models' ~24 / ~40 GB in bf16), random weights from their own
+# seeds (the tiny renders change; keys do not)
+SCALE_ENV = "MOLDBATCH_TINY_SCALE_MB"
+
+
+def _scale_mb() -> int:
+    import os
+
+    return int(os.environ.get(SCALE_ENV, "0") or 0)
 
 
 @dataclass
@@ -87,14 +97,27 @@ def build_tokenizer() -> Any:
     return tokenizer
 
 
-def _build_text_encoder(vocab_size: int) -> Any:
+def build_text_encoder(seed: int = TINY_SEED) -> Any:
+    """The tiny text encoder alone, bitwise the one `build_components` builds (it is the first
+    thing drawn from `seed`); scaled up under MOLDBATCH_TINY_SCALE_MB."""
+    with torch.random.fork_rng(devices=[]):
+        scale = _scale_mb()
+        torch.manual_seed(seed if not scale else seed + 10)
+        build_tokenizer()
+        # 2 layers of 3 x 32 x intermediate float32 MLP weights: 768 bytes per intermediate unit
+        intermediate = 64 if not scale else scale * 1_000_000 // 768
+        encoder = _build_text_encoder(vocab_size=64, intermediate=intermediate)
+    return encoder.eval().requires_grad_(False)
+
+
+def _build_text_encoder(vocab_size: int, intermediate: int = 64) -> Any:
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
     config = Gemma3Config(
         text_config={
             "vocab_size": vocab_size,
             "hidden_size": _TEXT_HIDDEN,
-            "intermediate_size": 64,
+            "intermediate_size": intermediate,
             "num_hidden_layers": _TEXT_LAYERS,
             "num_attention_heads": 4,
             "num_key_value_heads": 1,
@@ -118,6 +141,24 @@ def _build_text_encoder(vocab_size: int) -> Any:
         image_token_index=4,
     )
     return Gemma3ForConditionalGeneration(config).eval()
+
+
+def _transformer_args() -> dict[str, Any]:
+    return {
+        "in_channels": _VIDEO_LATENT_CHANNELS,
+        "out_channels": _VIDEO_LATENT_CHANNELS,
+        "num_attention_heads": 4,
+        "attention_head_dim": 8,
+        "cross_attention_dim": 32,
+        "audio_in_channels": _AUDIO_LATENT_CHANNELS * (_AUDIO_MEL_BINS // 4),
+        "audio_out_channels": _AUDIO_LATENT_CHANNELS * (_AUDIO_MEL_BINS // 4),
+        "audio_num_attention_heads": 4,
+        "audio_attention_head_dim": 8,
+        "audio_cross_attention_dim": 32,
+        "audio_sampling_rate": _AUDIO_SAMPLE_RATE,
+        "audio_hop_length": _AUDIO_HOP,
+        "caption_channels": _TEXT_HIDDEN,
+    }
 
 
 def build_components(seed: int = TINY_SEED) -> TinyComponents:
@@ -152,22 +193,7 @@ def build_components(seed: int = TINY_SEED) -> TinyComponents:
             connector_rope_base_seq_len=_TOKENIZER_MAX_LENGTH,
         )
 
-        transformer = LTX2VideoTransformer3DModel(
-            in_channels=_VIDEO_LATENT_CHANNELS,
-            out_channels=_VIDEO_LATENT_CHANNELS,
-            num_attention_heads=4,
-            attention_head_dim=8,
-            cross_attention_dim=32,
-            audio_in_channels=_AUDIO_LATENT_CHANNELS * (_AUDIO_MEL_BINS // 4),
-            audio_out_channels=_AUDIO_LATENT_CHANNELS * (_AUDIO_MEL_BINS // 4),
-            audio_num_attention_heads=4,
-            audio_attention_head_dim=8,
-            audio_cross_attention_dim=32,
-            audio_sampling_rate=_AUDIO_SAMPLE_RATE,
-            audio_hop_length=_AUDIO_HOP,
-            num_layers=2,
-            caption_channels=_TEXT_HIDDEN,
-        )
+        transformer = LTX2VideoTransformer3DModel(**_transformer_args(), num_layers=2)
 
         # The default LTX-2 block layout at toy width. The two ratios must be given: for this
         # layout the attributes would otherwise report 64/16 although tensors shrink 32x/8x.
@@ -238,6 +264,14 @@ def build_components(seed: int = TINY_SEED) -> TinyComponents:
             shift_terminal=0.1,
         )
 
+    if _scale_mb():
+        torch.manual_seed(seed + 11)
+        # heads of 256: 1024 wide, a block about 100 MB of float32 weights
+        blocks = max(1, round(2 * _scale_mb() / 100))
+        transformer = LTX2VideoTransformer3DModel(
+            **{**_transformer_args(), "attention_head_dim": 256, "cross_attention_dim": 1024},
+            num_layers=blocks,
+        )
     for module in (
         text_encoder,
         connectors,

@@ -165,8 +165,8 @@ class Upscaling:
         ):
             video, audio = pipe(
                 conditions=conditions or None,
-                prompt=refine.prompt,
-                negative_prompt=refine.negative_prompt or "",
+                # guidance 1: no negative prompt is read
+                **self.prompt_kwargs(refine.prompt, None, refine.prompt_embeds),
                 height=h * SIZE_GRID,
                 width=w * SIZE_GRID,
                 num_frames=frames,

@@ -353,8 +353,8 @@ def plan_needs(stages: Iterable) -> dict[str, list[str]]:
         if st.kind not in RUNTIME_KINDS:
             continue
         p = st.params
-        model = MODELS.get(p.model)
-        if model is None or model.built_in:
+        model = MODELS.get(getattr(p, "model", None) or "")
+        if model is None or model.built_in or st.kind == "encode":
             continue
         extras = needs.setdefault(model.name, [])
         wanted = []

@@ -28,6 +28,7 @@ from moldbatch.execute.executor import render_plan
 from moldbatch.execute.store import ArtifactStore
 from moldbatch.media.probe import read_video
 from moldbatch.plan.planner import plan_file
+from moldbatch.plan.types import media_needs
 
 from conftest import undecodable_png, write
 
@@ -285,8 +286,9 @@ def test_refine_ladders_render_the_same_bytes_on_ray(tmp_path, cluster):
     spec = write(local, "film.yaml", LADDER)
     assert render_plan(plan_file(spec), progress=False, runtimes={}).ok
     plan = plan_file(write(remote, "film.yaml", LADDER))
-    assert plan.stage("dev/refine-1").needs == ["dev/clip-1", "dev/refine-0"]
-    assert plan.stage("big/upscale-1").needs == ["big/clip-1", "big/upscale-0"]
+    assert media_needs(plan.stage("dev/refine-1").needs) == ["dev/clip-1", "dev/refine-0"]
+    assert media_needs(plan.stage("big/upscale-1").needs) == ["big/clip-1", "big/upscale-0"]
+    # their prompts' encodes are rendered once, on a worker, and read by every other one
     assert ray_render(remote / "film.yaml").ok
     ours, theirs = ArtifactStore(remote / ".moldbatch"), ArtifactStore(local / ".moldbatch")
     for stage in plan.stages:

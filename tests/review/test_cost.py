@@ -70,7 +70,8 @@ def test_plan_shows_the_cost_and_render_refuses_over_budget(tmp_path):
     write(tmp_path, "film.yaml", SPEC)
     doc = json.loads(moldbatch("plan", "--json", "film.yaml", cwd=tmp_path).stdout)
     assert doc["cost"]["gpu_seconds"] > 0 and "ltx-2-tiny:random" in doc["cost"]["rates"]
-    assert doc["stages"][0]["cost"]["tokens"] == 8
+    clip = next(s for s in doc["stages"] if s["kind"] == "clip")
+    assert clip["cost"]["tokens"] == 8
     assert "estimated GPU time" in moldbatch("plan", "film.yaml", cwd=tmp_path).stdout
 
     res = moldbatch("render", "film.yaml", "--max-gpu-minutes", "0.0001", cwd=tmp_path)

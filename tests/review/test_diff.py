@@ -40,8 +40,19 @@ def plan_of(folder: Path, text: str, name: str = "film.yaml"):
 
 
 def changes(old: str, new: str, folder: Path):
+    """The diff, and its changed stages but the prompts' encodes (`encodes` lists those)."""
     d = diff_plans(plan_of(folder, old, "old.yaml"), plan_of(folder, new, "new.yaml"))
-    return d, {c.id: c for c in d.stages if c.change != "unchanged"}
+    moved = {c.id: c for c in d.stages if c.change != "unchanged"}
+    return d, {i: c for i, c in moved.items() if c.kind != "encode"}
+
+
+def encodes(d) -> dict[str, list[str]]:
+    """change -> ids of the encode stages that changed so."""
+    out: dict[str, list[str]] = {}
+    for c in d.stages:
+        if c.kind == "encode" and c.change != "unchanged":
+            out.setdefault(c.change, []).append(c.id)
+    return out
 
 
 def test_prompt_of_one_clip_rerenders_that_clip_and_the_later_ones(film_dir):
@@ -57,6 +68,8 @@ def test_prompt_of_one_clip_rerenders_that_clip_and_the_later_ones(film_dir):
         "film/join",
     }
     assert moved["walk/clip-1"].reasons == ["prompt"]
+    # the new prompt is encoded, the old one's encode leaves the plan
+    assert {k: len(v) for k, v in encodes(d).items()} == {ADDED: 1, REMOVED: 1}
     assert moved["walk/clip-2"].reasons == ["needs walk/clip-1"]  # the carried motion tail
     assert moved["walk/refine-1"].reasons == ["refine", "needs walk/clip-1"]
     assert moved["walk/stitch"].reasons == ["needs walk/refine-1", "needs walk/refine-2"]

@@ -171,6 +171,7 @@ def test_report_plays_every_shot_and_has_contact_sheets(browser, rendered):
     assert media[("video", "film.mp4")]["duration"] == pytest.approx(66 / 24, abs=0.05)
     stages = re.findall(r'<td class="(rendered|cached-t)">', dom)
     assert len(stages) == len(plan.stages) - 1  # film/join is shown with the film
+    assert "text phase" in dom  # the prompt encodes, in a table of their own
     browser.screenshot(report.as_uri(), "report.png", size=(1400, 2200), budget_ms=5000)
 
     # a second render renders nothing and rewrites the report with every stage cached

@@ -124,6 +124,12 @@ def test_a_pulled_model_loads_every_component_from_its_shipped_file(real) -> Non
         for key, value in want.items():
             assert torch.equal(got[key].float(), value.float()), f"{name}.{key}"
     assert pipe.tokenizer("a fox").input_ids == parts.tokenizer("a fox").input_ids
+    # the text encoder loads apart, on the first prompt encoded, from Gemma's own files
+    assert not rt.text_encoder_loaded
+    rt.encode_text("a fox")
+    got, want = rt._text_encoder.state_dict(), parts.text_encoder.state_dict()
+    assert set(got) == set(want)
+    assert all(torch.equal(got[k].float(), want[k].float()) for k in want)
     # distilled checkpoints run their fixed schedule unshifted
     assert pipe.scheduler.config.use_dynamic_shifting is (not MODELS[model].distilled)
 

@@ -297,7 +297,7 @@ def test_a2vid_stg_perturbs_the_video_self_attention_only(rt, audio_guided) -> N
             pipe.conditioned(audio_guided=audio_guided),
         ):
             pipe(
-                prompt="a drummer",
+                **rt.prompt_kwargs("a drummer", None),  # the text encoder loads apart
                 height=64,
                 width=64,
                 num_frames=9,

@@ -14,6 +14,7 @@ from moldbatch.execute.handlers import LATENTS, load_media
 from moldbatch.execute.store import ArtifactStore
 from moldbatch.media.probe import probe
 from moldbatch.plan.planner import plan_file
+from moldbatch.plan.types import encode_needs, media_needs
 from moldbatch.review.cost import REFINE_STEPS, estimate
 from moldbatch.runtime import Runtime
 from moldbatch.runtime.carry import carried_video_latent_frames
@@ -52,7 +53,10 @@ def test_two_stage_renders_half_size_then_refines_to_the_render_size(tmp_path, r
     plan, store = render_spec(spec, runtimes)
     clip, refine = plan.stage("dev/clip-0"), plan.stage("dev/refine-0")
     assert (clip.params.width, clip.params.height) == (64, 64)
-    assert refine.kind == "refine" and refine.needs == ["dev/clip-0"]
+    assert refine.kind == "refine" and media_needs(refine.needs) == ["dev/clip-0"]
+    assert [plan.stage(n).params.prompt for n in encode_needs(refine.needs)] == [
+        refine.params.refine.prompt
+    ]  # the refine reads its prompt's stored encoding
     assert refine.params.spatial == "x2" and refine.params.refine.prompt.startswith("a l")
     assert plan.stage("dev/stitch").needs == ["dev/refine-0"]
     first = load_media(store.get(clip.key))[0]
@@ -104,7 +108,7 @@ shots:
 """,
     )
     plan, store = render_spec(spec, runtimes)
-    assert plan.stage("walk/refine-1").needs == ["walk/clip-1", "walk/refine-0"]
+    assert media_needs(plan.stage("walk/refine-1").needs) == ["walk/clip-1", "walk/refine-0"]
     k = carried_video_latent_frames(9)
     rt = runtimes[MODEL]
     # first pass: the last 9 frames of clip 0, encoded again, come back exactly (held clean),

@@ -88,8 +88,12 @@ def test_plan_json_has_the_documented_shape():
         "fps": 24.0,
         "path": shot["output"]["path"],
     }
-    stage = doc["stages"][2]  # after clip 0 and its second stage, refine-0
-    assert stage["id"] == "opening/clip-1" and stage["needs"] == ["opening/clip-0"]
+    encodes = [s for s in doc["stages"] if s["kind"] == "encode"]
+    assert doc["stages"][: len(encodes)] == encodes  # the text phase first
+    assert all(s["id"].startswith("encode/") and s["shot"] is None for s in encodes)
+    stage = doc["stages"][len(encodes) + 2]  # after clip 0 and its second stage, refine-0
+    assert stage["id"] == "opening/clip-1" and stage["needs"][0] == "opening/clip-0"
+    assert all(n.startswith("encode/") for n in stage["needs"][1:])
     assert {"id", "kind", "shot", "needs", "key", "status"} <= set(stage)
     assert stage["status"] == "pending"  # the same word as render's and status's
     assert doc["counts"]["pending"] == len(doc["stages"]) and doc["counts"]["cached"] == 0

@@ -55,8 +55,15 @@ def test_editing_clip_3_prompt_changes_clip_3_and_what_follows_only(film_dir: Pa
     edited = PROMPTS.copy()
     edited[3] = "four at night"
     after = keys(chain(film_dir, edited))
-    changed = {sid for sid in before if before[sid] != after[sid]}
+    changed = {sid for sid in before if not sid.startswith("encode/") and before[sid] != after[sid]}
     assert changed == {"walk/clip-3", "walk/clip-4", "walk/stitch", "walk/export", "film/join"}
+    # the text phase: the old prompt's encode goes, the new one's comes, the others stay
+    gone = {s for s in before if s.startswith("encode/") and s not in after}
+    new = {s for s in after if s.startswith("encode/") and s not in before}
+    assert len(gone) == len(new) == 1
+    assert {s for s in before if s.startswith("encode/")} - gone == (
+        {s for s in after if s.startswith("encode/")} - new
+    )
 
 
 def test_changing_an_input_image_changes_every_clip_it_flows_into(film_dir: Path):

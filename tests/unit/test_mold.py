@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from moldbatch.cli import cli
 from moldbatch.plan.planner import plan_file
+from moldbatch.plan.types import media_needs
 from moldbatch.spec.mold import CannotExport, mold_script
 
 from conftest import write
@@ -70,6 +71,10 @@ def keys(plan) -> list[str]:
     return [s.key for s in plan.stages]
 
 
+def encodes(plan) -> list[str]:
+    return [s.key for s in plan.stages if s.kind == "encode"]
+
+
 def test_a_mold_script_plans_as_mold_would_render_it(film_dir: Path):
     plan = plan_file(script(film_dir))
     assert plan.valid, [str(d) for d in plan.diagnostics]
@@ -96,8 +101,8 @@ def test_a_mold_script_plans_as_mold_would_render_it(film_dir: Path):
     assert plan.inline[str(decoded)] == (film_dir / "assets" / "end.png").read_bytes()
     assert not decoded.exists()
     # only the smooth seam carries the previous clip's tail
-    assert clip1.needs == ["walk/clip-0"] and clip1.params.conditions.carry_tail == 4
-    assert clip2.needs == [] and clip3.needs == []
+    assert media_needs(clip1.needs) == ["walk/clip-0"] and clip1.params.conditions.carry_tail == 4
+    assert media_needs(clip2.needs) == [] and media_needs(clip3.needs) == []
 
 
 def test_a_base64_image_and_the_same_file_by_path_give_the_same_keys(film_dir: Path):
@@ -157,7 +162,11 @@ shots:
     out = film_dir / "walk.toml"
     out.write_text(mold_script(original, "walk", out))
     again = plan_file(out)
-    assert keys(again) == [s.key for s in original.stages if s.shot == "walk"]
+    # the walk's stages, and the encodes of its prompts (the other shot's prompt is not in it)
+    assert [k for k in keys(again) if k not in encodes(again)] == [
+        s.key for s in original.stages if s.shot == "walk"
+    ]
+    assert set(encodes(again)) < set(encodes(original))
 
 
 @pytest.mark.parametrize(

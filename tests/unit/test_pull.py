@@ -423,6 +423,8 @@ def test_gpu_benchmark_dry_run():
     configs = [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
     assert [c["num_layers"] for c in configs] == [48, 48]
     assert configs[0]["gated_attn"] is False and configs[1]["gated_attn"] is True
+    assert "tiers: resident, sequential, streamed" in res.stdout
+    assert "49 x 3840 bf16 values a token (0.376 MB)" in res.stdout
 
 
 def test_gpu_benchmark_skips_without_cuda():
@@ -444,7 +446,15 @@ def test_gpu_benchmark_code_path_on_a_shrunk_config(capsys):
         sys.path.remove(str(GPU.parent))
     assert gpu.main(["--smoke", "--no-overhead", "--repeat", "1"]) == 0
     rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    tiers = [r for r in rows if "tiers" in r]
+    rows = [r for r in rows if "tiers" not in r]
     assert [r["model"] for r in rows] == ["ltx-2-19b", "ltx-2.3-22b"]
+    # each memory tier runs its text encode and denoise (no GPU: seconds, no peak)
+    assert [r["model"] for r in tiers] == ["ltx-2-19b", "ltx-2.3-22b"]
+    for r in tiers:
+        assert list(r["tiers"]) == ["resident", "sequential", "streamed"]
+        for tier in r["tiers"].values():
+            assert tier["distilled_s_per_clip"] > 0 and tier["dev_s_per_clip"] > 0, tier
     for r in rows:
         assert r["bf16_b1_s_per_forward"] > 0 and r["bf16_b2_s_per_forward"] > 0
         assert "fp8_b1_s_per_forward" in r or "fp8_error" in r
