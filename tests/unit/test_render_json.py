@@ -110,7 +110,8 @@ def test_success_stage_failure_and_collision_print_the_same_document(tmp_path):
     res = moldbatch("render", "film.yaml", "--json", cwd=tmp_path)
     doc = RenderDoc.model_validate(json.loads(res.stdout))
     assert (res.returncode, doc.exit_code, doc.reason, doc.ok) == (0, 0, "done", True)
-    assert doc.counts["rendered"] == 3 and doc.message is None
+    assert doc.counts["rendered"] == len(doc.stages) and doc.message is None
+    assert [s.kind for s in doc.stages if s.kind != "encode"] == ["clip", "stitch", "export"]
     assert doc.outputs == {"a": str(tmp_path / "renders" / "a.mp4")}
     assert doc.report == str(tmp_path / "renders" / "film.report.html")
     assert Path(doc.report).is_file()
