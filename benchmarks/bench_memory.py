@@ -31,6 +31,7 @@ shots:
   - id: two
     frames: 30
     clip_frames: 17
+    motion_tail: 1
     prompts: [a quiet harbour, boats at dusk]
 """
 TIERS = ("resident", "sequential", "streamed")

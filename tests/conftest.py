@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,12 @@ def undecodable_png(path: Path) -> Path:
         + chunk(b"IEND", b"")
     )
     return path
+
+
+def shot_counts(doc: dict) -> Counter:
+    """A plan, render or status document's stages by status, its text phase (the encode
+    stages every distinct prompt adds) aside: the count a test of shots reasons about."""
+    return Counter(s["status"] for s in doc["stages"] if s["kind"] != "encode")
 
 
 def write(folder: Path, name: str, text: str) -> Path:

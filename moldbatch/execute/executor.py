@@ -49,7 +49,7 @@ def render_plan(
     if executor not in EXECUTORS:
         raise UsageError(f"unknown executor {executor!r}: {' or '.join(EXECUTORS)}")
     workdir = (workdir or default_workdir(plan.path)).resolve()
-    tier = _tier(plan, memory, device)
+    tier = _tier(plan, memory, device, workdir)
     with _locked(workdir), _disk_errors(workdir):
         session = RenderSession(
             plan,
@@ -72,9 +72,15 @@ def render_plan(
             return session.run(run_stages)
 
 
-def _tier(plan: Plan, memory: str | None, device: str | None) -> str:
-    """The memory tier of this render (runtime/memory.choose_tier)."""
+def _tier(plan: Plan, memory: str | None, device: str | None, workdir: Path) -> str:
+    """The memory tier of this render (runtime/memory.choose_tier); a render with no model
+    stage to run (a cached film) needs none, nor torch."""
+    from moldbatch.execute.store import stages_to_run
     from moldbatch.models import memory_needs
+    from moldbatch.plan.types import RUNTIME_KINDS
+
+    if not any(s.kind in RUNTIME_KINDS for s in stages_to_run(plan, workdir)):
+        return memory if memory not in (None, "auto") else "resident"
     from moldbatch.runtime.memory import choose_tier
 
     return choose_tier(memory, memory_needs(plan.stages), device)

@@ -21,7 +21,7 @@ from moldbatch.execute import handlers as handlers_module
 from moldbatch.execute.executor import render_plan
 from moldbatch.plan.planner import plan_file
 
-from conftest import ASSETS, write
+from conftest import ASSETS, shot_counts, write
 
 HEAD = """\
 version: 1
@@ -228,14 +228,16 @@ def test_a_damaged_state_database_is_moved_aside_and_the_render_resumes(tmp_path
     assert status.returncode == 0, status.stderr
     (warning,) = lines(status.stderr)
     assert warning.startswith("moldbatch: warning: the state database") and "damaged" in warning
-    assert "3 of 3 stages cached" in status.stdout
+    assert re.search(r"\b(\d+) of \1 stages cached", status.stdout), status.stdout
 
     res = moldbatch("render", "film.yaml", "--json", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     (warning,) = lines(res.stderr)
     assert "was damaged" in warning and "moved it aside as state.sqlite.corrupt-" in warning
     summary = json.loads(res.stdout)
-    assert summary["ok"] and summary["counts"]["rendered"] == 0 and summary["counts"]["cached"] == 3
+    assert (
+        summary["ok"] and summary["counts"]["rendered"] == 0 and shot_counts(summary)["cached"] == 3
+    )
     assert list((tmp_path / ".moldbatch").glob("state.sqlite.corrupt-*"))
     after = json.loads(moldbatch("status", "--json", "film.yaml", cwd=tmp_path).stdout)
     assert after["last_run"]["status"] == "done" and "warning" not in after
@@ -302,7 +304,7 @@ def test_a_full_disk_is_one_line_exit_3_and_the_next_render_resumes(tmp_path: Pa
         assert res.returncode == 0, res.stderr
         summary = json.loads(res.stdout)
         assert (
-            summary["counts"]["cached"] == 3 and summary["counts"]["rendered"] == 3
+            shot_counts(summary)["cached"] == 3 and shot_counts(summary)["rendered"] == 3
         )  # shot a was kept
 
 
@@ -318,7 +320,7 @@ def test_a_full_out_folder_never_says_saved_for_what_it_did_not_write(tmp_path: 
         filler.unlink()
         res = moldbatch("render", "film.yaml", "--out", disk / "out", cwd=tmp_path)
         assert res.returncode == 0 and "Saved" in res.stderr
-        assert "0 stages rendered, 3 cached" in res.stderr
+        assert re.search(r"0 stages rendered, \d+ cached", res.stderr), res.stderr
 
 
 @pytest.mark.slow

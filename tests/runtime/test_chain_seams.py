@@ -131,7 +131,8 @@ def test_a_two_stage_chain_holds_the_refined_tail(follower: Runtime, tmp_path: P
         spec.read_text().replace(f"width: {SIZE}, height: {SIZE}", f"width: {size}, height: {size}")
     )
     plan, store = render_spec(spec, {MODEL: follower})
-    assert plan.stage("walk/refine-1").needs == ["walk/clip-1", "walk/refine-0"]
+    needs = [n for n in plan.stage("walk/refine-1").needs if not n.startswith("encode/")]
+    assert needs == ["walk/clip-1", "walk/refine-0"]
     assert plan.stage("walk/refine-1").params.refine.carry_tail == tail
     # the first pass holds the rendered tail; the refine the refined one; the shot is refined
     for i in (1, 2):
