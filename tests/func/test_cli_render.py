@@ -51,11 +51,12 @@ def test_render_plan_status_and_gc_work_together(tmp_path: Path):
     shown = moldbatch("status", "film.yaml", cwd=tmp_path).stdout
     assert re.search(r"\b(\d+) of \1 stages cached", shown), shown  # 6, and the text phase
 
-    # drop shot b: its three artifacts are garbage for this spec, shot a's are not
+    # drop shot b: its three artifacts (and its prompt's encode) are garbage for this spec,
+    # shot a's are not
     write(tmp_path, "film.yaml", SPEC.rsplit("  - {id: b", 1)[0])
     dry = moldbatch("gc", "film.yaml", "--dry-run", cwd=tmp_path)
-    assert dry.returncode == 0 and "would remove 3 artifacts" in dry.stdout
-    assert "removed 3 artifacts" in moldbatch("gc", "film.yaml", cwd=tmp_path).stdout
+    assert dry.returncode == 0 and "would remove 4 artifacts" in dry.stdout
+    assert "removed 4 artifacts" in moldbatch("gc", "film.yaml", cwd=tmp_path).stdout
     again = json.loads(moldbatch("render", "film.yaml", "--json", cwd=tmp_path).stdout)
     assert again["counts"]["rendered"] == 0 and shot_counts(again)["cached"] == 3
 
