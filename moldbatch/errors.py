@@ -182,6 +182,17 @@ def one_line(e: BaseException) -> str:
     return msg if isinstance(e, MoldbatchError) else f"{type(e).__name__}: {msg}"
 
 
+def format_seconds(seconds: float) -> str:
+    """0.4 s, 12 s, 3.2 min, 1.5 h."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def display_path(path: Path) -> str:
     """A path as the user would type it: relative to the working folder when it is below it."""
     try:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from moldbatch.errors import format_seconds
 from moldbatch.plan.types import Stage
 
 
@@ -53,17 +54,7 @@ class TimeLeft:
         left = self.seconds()
         if left is None:
             return ""
-        return f"~{_duration(left)} left" if left > 0 else ""
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
+        return f"~{format_seconds(left)} left" if left > 0 else ""
 
 
 def plain_log_wanted(console: Console) -> bool:

@@ -34,6 +34,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from moldbatch.errors import format_seconds
 from moldbatch.fsio import atomic_write
 from moldbatch.models import latent_tokens
 
@@ -189,17 +190,6 @@ def _carry_tokens(conditions, width: int, height: int) -> int:
     """Tokens of the VAE encode of the tail a stage holds (0 without a smooth seam)."""
     tail = conditions.carry_tail if conditions is not None else 0
     return latent_tokens(tail, width, height) * CARRY_STEPS if tail else 0
-
-
-def format_seconds(seconds: float) -> str:
-    """0.4 s, 12 s, 3.2 min, 1.5 h."""
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def over_budget(plan, workdir, max_gpu_minutes: float) -> str | None:
