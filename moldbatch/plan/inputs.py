@@ -106,7 +106,7 @@ class Inputs:
         self.allowed = (self.project, *allow)  # where the spec's paths may lead
         self.inline = dict(inline or {})  # absolute path -> bytes
         self.reader = reader  # None: the working tree
-        self._paths: dict[str, Path] = {}
+        self._paths: dict[str, tuple[Path, bool]] = {}  # value -> (path, inside the allowed)
         self._readable: dict[Path, str | None] = {}  # path -> None when fine, else why not
         self._heads: dict[Path, bytes] = {}
         self._broken: dict[Path, str] = {}  # an image that cannot be decoded -> why
@@ -117,9 +117,10 @@ class Inputs:
         """The path `value` names, symlinks followed; InputError when it leads outside the
         project and the allowed folders (said without looking at whether it exists)."""
         if value not in self._paths:
-            self._paths[value] = (self.root / value).resolve()
-        path = self._paths[value]
-        if str(path) not in self.inline and not inside(path, self.allowed):
+            path = (self.root / value).resolve()
+            self._paths[value] = path, str(path) in self.inline or inside(path, self.allowed)
+        path, allowed = self._paths[value]
+        if not allowed:
             raise InputError(self.outside(value))
         return path
 

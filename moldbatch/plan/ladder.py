@@ -49,15 +49,19 @@ class Encodes:
 
     def __init__(self) -> None:
         self.stages: dict[str, Stage] = {}  # key -> stage
+        self._asked: dict[tuple, Stage] = {}  # (text encoder, prompt, default, length) -> stage
 
     def of(self, model: ModelInfo, prompt: str | None, default: str | None = None) -> Stage:
-        params = EncodeParams(
-            model.text_encoder, prompt, default, model.max_sequence_length, model=model.name
-        )
-        key = content_key("encode", params, [])
-        stage = self.stages.get(key)
+        asked = (model.text_encoder, prompt, default, model.max_sequence_length)
+        stage = self._asked.get(asked)
         if stage is None:
-            stage = self.stages[key] = Stage(f"encode/{key[:12]}", "encode", None, [], key, params)
+            params = EncodeParams(*asked, model=model.name)
+            key = content_key("encode", params, [])
+            stage = self.stages.get(key)
+            if stage is None:
+                stage = Stage(f"encode/{key[:12]}", "encode", None, [], key, params)
+                self.stages[key] = stage
+            self._asked[asked] = stage
         return stage
 
     def for_clip(self, model: ModelInfo, params: ClipParams) -> list[Stage]:

@@ -7,7 +7,10 @@ merged with `defaults`, the cross-field rules (rules.py) check them, its clips a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import gc
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -51,7 +54,30 @@ def plan_file(
     project its paths may reach (with those of $MOLDBATCH_ALLOW_PATHS); `out_dir` and
     `workdir` are the user's own and always allowed. `reader`: where the files the spec names
     are read (default: the working tree)."""
-    path = Path(path)
+    with _collector_paused():
+        return _plan_file(Path(path), display, out_dir, strict, workdir, allow, reader)
+
+
+@contextlib.contextmanager
+def _collector_paused():
+    """A plan is a tree of many small objects with no cycles worth collecting: collecting while
+    it grows was a third of a long film's planning (benchmarks/bench_plan.py). After it, what
+    was made goes to the oldest generation uncollected (freeze, then unfreeze: a move of two
+    lists), rather than being walked at the next allocation; a process that froze objects of
+    its own is left as it was."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if gc.get_freeze_count() == 0:
+            gc.freeze()
+            gc.unfreeze()
+        if was:
+            gc.enable()
+
+
+def _plan_file(path: Path, display, out_dir, strict, workdir, allow, reader) -> Plan:
     file = display or str(path)
     try:
         src = read_source(path, file)
@@ -157,6 +183,7 @@ class Planner:
             plan.stages = film_stages(plans, self.settings, self.inputs, output)
         return plan
 
+    @functools.cached_property
     def _out_folder(self) -> Path:
         """Where the shot files go: --out, else `renders/` beside the spec (symlinks followed,
         so that delivery writes into the folder itself, never through a link)."""
@@ -316,7 +343,7 @@ class Planner:
             frames_stitched=chain.stitched,
             spatial_upscale=s["spatial_upscale"],
             temporal_upscale=temporal,
-            output_path=str(self._out_folder() / f"{shot.id}.{fmt}"),
+            output_path=str(self._out_folder / f"{shot.id}.{fmt}"),
         )
 
 

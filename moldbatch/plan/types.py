@@ -184,7 +184,7 @@ def key_doc(value, memo: dict | None = None):
     if kind is tuple or kind is list:
         doc = [key_doc(v, memo) for v in value]
     else:
-        doc = {name: key_doc(getattr(value, name), memo) for name in _field_names(kind)}
+        doc = {name: key_doc(getattr(value, name), memo) for name in key_fields(kind)}
     if memo is not None:
         memo[id(value)] = doc
     return doc
@@ -194,7 +194,8 @@ _PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
 @functools.cache
-def _field_names(kind: type) -> tuple[str, ...]:
+def key_fields(kind: type) -> tuple[str, ...]:
+    """A params class's fields that count in its key, in field order."""
     return tuple(f.name for f in dataclasses.fields(kind) if f.metadata.get("key", True))
 
 

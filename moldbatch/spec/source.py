@@ -161,6 +161,9 @@ def _indent_hint(problem: str, text: str, line: int) -> str:
     return ""
 
 
+_STR, _MERGE, _VALUE = (f"tag:yaml.org,2002:{t}" for t in ("str", "merge", "value"))
+
+
 class _YamlWalk:
     """Builds the data from the node tree, recording where every value and key stands."""
 
@@ -178,6 +181,8 @@ class _YamlWalk:
         return SourceError(Diagnostic(self.src.file, line, col, format_path(path), message))
 
     def scalar(self, node, path: PathKey):
+        if node.tag == _STR and type(node) is yaml.ScalarNode:  # most of a spec: no constructor
+            return node.value
         try:
             return self.loader.construct_object(node, deep=True)
         except yaml.YAMLError:
@@ -202,33 +207,41 @@ class _YamlWalk:
             self.seen.add(id(node))
         if len(path) > MAX_DEPTH:
             raise self.fail(node, path, _too_deep())
-        self.src.positions[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        mark = node.start_mark
+        self.src.positions[path] = (mark.line + 1, mark.column + 1)
+        if type(node) is yaml.ScalarNode:
+            return node.value if node.tag == _STR else self.scalar(node, path)
         if isinstance(node, yaml.SequenceNode):
             return [self.walk(v, path + (i,)) for i, v in enumerate(node.value)]
         if not isinstance(node, yaml.MappingNode):
             return self.scalar(node, path)
-        explicit = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
-        self.loader.flatten_mapping(node)  # resolves merge keys (<<): merged pairs come first
+        explicit = sum(1 for k, _ in node.value if k.tag != _MERGE)
+        if explicit < len(node.value) or any(k.tag == _VALUE for k, _ in node.value):
+            self.loader.flatten_mapping(node)  # merge keys (<<): merged pairs come first
         first_explicit = len(node.value) - explicit
         out, merged = {}, set()
+        key_positions = self.src.key_positions
         for n, (knode, vnode) in enumerate(node.value):
-            key = self.scalar(knode, path)
-            if not isinstance(key, (str, int, float, bool)) or key is None:
-                raise self.fail(knode, path, "keys must be plain names")
-            key = str(key) if not isinstance(key, str) else key
+            if knode.tag == _STR and type(knode) is yaml.ScalarNode:
+                key = knode.value
+            else:
+                key = self.scalar(knode, path)
+                if not isinstance(key, (str, int, float, bool)) or key is None:
+                    raise self.fail(knode, path, "keys must be plain names")
+                key = str(key) if not isinstance(key, str) else key
             if key in out and key not in merged:
                 raise self.fail(
                     knode, path + (key,), f"duplicate key '{key}': each key may appear once"
                 )
-            if n < first_explicit:
-                merged.add(key)  # a key written explicitly may override a merged one
-            else:
-                merged.discard(key)
-            self.src.key_positions[path + (key,)] = (
-                knode.start_mark.line + 1,
-                knode.start_mark.column + 1,
-            )
-            out[key] = self.walk(vnode, path + (key,))
+            if first_explicit:
+                if n < first_explicit:
+                    merged.add(key)  # a key written explicitly may override a merged one
+                else:
+                    merged.discard(key)
+            here = path + (key,)
+            mark = knode.start_mark
+            key_positions[here] = (mark.line + 1, mark.column + 1)
+            out[key] = self.walk(vnode, here)
         return out
 
 

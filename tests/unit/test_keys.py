@@ -115,3 +115,50 @@ def test_pipeline_names_that_render_the_same_key_the_same(tmp_path):
     assert got["distilled"] == got["two-stage"]
     assert got["one-stage"]["s/clip-0"] != got["distilled"]["s/clip-0"]
     assert "s/refine-0" in got["distilled"] and "s/refine-0" not in got["one-stage"]
+
+
+def test_keys_are_the_hash_of_the_key_document():
+    """The planner writes the key text without building the document: it is the document's
+    canonical JSON, byte for byte, for every stage of every conformance spec (so the fast path
+    changed no artifact's key)."""
+    import hashlib
+    import json
+
+    from moldbatch.plan.keys import KEY_VERSION
+    from moldbatch.plan.types import key_doc
+
+    corpus = Path(__file__).resolve().parents[2] / "specs" / "conformance" / "valid"
+    by_key = {}
+    for spec in sorted(p for p in corpus.iterdir() if p.suffix in (".yaml", ".toml")):
+        plan = plan_file(spec)
+        assert plan.valid, spec
+        by_key |= {s.key: s for s in plan.stages}
+        for s in plan.stages:
+            needs = [by_key_of(plan, n) for n in s.needs]
+            doc = {"v": KEY_VERSION, "kind": s.kind, "params": key_doc(s.params), "needs": needs}
+            text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            assert hashlib.sha256(text.encode()).hexdigest() == s.key, (spec.name, s.id)
+    kinds = {s.kind for s in by_key.values()}
+    assert kinds >= {"encode", "clip", "refine", "upscale", "stitch", "export", "join"}
+
+
+def by_key_of(plan, stage_id: str) -> str:
+    return next(s.key for s in plan.stages if s.id == stage_id)
+
+
+def test_key_text_of_awkward_values():
+    """Floats that JSON spells its own way, non-ASCII and escaped text."""
+    import json
+
+    from moldbatch.plan.keys import canonical
+    from moldbatch.plan.types import ExportParams, JoinParams, key_doc
+
+    for value in (
+        ExportParams("mp4", 23.976, True),
+        ExportParams("gif", 1e-20, False),
+        ExportParams("gif", float("inf"), False),
+        JoinParams("mp4", True, 24.0, ("ünïcødé", 'quo"te\\', "tab\tnew\nline", "\x00", "😀")),
+    ):
+        doc = key_doc(value)
+        want = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        assert canonical(value) == want
