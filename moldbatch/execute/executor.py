@@ -12,8 +12,9 @@ import sqlite3
 from pathlib import Path
 
 from moldbatch.errors import UsageError, WorkdirFailed, display_path
+from moldbatch.execute.lanes import run_in_lanes, run_in_order
 from moldbatch.execute.lock import WorkdirLock
-from moldbatch.execute.session import RenderSession, Summary, run_in_lanes, run_in_order
+from moldbatch.execute.session import RenderSession, Summary
 from moldbatch.execute.store import default_workdir
 from moldbatch.plan.types import Plan
 

@@ -12,11 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file as load_np
-from safetensors.numpy import save_file as save_np
 
 from moldbatch.execute.context import StageContext
-from moldbatch.execute.store import Artifact, ArtifactWriter
+from moldbatch.execute.store import Artifact, ArtifactWriter, Pending
 from moldbatch.models import FRAME_GRID, SIZE_GRID
 from moldbatch.plan.types import ClipParams, Conditions, Stage, encode_needs, media_needs
 
@@ -27,13 +25,11 @@ TEXT = "text.safetensors"  # an encode stage's stored prompt (runtime/text.py)
 
 def run_encode(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
     """A prompt's stored form (runtime/text.py), for every stage that reads the prompt."""
-    from safetensors.torch import save_file
-
     from moldbatch.runtime.text import resolve_prompt
 
     p = stage.params
     embeds = ctx.runtime(p.model).encode_text(resolve_prompt(p.prompt, p.default))
-    save_file({"embeds": embeds}, str(out.path(TEXT)))
+    out.put(TEXT, {"embeds": embeds})
     out.meta.update(tokens=int(embeds.shape[0]), bytes=embeds.numel() * embeds.element_size())
 
 
@@ -45,9 +41,7 @@ def _text_fields(stage: Stage, ctx: StageContext) -> dict:
 
 def _texts(stage: Stage, ctx: StageContext) -> list:
     """The stored prompts a stage needs, in its needs' order (prompt, then negative)."""
-    from safetensors.torch import load_file
-
-    return [load_file(str(ctx.inputs[n].file(TEXT)))["embeds"] for n in encode_needs(stage.needs)]
+    return [ctx.inputs[n].tensors(TEXT, "pt")["embeds"] for n in encode_needs(stage.needs)]
 
 
 def save_media(
@@ -60,7 +54,7 @@ def save_media(
     tensors = {"frames": np.ascontiguousarray(frames, dtype=np.uint8)}
     if audio is not None:
         tensors["audio"] = np.ascontiguousarray(audio, dtype=np.float32)
-    save_np(tensors, str(out.path(MEDIA)))
+    out.put(MEDIA, tensors)
     out.meta.update(
         frames=int(frames.shape[0]),
         height=int(frames.shape[1]),
@@ -71,23 +65,25 @@ def save_media(
     )
 
 
-def load_media(art: Artifact) -> tuple[np.ndarray, np.ndarray | None, int | None]:
-    t = load_np(str(art.file(MEDIA)))
+def load_media(art: Artifact | Pending) -> tuple[np.ndarray, np.ndarray | None, int | None]:
+    t = art.tensors(MEDIA)
     return t["frames"], t.get("audio"), art.meta.get("sample_rate")
 
 
-def load_audio(art: Artifact) -> tuple[np.ndarray | None, int | None]:
+def load_audio(art: Artifact | Pending) -> tuple[np.ndarray | None, int | None]:
     """The media artifact's audio alone (its frames are not read)."""
-    from safetensors import safe_open
+    return art.tensors(MEDIA, only="audio").get("audio"), art.meta.get("sample_rate")
 
-    with safe_open(str(art.file(MEDIA)), framework="numpy") as f:
-        audio = f.get_tensor("audio") if "audio" in f.keys() else None
-    return audio, art.meta.get("sample_rate")
+
+def save_latents(out: ArtifactWriter, result) -> None:
+    """A model stage's latents (video, and audio when it has them), for the stages above it."""
+    latents = {"video": result.video_latents.contiguous()}
+    if result.audio_latents is not None:
+        latents["audio"] = result.audio_latents.contiguous()
+    out.put(LATENTS, latents)
 
 
 def run_clip(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
-    from safetensors.torch import save_file
-
     from moldbatch.runtime.requests import ClipRequest
 
     p: ClipParams = stage.params
@@ -120,10 +116,7 @@ def run_clip(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
         **_text_fields(stage, ctx),
     )
     result = ctx.runtime(p.model).render_clip(req, on_step=ctx.on_step)
-    latents = {"video": result.video_latents.contiguous()}
-    if result.audio_latents is not None:
-        latents["audio"] = result.audio_latents.contiguous()
-    save_file(latents, str(out.path(LATENTS)))
+    save_latents(out, result)
     save_media(out, result.frames, result.audio, result.sample_rate, p.fps)
 
 
@@ -177,8 +170,6 @@ def run_upscale(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
     refine on a smooth seam, `needs[1]` is the previous clip's stage at this step, whose
     refined tail is held at the start, as the first pass held the rendered one. A `refine`
     stage (the two-stage pipelines' x2 + refine) runs here too."""
-    from safetensors.torch import save_file
-
     from moldbatch.runtime.requests import Refine
 
     p = stage.params
@@ -214,8 +205,10 @@ def run_upscale(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
             audio=p.refine_audio or "refine",
             prompt_embeds=next(iter(_texts(stage, ctx)), None),
         )
+    latents = source.tensors(LATENTS, "pt")
     result = rt.upscale(
-        source.file(LATENTS),
+        latents["video"],
+        audio_latents=latents.get("audio"),
         spatial=p.spatial,
         temporal=p.temporal,
         audio=audio,
@@ -226,28 +219,22 @@ def run_upscale(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
         refine=refine,
         on_step=ctx.on_step,
     )
-    latents = {"video": result.video_latents.contiguous()}
-    if result.audio_latents is not None:
-        latents["audio"] = result.audio_latents.contiguous()
-    save_file(latents, str(out.path(LATENTS)))
+    save_latents(out, result)
     frames = result.frames
     if p.retake_source is not None:
         frames = _keep_the_source(frames, p)
     save_media(out, frames, result.audio, result.sample_rate, p.fps)
 
 
-def _refined(art: Artifact, rt):
+def _refined(art: Artifact | Pending, rt):
     """A refine or upscale stage's refined clip before any temporal x2: its frames (its media,
     or with a temporal x2 its kept latents decoded) and sound."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    with safe_open(str(art.file(LATENTS)), framework="pt") as f:
-        _, _, count, height, width = f.get_slice("video").get_shape()
+    latents = art.tensors(LATENTS, "pt", only="video")["video"]
+    _, _, count, height, width = latents.shape
     frames, audio, rate = load_media(art)
     size = SIZE_GRID  # (a spatial x1.5 of an odd latent size is cropped in the media)
     if frames.shape[:3] != ((count - 1) * FRAME_GRID + 1, height * size, width * size):
-        frames = rt.decode_video(load_file(str(art.file(LATENTS)))["video"])
+        frames = rt.decode_video(latents)
     return frames, audio, rate
 
 

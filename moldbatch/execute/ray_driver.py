@@ -16,7 +16,7 @@ where:
   other way round, and workers need no shared file system (input files referenced by the plan
   travel through the object store too, only when a worker does not have them);
 - stitch, export and join need no GPU: the driver runs them on its CPU lane (the local
-  executor's, session.CpuLane) as soon as their inputs are committed, while it goes on
+  executor's, lanes.CpuLane) as soon as their inputs are committed, while it goes on
   handing out and committing the workers' stages;
 - a worker that dies (killed, out of memory, its node lost) loses only the stage it was
   running: Ray restarts the actor (`max_restarts=-1`) and the stage is sent again, up to
@@ -37,8 +37,9 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from moldbatch.errors import MoldbatchError, UsageError, one_line
+from moldbatch.execute.lanes import CpuLane
 from moldbatch.execute.ray_worker import Events, StageWorker, artifact_payload
-from moldbatch.execute.session import CpuLane, RenderSession
+from moldbatch.execute.session import RenderSession
 from moldbatch.models import MODELS
 from moldbatch.plan.types import RUNTIME_KINDS, Stage, file_refs
 

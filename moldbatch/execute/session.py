@@ -1,15 +1,13 @@
-"""One render's bookkeeping, shared by every way of running its stages (in this process, or on
-a Ray cluster): what is cached, each stage's outcome in the state database and the failure
-log, the progress bars, the artifact store's writes, and the delivery at the end.
+"""One render's bookkeeping, shared by every way of running its stages (lanes.py in this
+process, ray_driver.py on a Ray cluster): what is cached, each stage's outcome in the state
+database and the failure log, the progress bars, the artifact store's writes, and the delivery
+at the end.
 
 A way of running stages is a function `(session, todo) -> "done" | "failed"` that calls
 `begin` / `end` around each stage it runs elsewhere, or `run_here` for one it runs in this
-process. `run_in_lanes` is the local one: the model's stages in plan order on this thread
-(the GPU lane), stitches, exports and the join on a pool as soon as their needs are done
-(the CPU lane), so the GPU never waits for an encode; `run_in_order` runs everything on one
-thread. Both give the same bytes. Evaluation is pulled from the outputs: a stage whose
-artifact is present and intact is not run, and nothing upstream of it is looked at. Every
-method may be called from any thread: the session serialises its books under one lock.
+process. Evaluation is pulled from the outputs: a stage whose artifact is present and intact is
+not run, and nothing upstream of it is looked at. Every method may be called from any thread:
+the session serialises its books under one lock.
 """
 
 from __future__ import annotations
@@ -19,7 +17,6 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +36,7 @@ from moldbatch.execute.context import StageContext
 from moldbatch.execute.deliver import check_outputs_are_ours, deliver
 from moldbatch.execute.progress import StageBars, StageLines, plain_log_wanted
 from moldbatch.execute.state import StateDB
-from moldbatch.execute.store import Artifact, ArtifactStore, resolve
+from moldbatch.execute.store import Artifact, ArtifactStore, ArtifactWriter, resolve
 from moldbatch.fsio import atomic_write
 from moldbatch.plan.types import RUNTIME_KINDS, TERMINAL_KINDS, Plan, Stage
 
@@ -175,15 +172,19 @@ class RenderSession:
         with self._books:
             return all(n in self.found for n in stage.needs)
 
-    def run_here(self, stage: Stage) -> bool:
-        """Run one stage's handler in this process, its inputs all committed; True when it
-        rendered. The model's stages share the runtimes' context (one at a time); the others
-        get a context of their own, so that they can run beside them."""
+    def run_here(self, stage: Stage, behind=None) -> bool:
+        """Run one stage's handler in this process, its inputs all committed, or for a model
+        stage held in memory by `behind` (a lanes.WriteBehind); True when it rendered. The model's stages share the
+        runtimes' context (one at a time); the others get a context of their own, so that they
+        can run beside them. With `behind`, a model stage's artifact is committed there (its
+        outcome is recorded when it is), and this returns as soon as the handler has."""
         from moldbatch.execute.handlers import HANDLERS  # numpy and the runtime: only to run
 
-        if stage.kind in RUNTIME_KINDS:
+        model = stage.kind in RUNTIME_KINDS
+        if model:
             ctx = self.ctx
         else:
+            behind = None
             ctx = StageContext(
                 device=self.ctx.device,
                 inputs={},
@@ -192,21 +193,41 @@ class RenderSession:
             )
         ctx.on_step = self.begin(stage)
         with self._books:
-            ctx.inputs = {n: self.found[n] for n in stage.needs}
+            ctx.inputs = {n: (behind and behind.view(n)) or self.found[n] for n in stage.needs}
         out = self.store.writer(stage.key, stage.id, durable=stage.kind in TERMINAL_KINDS)
         t = time.perf_counter()
         try:
             HANDLERS[stage.kind](stage, ctx, out)
-            art = out.commit()
+            art = out.commit() if behind is None else None
         except (Exception, MoldbatchError) as e:  # noqa: BLE001 - every failure is recorded
             out.discard()
             self.raise_disk_failure(e)
             return self.end(stage, time.perf_counter() - t, e)
         finally:
             ctx.on_step = None
+            ctx.inputs = {}  # what it read is let go
+        if behind is not None:
+            behind.submit(stage, out, time.perf_counter() - t)
+            return True
         with self._books:
             self.found[stage.id] = art
         return self.end(stage, time.perf_counter() - t)
+
+    def commit_behind(self, stage: Stage, out: ArtifactWriter, seconds: float) -> bool:
+        """Commit a model stage's artifact that `run_here` handed to the write-behind thread
+        (lanes.py), and record how the stage ended: `seconds` are the handler's; the commit's
+        count as the CPU lane's. True when it rendered."""
+        t = time.perf_counter()
+        try:
+            art = out.commit()
+        except (Exception, MoldbatchError) as e:  # noqa: BLE001 - every failure is recorded
+            out.discard()
+            self.raise_disk_failure(e)
+            return self.end(stage, seconds, e)
+        with self._books:
+            self.found[stage.id] = art
+            self.summary.cpu_seconds += time.perf_counter() - t
+        return self.end(stage, seconds)
 
     def raise_disk_failure(self, e: BaseException) -> None:
         """A stage that failed because the work folder did (full, read-only, deleted) is not
@@ -351,134 +372,3 @@ class RenderSession:
                 f.write("".join(traceback.format_exception(e)))
         except OSError:  # the log is a help, never a second failure; the stage's is recorded
             pass
-
-
-def run_in_order(session: RenderSession, todo: list[Stage]) -> str:
-    """Run the stages in plan order, one at a time, in this process; "done" or "failed"."""
-    blocked: set[str] = set()
-    status = "done"
-    for stage in todo:
-        if any(n in blocked for n in stage.needs):
-            blocked.add(stage.id)
-            session.skip(stage)
-            continue
-        if not session.run_here(stage):
-            blocked.add(stage.id)
-            status = "failed"
-            if not session.keep_going:
-                break
-    return status
-
-
-class CpuLane:
-    """The stages that need no model, each run on a pool thread as soon as its needs are
-    committed, beside whatever the caller runs meanwhile (the model's stages, in plan order).
-
-    `release()` hands out what has become ready (call it after each stage the caller ran);
-    `drain()` waits for the rest. A failure blocks what depends on it; without keep-going it
-    also sets `stop`, and the caller starts nothing new."""
-
-    def __init__(self, session: RenderSession, stages: list[Stage], workers: int = 1):
-        self.session = session
-        self.waiting = list(stages)
-        self.blocked: set[str] = set()
-        self.failed = False
-        self.stop = False
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="moldbatch-cpu")
-        self._running: set = set()
-        self._lock = threading.Lock()
-        self.error: BaseException | None = None  # the books failed (the disk): end the render
-
-    def raise_error(self) -> None:
-        """On the render's thread: end the render the way the lane's stage failed."""
-        if self.error is not None:
-            raise self.error
-
-    def busy(self) -> bool:
-        """Whether a stage of the lane is running (it may make more ready)."""
-        with self._lock:
-            return any(not f.done() for f in self._running)
-
-    def block(self, stage_id: str) -> None:
-        """A stage of the caller's failed or was skipped: what needs it cannot run."""
-        with self._lock:
-            self.blocked.add(stage_id)
-
-    def release(self) -> None:
-        with self._lock:
-            if self.stop:  # a failure without keep-going: what has not started stays pending
-                return
-            for stage in list(self.waiting):
-                if any(n in self.blocked for n in stage.needs):
-                    self.waiting.remove(stage)
-                    self.blocked.add(stage.id)
-                    self.session.skip(stage)
-                elif self.session.ready(stage):
-                    self.waiting.remove(stage)
-                    self._running.add(self._pool.submit(self._run, stage))
-
-    def _run(self, stage: Stage) -> None:
-        try:
-            ok = self.session.run_here(stage)
-        except BaseException as e:  # noqa: BLE001 - a full or vanished work folder: raised on the render's thread
-            with self._lock:
-                self.error = self.error or e
-                self.stop = True
-            return
-        with self._lock:
-            if not ok:
-                self.blocked.add(stage.id)
-                self.failed = True
-                self.stop = self.stop or not self.session.keep_going
-        self.release()  # what this stage unblocked, at once
-
-    def drain(self) -> None:
-        """Run what can still run; leave what waits on stages that never ran."""
-        while True:
-            self.release()
-            with self._lock:
-                done = [f for f in self._running if f.done()]
-                self._running -= set(done)
-                running = list(self._running)
-            for f in done:
-                f.result()
-            self.raise_error()
-            if not running:
-                break
-            wait(running, return_when=FIRST_COMPLETED)
-        self._pool.shutdown(wait=True)
-
-    def close(self) -> None:
-        """Stop: start nothing more, let the stage that runs finish (its write is atomic)."""
-        with self._lock:
-            self.stop = True
-            self.waiting.clear()
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-def run_in_lanes(session: RenderSession, todo: list[Stage]) -> str:
-    """The model's stages in plan order on this thread, the others on the CPU lane beside
-    them; "done" or "failed"."""
-    lane = CpuLane(session, [s for s in todo if s.kind not in RUNTIME_KINDS])
-    status = "done"
-    try:
-        for stage in (s for s in todo if s.kind in RUNTIME_KINDS):
-            lane.release()
-            lane.raise_error()
-            if lane.stop:
-                break
-            if any(n in lane.blocked for n in stage.needs):
-                lane.block(stage.id)
-                session.skip(stage)
-                continue
-            if not session.run_here(stage):
-                lane.block(stage.id)
-                status = "failed"
-                if not session.keep_going:
-                    lane.stop = True
-                    break
-        lane.drain()
-    except BaseException:
-        lane.close()
-        raise
-    return "failed" if lane.failed else status

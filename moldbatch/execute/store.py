@@ -43,6 +43,41 @@ class Artifact:
     def meta(self) -> dict:
         return self.manifest.get("meta", {})
 
+    def tensors(self, name: str, framework: str = "numpy", only: str | None = None) -> dict:
+        """A safetensors file of the artifact (numpy arrays or torch tensors); `only`: that
+        entry alone, if it has it."""
+        from safetensors import safe_open
+
+        with safe_open(str(self.file(name)), framework=framework) as f:
+            names = [only] if only is not None else list(f.keys())
+            return {n: f.get_tensor(n) for n in names if n in f.keys()}
+
+
+class Pending:
+    """A stage's artifact before its commit: what its handler `put` (lanes.WriteBehind commits it
+    meanwhile), read by the next model stages from memory. Arrays are read-only and tensors
+    copied, so that no reader changes what is being written."""
+
+    def __init__(self, writer: ArtifactWriter):
+        self.key, self.writer = writer.key, writer
+
+    @property
+    def meta(self) -> dict:
+        return self.writer.meta
+
+    def tensors(self, name: str, framework: str = "numpy", only: str | None = None) -> dict:
+        held = self.writer.held[name]
+        names = [only] if only is not None else list(held)
+        return {n: _unshared(held[n]) for n in names if n in held}
+
+
+def _unshared(value):
+    if hasattr(value, "clone"):  # a torch tensor (small: latents, a stored prompt)
+        return value.clone()
+    view = value.view()
+    view.flags.writeable = False
+    return view
+
 
 class ArtifactWriter:
     """A temporary artifact folder; `commit` publishes it under its key."""
@@ -53,11 +88,23 @@ class ArtifactWriter:
         self.dir = store.tmp / f"{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.dir.mkdir(parents=True)
         self.meta: dict = {}
+        self.held: dict[str, dict] = {}  # name -> tensors, written as safetensors by commit
 
     def path(self, name: str) -> Path:
         return self.dir / name
 
+    def put(self, name: str, tensors: dict) -> None:
+        """A safetensors file of numpy arrays or torch tensors, written at the commit (on the
+        write-behind thread, when the render has one); until then `Pending` reads it."""
+        self.held[name] = tensors
+
     def commit(self) -> Artifact:
+        for name, tensors in self.held.items():
+            if any(hasattr(t, "clone") for t in tensors.values()):
+                from safetensors.torch import save_file
+            else:
+                from safetensors.numpy import save_file
+            save_file(tensors, str(self.path(name)))
         files = {}
         for path in sorted(self.dir.iterdir()):
             if self.durable:

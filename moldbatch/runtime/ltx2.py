@@ -347,7 +347,8 @@ class Runtime(MemoryTier, TextEncoding, Upscaling):
     def encode_video(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 frames [F, H, W, 3] (F = 8k+1, H and W the render size) -> raw latents [1, C, F', H', W'] (cpu)."""
         vae = self.pipe.vae
-        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)[None]
+        # (a copy only of frames it may not share: a clip's, held read-only while committed)
+        x = torch.from_numpy(np.require(frames, requirements="CW")).permute(3, 0, 1, 2)[None]
         x = (x.float() / 127.5 - 1.0).to(device=self.device, dtype=vae.dtype)
         with reference_tiling(vae):  # a video encodes in the reference's tiles
             return vae.encode(x).latent_dist.mode().float().cpu()

@@ -81,7 +81,7 @@ def log_mel(
     audio: np.ndarray, sample_rate: int, hop: int, n_mels: int, n_fft: int = MEL_N_FFT
 ) -> torch.Tensor:
     """float32 [C, S] waveform at `sample_rate` -> log-mel [1, C, S // hop + 1, n_mels]."""
-    wave = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
+    wave = torch.from_numpy(np.require(audio, np.float32, "CW"))  # (a copy of a read-only clip's)
     pad = n_fft // 2
     if wave.shape[1] <= pad:  # reflect padding needs more samples than it pads
         wave = torch.nn.functional.pad(wave, (0, pad + 1 - wave.shape[1]))
@@ -108,7 +108,7 @@ def fit_frames(frames: np.ndarray, width: int, height: int) -> np.ndarray:
         return frames
     scale = max(width / w, height / h)
     new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    x = torch.from_numpy(np.require(frames, requirements="CW")).permute(0, 3, 1, 2).float()
     x = torch.nn.functional.interpolate(
         x, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=False
     )
