@@ -306,21 +306,55 @@ def run_export(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
 
 
 def run_join(stage: Stage, ctx: StageContext, out: ArtifactWriter) -> None:
-    from moldbatch.media.encode import resample_audio, write_video
-    from moldbatch.media.stitch import join
+    """The film: its shots' sound laid end to end on the frame grid, with their video copied
+    from the shot files (an mp4 of mp4 shots, whose streams match), else their stitched
+    frames encoded again."""
+    from moldbatch.media.encode import CannotRemux, remux_mp4, write_video
+    from moldbatch.media.stitch import film_audio, join
 
     p = stage.params
-    shots = [load_media(ctx.inputs[n]) for n in stage.needs]
-    rate = next((r for _, a, r in shots if a is not None and r), None)
-    parts = []
-    for frames, audio, r in shots:
-        if audio is not None and r != rate:
-            audio = resample_audio(audio, r, rate)
-        parts.append((frames, audio if p.audio else None))
-    frames, audio = join(parts, p.fps, rate)
+    stitches = [ctx.inputs[f"{shot}/stitch"] for shot in p.shots]
     name = f"film.{p.format}"
+    if p.copy_video:
+        sounds = [load_audio(art) for art in stitches]
+        rate = _film_rate(sounds)
+        counts = [art.meta["frames"] for art in stitches]
+        audio = None
+        if p.audio:
+            audio = film_audio(counts, [_at(a, r, rate) for a, r in sounds], p.fps, rate)
+        parts = [ctx.inputs[f"{shot}/export"] for shot in p.shots]
+        try:
+            remux_mp4(
+                out.path(name),
+                [art.file(art.meta["file"]) for art in parts],
+                p.fps,
+                audio=audio,
+                sample_rate=rate,
+            )
+            out.meta.update(file=name, video="copied")
+            return
+        except CannotRemux:
+            pass  # shot files of another coding: their frames are encoded again, as below
+    shots = [load_media(art) for art in stitches]
+    rate = _film_rate([(a, r) for _, a, r in shots])
+    parts = [(frames, _at(a, r, rate) if p.audio else None) for frames, a, r in shots]
+    frames, audio = join(parts, p.fps, rate)
     write_video(out.path(name), frames, p.fps, audio=audio, sample_rate=rate, format=p.format)
-    out.meta.update(file=name)
+    out.meta.update(file=name, video="encoded")
+
+
+def _film_rate(sounds) -> int | None:
+    """The film's sample rate: its first shot with sound's."""
+    return next((r for a, r in sounds if a is not None and r), None)
+
+
+def _at(audio, rate, film_rate):
+    """A shot's audio at the film's sample rate."""
+    from moldbatch.media.encode import resample_audio
+
+    if audio is not None and rate != film_rate:
+        return resample_audio(audio, rate, film_rate)
+    return audio
 
 
 def _named_oom(handler: Callable) -> Callable:

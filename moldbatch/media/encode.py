@@ -197,24 +197,7 @@ def _encode_mp4(
     cc.colorspace, cc.color_range = Colorspace.ITU709, ColorRange.MPEG
     cc.color_primaries, cc.color_trc = ColorPrimaries.BT709, ColorTrc.BT709
 
-    astream = None
-    if audio is not None:
-        astream = out.add_stream("aac", rate=audio_rate, layout=_layout(audio.shape[0]))
-        astream.bit_rate = audio_bitrate
-        astream.time_base = Fraction(1, audio_rate)
-    layout = _layout(audio.shape[0]) if audio is not None else ""
-    sent = 0  # audio samples handed to the encoder so far
-
-    def push_audio(upto: int, final: bool) -> None:
-        # AAC takes exactly 1024 samples a frame; only the last may be shorter.
-        nonlocal sent
-        while sent < upto and (final or upto - sent >= _AAC_FRAME):
-            n = min(_AAC_FRAME, upto - sent)
-            af = av.AudioFrame.from_ndarray(audio[:, sent : sent + n], format="fltp", layout=layout)
-            af.sample_rate, af.pts, af.time_base = audio_rate, sent, Fraction(1, audio_rate)
-            out.mux(astream.encode(af))
-            sent += n
-
+    track = _AacTrack(out, audio, audio_rate, audio_bitrate) if audio is not None else None
     reformatter = VideoReformatter()  # one instance keeps its swscale context across frames
     for i, img in enumerate(_frames(frames, h, w, pad_h, pad_w)):
         # from_numpy_buffer wraps the array without copying; reformat makes the yuv copy.
@@ -230,13 +213,40 @@ def _encode_mp4(
         yuv.pts = i
         yuv.time_base = 1 / rate  # the codec's; the muxer may retime the stream (mp4: 1/12288)
         out.mux(video.encode(yuv))
-        if astream is not None:
+        if track is not None:
             # Interleave audio as we go so the muxer never buffers the whole track.
-            push_audio(samples_for_frames(i + 1, rate, audio_rate), final=False)
+            track.push(samples_for_frames(i + 1, rate, audio_rate))
     out.mux(video.encode(None))
-    if astream is not None:
-        push_audio(audio.shape[1], final=True)
-        out.mux(astream.encode(None))
+    if track is not None:
+        track.finish()
+
+
+class _AacTrack:
+    """An mp4's AAC track, fed in order: `push(upto)` encodes the samples before `upto` in
+    whole AAC frames (1024 samples), `finish()` the rest and flushes."""
+
+    def __init__(self, out, audio: np.ndarray, rate: int, bitrate: int):
+        self.out, self.audio, self.rate = out, audio, rate
+        self.layout = _layout(audio.shape[0])
+        self.stream = out.add_stream("aac", rate=rate, layout=self.layout)
+        self.stream.bit_rate = bitrate
+        self.stream.time_base = Fraction(1, rate)
+        self.sent = 0  # samples handed to the encoder so far
+
+    def push(self, upto: int, final: bool = False) -> None:
+        import av
+
+        while self.sent < upto and (final or upto - self.sent >= _AAC_FRAME):
+            n = min(_AAC_FRAME, upto - self.sent)
+            chunk = self.audio[:, self.sent : self.sent + n]
+            af = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=self.layout)
+            af.sample_rate, af.pts, af.time_base = self.rate, self.sent, Fraction(1, self.rate)
+            self.out.mux(self.stream.encode(af))
+            self.sent += n
+
+    def finish(self) -> None:
+        self.push(self.audio.shape[1], final=True)  # only the last frame may be shorter
+        self.out.mux(self.stream.encode(None))
 
 
 def _encode_gif(
@@ -317,6 +327,45 @@ def _mp4_timescale(rate: Fraction) -> int:
 # --------------------------------------------------------------------------- atomic write
 
 
+def _mp4_options(rate: Fraction) -> dict[str, str]:
+    return {"movflags": "+faststart", "movie_timescale": str(_mp4_timescale(rate))}
+
+
+@contextlib.contextmanager
+def _written_atomically(path: Path) -> Iterator[Path]:
+    """A hidden temporary beside `path` (no media suffix, so nothing globbing for *.mp4 picks
+    up a partial file), fsynced and renamed onto it when the block ends well, removed when it
+    does not (an existing file at `path` is untouched)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        yield tmp
+        fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    # Make the rename itself durable; not every filesystem lets a directory be fsynced.
+    with contextlib.suppress(OSError):
+        fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def _container(tmp: Path, fmt: str, options: dict[str, str]):
+    """An output container of `fmt` (each format is its muxer, named, not guessed from the
+    name), closed at the end: the trailer (and the faststart rewrite) is written then."""
+    import av
+
+    out = av.open(str(tmp), "w", format=fmt, options=options)
+    try:
+        yield out
+    except BaseException:
+        with contextlib.suppress(Exception):
+            out.close()
+        raise
+    out.close()
+
+
 def write_video(
     path: str | os.PathLike[str],
     frames: FramesLike,
@@ -346,8 +395,6 @@ def write_video(
     on any error the temporary is removed and an existing file at `path` is untouched.
     Returns `path` as a Path.
     """
-    import av
-
     path = Path(path)
     fmt = _format_for(path, format)
     count, h, w = _frame_count_and_size(frames)
@@ -360,17 +407,8 @@ def write_video(
     if audio is not None:
         audio, audio_rate = _prepare_audio(audio, sample_rate, count, rate)
 
-    # Hidden and without a media suffix, so nothing globbing for *.mp4 picks up a partial file;
-    # the muxer is named explicitly below instead of guessed from the name.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    out = None
-    try:
-        options = (
-            {"movflags": "+faststart", "movie_timescale": str(_mp4_timescale(rate))}
-            if fmt == "mp4"
-            else {}
-        )
-        out = av.open(str(tmp), "w", format=fmt, options=options)  # each format is its muxer
+    options = _mp4_options(rate) if fmt == "mp4" else {}
+    with _written_atomically(path) as tmp, _container(tmp, fmt, options) as out:
         if fmt == "mp4":
             _encode_mp4(out, frames, h, w, rate, crf, preset, audio, audio_rate, audio_bitrate)
         elif fmt == "gif":
@@ -383,18 +421,88 @@ def write_video(
             )
             # bgra lets libwebp do its own (sharper) RGB->YUV conversion, and allows lossless.
             _encode_simple(out, frames, h, w, rate, "libwebp_anim", "bgra", opts)
-        out.close()  # writes the trailer (and the faststart rewrite) before we fsync
-        out = None
-        fsync_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if out is not None:
-            with contextlib.suppress(Exception):
-                out.close()
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    # Make the rename itself durable; not every filesystem lets a directory be fsynced.
-    with contextlib.suppress(OSError):
-        fsync_dir(path.parent)
     return path
+
+
+class CannotRemux(ValueError):
+    """The parts' video streams cannot be joined as they are (another codec, size, or coding
+    parameters): encode the frames instead."""
+
+
+def remux_mp4(
+    path: str | os.PathLike[str],
+    parts: Sequence[str | os.PathLike[str]],
+    fps: float | Fraction,
+    *,
+    audio: np.ndarray | None = None,
+    sample_rate: int | None = None,
+    audio_bitrate: int = 192_000,
+) -> Path:
+    """Join mp4 files' video into one mp4 without encoding it again, atomically: each part's
+    H.264 packets are copied, shifted to start where the one before ends, so the film's frames
+    are the parts' own, bit for bit. `audio` (float32 [C, S] at `sample_rate`), when given, is
+    encoded as the film's one AAC track (trimmed or padded to the video's duration, as in
+    `write_video`); the parts' own audio is not read.
+
+    CannotRemux, before anything is written, when the parts do not share one H.264 stream's
+    coding parameters (size, time base, SPS/PPS): write_video their frames then."""
+    import av
+
+    path = Path(path)
+    rate = fps_fraction(fps)
+    streams = []
+    for part in parts:
+        with av.open(str(part)) as c:
+            if not c.streams.video:
+                raise CannotRemux(f"{part} has no video")
+            v = c.streams.video[0]
+            cc = v.codec_context
+            streams.append(
+                (v.codec_context.name, cc.width, cc.height, v.time_base, bytes(cc.extradata or b""))
+            )
+    if not streams or streams[0][0] != "h264" or any(s != streams[0] for s in streams):
+        raise CannotRemux("the parts do not share one H.264 stream's parameters")
+    time_base = streams[0][3]
+    per_frame = 1 / (time_base * rate)  # the stream's ticks a frame
+    if per_frame.denominator != 1:
+        raise CannotRemux(f"a frame is not a whole number of ticks of {time_base}")
+    counts = [_frames_in(part) for part in parts]
+    total = sum(counts)
+    track_audio, audio_rate = None, None
+    if audio is not None:
+        track_audio, audio_rate = _prepare_audio(audio, sample_rate, total, rate)
+    with _written_atomically(path) as tmp, _container(tmp, "mp4", _mp4_options(rate)) as out:
+        video = None
+        track = None
+        start = 0  # the film's frame where the part begins
+        for part, count in zip(parts, counts, strict=True):
+            with av.open(str(part)) as c:
+                source = c.streams.video[0]
+                if video is None:
+                    video = out.add_stream_from_template(source)
+                    if track_audio is not None:
+                        track = _AacTrack(out, track_audio, audio_rate, audio_bitrate)
+                shift = start * int(per_frame)
+                for packet in c.demux(source):
+                    if packet.dts is None:  # the demuxer's flush marker
+                        continue
+                    packet.pts += shift
+                    packet.dts += shift
+                    packet.stream = video
+                    out.mux(packet)
+            start += count
+            if track is not None:  # interleaved: the muxer buffers one part at most
+                track.push(samples_for_frames(start, rate, audio_rate))
+        if track is not None:
+            track.finish()
+    return path
+
+
+def _frames_in(part) -> int:
+    """The frames of an mp4's video stream (counted from its packets when the header has no
+    count)."""
+    import av
+
+    with av.open(str(part)) as c:
+        v = c.streams.video[0]
+        return v.frames or sum(1 for p in c.demux(v) if p.dts is not None)

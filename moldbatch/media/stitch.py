@@ -299,21 +299,13 @@ def join(
     """Join shots (frames uint8 [F_i, H, W, 3], audio float32 [C, S] or None) into a film.
 
     Frames are concatenated; all shots must share H and W (ValueError otherwise) and, being
-    passed one `fps`, are taken to share the frame rate. Audio is laid out on the frame
-    grid: shot k's audio is trimmed or padded with silence to the samples between
-    round(start_k / fps * sr) and round(end_k / fps * sr), where start_k/end_k are its first
-    and one-past-last frame in the film, so no rounding drift accumulates and every cut is
-    in sync. Silent shots get silence when any shot has audio; mono shots are duplicated to
-    stereo when others are stereo. Returns (frames, audio or None).
-
-    All audio must already be at `sample_rate` (see `moldbatch.media.encode.resample_audio`).
-    """
+    passed one `fps`, are taken to share the frame rate. The audio is `film_audio`'s.
+    Returns (frames, audio or None)."""
     if not shots:
         raise ValueError("join needs at least one shot")
     h = w = None
     total = 0
-    channels = 0
-    for i, (frames, audio) in enumerate(shots):
+    for i, (frames, _) in enumerate(shots):
         if (
             not isinstance(frames, np.ndarray)
             or frames.dtype != np.uint8
@@ -330,34 +322,55 @@ def join(
                 f"shot {i} is {frames.shape[2]}x{frames.shape[1]}, shot 0 is {w}x{h}; all shots must share one size"
             )
         total += frames.shape[0]
-        if audio is not None:
-            if not isinstance(audio, np.ndarray) or audio.ndim != 2 or audio.shape[0] < 1:
-                raise ValueError(
-                    f"shot {i} audio must be [channels, samples], got {getattr(audio, 'shape', type(audio))}"
-                )
-            c = audio.shape[0]
-            if channels and c != channels and 1 not in (c, channels):
-                raise ValueError(f"shot {i} audio has {c} channels, another shot has {channels}")
-            channels = max(channels, c)
-
     out = np.empty((total, h, w, 3), np.uint8)
     pos = 0
     for frames, _ in shots:
         out[pos : pos + frames.shape[0]] = frames
         pos += frames.shape[0]
+    sound = film_audio([f.shape[0] for f, _ in shots], [a for _, a in shots], fps, sample_rate)
+    return out, sound
+
+
+def film_audio(
+    counts: Sequence[int],
+    audios: Sequence[np.ndarray | None],
+    fps: float | Fraction,
+    sample_rate: int | None,
+) -> np.ndarray | None:
+    """A film's sound from its shots' (`counts` frames each, audio float32 [C, S] or None), laid
+    out on the frame grid: shot k's audio is trimmed or padded with silence to the samples
+    between round(start_k / fps * sr) and round(end_k / fps * sr), where start_k/end_k are its
+    first and one-past-last frame in the film, so no rounding drift accumulates and every cut
+    is in sync. Silent shots get silence when any shot has audio; mono shots are duplicated to
+    stereo when others are stereo. None when no shot has audio.
+
+    All audio must already be at `sample_rate` (see `moldbatch.media.encode.resample_audio`).
+    """
+    channels = 0
+    for i, audio in enumerate(audios):
+        if audio is None:
+            continue
+        if not isinstance(audio, np.ndarray) or audio.ndim != 2 or audio.shape[0] < 1:
+            raise ValueError(
+                f"shot {i} audio must be [channels, samples], got {getattr(audio, 'shape', type(audio))}"
+            )
+        c = audio.shape[0]
+        if channels and c != channels and 1 not in (c, channels):
+            raise ValueError(f"shot {i} audio has {c} channels, another shot has {channels}")
+        channels = max(channels, c)
     if not channels:
-        return out, None
+        return None
     if sample_rate is None or sample_rate <= 0:
         raise ValueError("join needs a positive sample_rate when any shot has audio")
-
+    total = sum(counts)
     sound = np.zeros((channels, samples_for_frames(total, fps, sample_rate)), np.float32)
     start_frame = 0
-    for frames, audio in shots:
-        end_frame = start_frame + frames.shape[0]
+    for count, audio in zip(counts, audios, strict=True):
+        end_frame = start_frame + count
         s0 = samples_for_frames(start_frame, fps, sample_rate)
         s1 = samples_for_frames(end_frame, fps, sample_rate)
         if audio is not None:
             piece = fit_audio(np.asarray(audio, np.float32), s1 - s0)
             sound[:, s0:s1] = piece  # broadcasts a mono shot over all channels
         start_frame = end_frame
-    return out, sound
+    return sound

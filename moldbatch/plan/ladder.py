@@ -87,13 +87,17 @@ def film_stages(
     stages = list(encodes.stages.values()) + stages  # the text phase first
     if output is not None and shots:
         fmt = format_of(output)
+        copy_video = fmt == "mp4" and all(p.format == "mp4" for p in shots)
         needs = [f"{p.id}/stitch" for p in shots]
+        if copy_video:
+            needs += [f"{p.id}/export" for p in shots]
         keys = {st.id: st.key for st in stages}
         params = JoinParams(
             format=fmt,
             audio=fmt == "mp4" and any(p.audio for p in shots),
             fps=shots[0].fps,
             shots=tuple(p.id for p in shots),
+            copy_video=copy_video,
         )
         key = content_key("join", params, [keys[n] for n in needs])
         stages.append(Stage("film/join", "join", None, needs, key, params, output))

@@ -135,6 +135,9 @@ class JoinParams:
     audio: bool
     fps: float
     shots: tuple[str, ...]
+    # an mp4 film of mp4 shots copies their encoded video (needs: the stitches, for the sound,
+    # then the exports), rather than encoding the stitched frames again after the last shot
+    copy_video: bool = False
 
 
 @dataclass(frozen=True)

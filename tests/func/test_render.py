@@ -78,6 +78,37 @@ shots:
         assert info.audio_duration == pytest.approx(frames / 24, abs=0.05)
 
 
+def test_an_mp4_film_of_mp4_shots_is_their_video_copied_and_one_of_a_webp_is_encoded(
+    tmp_path, runtimes
+):
+    """The film's join copies the shot files' encoded video (no second encode after the last
+    shot): its frames are theirs, bit for bit; a shot of another format makes it encode."""
+    from moldbatch.execute.store import ArtifactStore
+
+    film = HEAD + (
+        "output: renders/film.mp4\nshots:\n"
+        "  - {id: one, prompt: rain on a neon window, frames: 17}\n"
+        "  - {id: two, prompt: thunder over the bay, frames: 9, format: FORMAT}\n"
+    )
+    spec = write(tmp_path, "film.yaml", film.replace("FORMAT", "mp4"))
+    assert render(spec, runtimes).ok
+    renders = tmp_path / "renders"
+    frames = read_video(renders / "film.mp4")[0]
+    shots = np.concatenate([read_video(renders / f"{n}.mp4")[0] for n in ("one", "two")])
+    assert np.array_equal(frames, shots)
+    store = ArtifactStore(tmp_path / ".moldbatch")
+    join = plan_file(spec).stage("film/join")
+    assert join.needs == ["one/stitch", "two/stitch", "one/export", "two/export"]
+    assert store.get(join.key).meta["video"] == "copied"
+
+    spec = write(tmp_path, "film.yaml", film.replace("FORMAT", "webp"))
+    assert render(spec, runtimes).ok
+    join = plan_file(spec).stage("film/join")
+    assert join.needs == ["one/stitch", "two/stitch"]
+    assert store.get(join.key).meta["video"] == "encoded"
+    assert probe(renders / "film.mp4").frames == 26
+
+
 @pytest.mark.parametrize("fmt", ["gif", "apng", "webp"])
 def test_silent_formats_have_no_audio(tmp_path, runtimes, fmt):
     spec = write(

@@ -73,7 +73,7 @@ def test_prompt_of_one_clip_rerenders_that_clip_and_the_later_ones(film_dir):
     assert moved["walk/clip-2"].reasons == ["needs walk/clip-1"]  # the carried motion tail
     assert moved["walk/refine-1"].reasons == ["refine", "needs walk/clip-1"]
     assert moved["walk/stitch"].reasons == ["needs walk/refine-1", "needs walk/refine-2"]
-    assert moved["film/join"].reasons == ["needs walk/stitch"]
+    assert moved["film/join"].reasons == ["needs walk/stitch", "needs walk/export"]
     assert all(c.change == CHANGED for c in moved.values())
     assert d.gpu_seconds > 0
 
