@@ -46,7 +46,7 @@ shots:
     clip_frames: 49
     motion_tail: 9
     prompts: [a forest path, a lake, fireflies, a campfire, dawn, the road home]
-  - {id: loop, prompt: a spinning top, frames: 33, format: webp}
+  - {id: loop, prompt: a spinning top, frames: 33}
 """
 
 
@@ -101,6 +101,8 @@ def main() -> None:
                 f"{s.seconds / s.runtime_seconds:4.2f}, wall / both lanes "
                 f"{s.seconds / (s.runtime_seconds + s.cpu_seconds):4.2f}"
             )
+        join = next(o.seconds for o in lanes["2"].stages if o.id == "film/join")
+        print(f"the film's join (its shots' video copied, the sound encoded): {join:.2f} s")
         runtime.seconds = 0.0
         summary = render_plan(plan, progress=False, runtimes={"ltx-2-tiny:random": runtime})
         wall = summary.seconds
