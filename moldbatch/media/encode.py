@@ -450,23 +450,22 @@ def remux_mp4(
 
     path = Path(path)
     rate = fps_fraction(fps)
-    streams = []
+    streams, counts = [], []
     for part in parts:
         with av.open(str(part)) as c:
             if not c.streams.video:
                 raise CannotRemux(f"{part} has no video")
             v = c.streams.video[0]
             cc = v.codec_context
-            streams.append(
-                (v.codec_context.name, cc.width, cc.height, v.time_base, bytes(cc.extradata or b""))
-            )
+            streams.append((cc.name, cc.width, cc.height, v.time_base, bytes(cc.extradata or b"")))
+            # (the header's count; a file without one is counted packet by packet)
+            counts.append(v.frames or sum(1 for p in c.demux(v) if p.dts is not None))
     if not streams or streams[0][0] != "h264" or any(s != streams[0] for s in streams):
         raise CannotRemux("the parts do not share one H.264 stream's parameters")
     time_base = streams[0][3]
     per_frame = 1 / (time_base * rate)  # the stream's ticks a frame
     if per_frame.denominator != 1:
         raise CannotRemux(f"a frame is not a whole number of ticks of {time_base}")
-    counts = [_frames_in(part) for part in parts]
     total = sum(counts)
     track_audio, audio_rate = None, None
     if audio is not None:
@@ -496,13 +495,3 @@ def remux_mp4(
         if track is not None:
             track.finish()
     return path
-
-
-def _frames_in(part) -> int:
-    """The frames of an mp4's video stream (counted from its packets when the header has no
-    count)."""
-    import av
-
-    with av.open(str(part)) as c:
-        v = c.streams.video[0]
-        return v.frames or sum(1 for p in c.demux(v) if p.dts is not None)

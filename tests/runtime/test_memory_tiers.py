@@ -146,10 +146,10 @@ def test_sequential_peaks_lower_on_the_host_by_most_of_the_text_encoder():
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     import bench_memory
 
-    resident, sequential = bench_memory.run(300, ("resident", "sequential"))
+    resident, sequential = bench_memory.run(300, ("resident", "sequential"), repeat=2)
     text = resident["text_encoder_mb"]
     assert text >= 300
-    assert resident["max_rss_mb"] - sequential["max_rss_mb"] >= 0.8 * text
+    assert resident["max_rss_mb"] - sequential["max_rss_mb"] >= 0.8 * text, (resident, sequential)
 
 
 def test_render_takes_memory_and_refuses_an_unknown_tier(film_dir: Path):

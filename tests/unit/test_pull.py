@@ -432,7 +432,10 @@ def test_gpu_benchmark_skips_without_cuda():
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present: the benchmark would run")
     res = subprocess.run(
-        [sys.executable, str(GPU), "--no-overhead"], capture_output=True, text=True, timeout=120
+        [sys.executable, str(GPU), "--no-overhead", "--no-film"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert res.returncode == 0 and res.stdout.strip() == "skipped: no CUDA GPU"
 
@@ -444,7 +447,7 @@ def test_gpu_benchmark_code_path_on_a_shrunk_config(capsys):
         import gpu
     finally:
         sys.path.remove(str(GPU.parent))
-    assert gpu.main(["--smoke", "--no-overhead", "--repeat", "1"]) == 0
+    assert gpu.main(["--smoke", "--no-overhead", "--no-film", "--repeat", "1"]) == 0
     rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     tiers = [r for r in rows if "tiers" in r]
     rows = [r for r in rows if "tiers" not in r]
@@ -458,3 +461,19 @@ def test_gpu_benchmark_code_path_on_a_shrunk_config(capsys):
     for r in rows:
         assert r["bf16_b1_s_per_forward"] > 0 and r["bf16_b2_s_per_forward"] > 0
         assert "fp8_b1_s_per_forward" in r or "fp8_error" in r
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_film_run_on_the_cpu():
+    """The full-size film run's code path (at 128x96 on the CPU): each clip takes at least the
+    real clip's seconds it is given, and the runtime's share of the wall is reported."""
+    pytest.importorskip("diffusers")
+    sys.path.insert(0, str(GPU.parent))
+    try:
+        import gpu
+    finally:
+        sys.path.remove(str(GPU.parent))
+    row = gpu.bench_film("cpu", clip_seconds=1.0, smoke=True)
+    assert row["film"] == "4 shots, 6 clips, 548 frames at 128x96"
+    assert row["inside_runtime_s"] >= 6 * 1.0
+    assert 0 < row["runtime_pct_of_wall"] <= 100 and row["join_s"] > 0
