@@ -473,7 +473,7 @@ def test_gpu_benchmark_film_run_on_the_cpu():
         import gpu
     finally:
         sys.path.remove(str(GPU.parent))
-    row = gpu.bench_film("cpu", clip_seconds=1.0, smoke=True)
+    row = gpu.bench_film("cpu", clip_seconds=0.3, smoke=True)
     assert row["film"] == "4 shots, 6 clips, 548 frames at 128x96"
-    assert row["inside_runtime_s"] >= 6 * 1.0
+    assert row["inside_runtime_s"] >= 6 * 0.3
     assert 0 < row["runtime_pct_of_wall"] <= 100 and row["join_s"] > 0
