@@ -67,7 +67,9 @@ def child(tier: str, folder: str) -> None:
 
 def measure(tier: str, mb: int) -> dict:
     """One tier's render in a child process: its max RSS and the text encoder's MB."""
-    env = {**os.environ, "MOLDBATCH_TINY_SCALE_MB": str(mb)}
+    # one thread (MOLDBATCH_LANES=1): the tiers' placement is what is measured, and a peak
+    # with no write-behind or CPU-lane threads beside the model's does not vary with their timing
+    env = {**os.environ, "MOLDBATCH_TINY_SCALE_MB": str(mb), "MOLDBATCH_LANES": "1"}
     with tempfile.TemporaryDirectory() as d:
         res = subprocess.run(
             [sys.executable, __file__, "--child", tier, d],
