@@ -14,7 +14,7 @@ from pathlib import Path
 from moldbatch.errors import UsageError, WorkdirFailed, display_path
 from moldbatch.execute.lanes import run_in_lanes, run_in_order
 from moldbatch.execute.lock import WorkdirLock
-from moldbatch.execute.session import RenderSession, Summary
+from moldbatch.execute.session import RenderSession, Summary, WorkdirGone
 from moldbatch.execute.store import default_workdir
 from moldbatch.plan.types import Plan
 
@@ -95,7 +95,8 @@ def _disk_errors(workdir: Path):
         yield
     except (OSError, sqlite3.Error) as e:
         why = getattr(e, "strerror", None) or str(e)
-        gone = "" if workdir.is_dir() else " (it was deleted during the render)"
+        deleted = isinstance(e, WorkdirGone) or not workdir.is_dir()
+        gone = " (it was deleted during the render)" if deleted else ""
         with contextlib.suppress(OSError):
             if "full" not in why and shutil.disk_usage(workdir).free < 1 << 20:
                 why += " (its disk is full)"  # what SQLite says then is often "disk I/O error"

@@ -74,6 +74,10 @@ class Summary:
         return [s for s in self.stages if s.status == "failed"]
 
 
+class WorkdirGone(FileNotFoundError):
+    """The work folder was deleted during the render (it may have been made again since)."""
+
+
 RunStages = Callable[["RenderSession", list[Stage]], str]
 # a disk that is full, over quota or read-only fails every stage alike: end the render
 DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
@@ -200,8 +204,7 @@ class RenderSession:
             HANDLERS[stage.kind](stage, ctx, out)
             art = out.commit() if behind is None else None
         except (Exception, MoldbatchError) as e:  # noqa: BLE001 - every failure is recorded
-            out.discard()
-            self.raise_disk_failure(e)
+            self.raise_disk_failure(e, out)
             return self.end(stage, time.perf_counter() - t, e)
         finally:
             ctx.on_step = None
@@ -221,19 +224,22 @@ class RenderSession:
         try:
             art = out.commit()
         except (Exception, MoldbatchError) as e:  # noqa: BLE001 - every failure is recorded
-            out.discard()
-            self.raise_disk_failure(e)
+            self.raise_disk_failure(e, out)
             return self.end(stage, seconds, e)
         with self._books:
             self.found[stage.id] = art
             self.summary.cpu_seconds += time.perf_counter() - t
         return self.end(stage, seconds)
 
-    def raise_disk_failure(self, e: BaseException) -> None:
+    def raise_disk_failure(self, e: BaseException, out: ArtifactWriter) -> None:
         """A stage that failed because the work folder did (full, read-only, deleted) is not
-        the stage's fault: the render ends, with one line (executor.py), as an OSError."""
-        if not self.workdir.is_dir():
-            raise FileNotFoundError(errno.ENOENT, "it is gone") from e
+        the stage's fault: the render ends, with one line (executor.py), as an OSError. `out`,
+        the stage's writer, is discarded; its temporary folder gone from under it says the
+        work folder was deleted even when another thread has made it again since."""
+        gone = not out.dir.is_dir() or not self.workdir.is_dir()
+        out.discard()
+        if gone:
+            raise WorkdirGone(errno.ENOENT, "it is gone") from e
         if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
             raise e
 

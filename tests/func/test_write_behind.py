@@ -131,3 +131,27 @@ def test_a_full_disk_in_a_commit_ends_the_render(tmp_path, runtimes, monkeypatch
     with pytest.raises(WorkdirFailed, match="No space left on device.*run the same command"):
         _render(tmp_path, runtimes)
     assert not (tmp_path / "renders").exists()
+
+
+def test_a_work_folder_deleted_under_a_commit_is_one_line_even_when_made_again(
+    tmp_path, runtimes, monkeypatch
+):
+    """The next stage makes the work folder's temporary folder again before the deleted one's
+    commit fails: the render still ends as a deleted work folder, not as a failed stage."""
+    import shutil
+
+    from moldbatch.errors import MoldbatchError
+
+    real = handlers.HANDLERS["clip"]
+
+    def clip_then_gone(stage, ctx, out):
+        if stage.id == "a/clip-0":
+            shutil.rmtree(tmp_path / ".moldbatch")
+        return real(stage, ctx, out)
+
+    monkeypatch.setitem(handlers.HANDLERS, "clip", clip_then_gone)
+    _commits(monkeypatch, slow={"a/clip-0": 1.0})
+    with pytest.raises(MoldbatchError) as e:
+        _render(tmp_path, runtimes)
+    assert len(str(e.value).splitlines()) == 1, str(e.value)
+    assert "deleted during the render" in str(e.value) and e.value.exit_code == 3
