@@ -6,6 +6,7 @@ Run: python benchmarks/bench_encode.py [--frames 240 --width 512 --height 320 --
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import subprocess
 import tempfile
@@ -75,10 +76,11 @@ def ffmpeg_encode(
 
 def best_of_alternating(repeat: int, *jobs: Callable[[], object]) -> list[float]:
     """Best wall time of each job, running them in turn each round so background load hits
-    both alike."""
+    both alike, each from a clean heap (neither pays for collecting the other's garbage)."""
     best = [float("inf")] * len(jobs)
     for _ in range(repeat):
         for k, job in enumerate(jobs):
+            gc.collect()
             t0 = time.perf_counter()
             job()
             best[k] = min(best[k], time.perf_counter() - t0)

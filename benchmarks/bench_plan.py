@@ -13,8 +13,8 @@ which should stay within 2x at every length (each scales linearly with the film)
 from __future__ import annotations
 
 import argparse
-import gc
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +22,9 @@ from pathlib import Path
 import yaml
 
 from moldbatch.plan.planner import plan_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_encode import best_of_alternating
 
 ASSETS = Path(__file__).resolve().parents[1] / "specs" / "conformance" / "assets"
 
@@ -71,17 +74,6 @@ def best_of(fn, repeat: int) -> float:
     return min(times)
 
 
-def best_of_alternating(a, b, repeat: int) -> tuple[float, float]:
-    times: tuple[list, list] = ([], [])
-    for _ in range(repeat):
-        for fn, out in ((a, times[0]), (b, times[1])):
-            gc.collect()  # each from a clean heap: neither pays for the other's garbage
-            t = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t)
-    return min(times[0]), min(times[1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shots", type=int, default=5000)
@@ -99,7 +91,7 @@ def main() -> None:
         del plan
         # alternated, best of each: a drift of the machine's speed falls on both alike
         parse, planning = best_of_alternating(
-            lambda: yaml.load(spec.read_text(), Loader=loader), lambda: plan_file(spec), args.repeat
+            args.repeat, lambda: yaml.load(spec.read_text(), Loader=loader), lambda: plan_file(spec)
         )
         parse_py = best_of(lambda: yaml.safe_load(spec.read_text()), args.repeat)
         plan = plan_file(spec)
