@@ -209,8 +209,6 @@ class _YamlWalk:
             raise self.fail(node, path, _too_deep())
         mark = node.start_mark
         self.src.positions[path] = (mark.line + 1, mark.column + 1)
-        if type(node) is yaml.ScalarNode:
-            return node.value if node.tag == _STR else self.scalar(node, path)
         if isinstance(node, yaml.SequenceNode):
             return [self.walk(v, path + (i,)) for i, v in enumerate(node.value)]
         if not isinstance(node, yaml.MappingNode):
@@ -222,13 +220,11 @@ class _YamlWalk:
         out, merged = {}, set()
         key_positions = self.src.key_positions
         for n, (knode, vnode) in enumerate(node.value):
-            if knode.tag == _STR and type(knode) is yaml.ScalarNode:
-                key = knode.value
-            else:
-                key = self.scalar(knode, path)
-                if not isinstance(key, (str, int, float, bool)) or key is None:
+            key = self.scalar(knode, path)
+            if not isinstance(key, str):
+                if not isinstance(key, (int, float, bool)):
                     raise self.fail(knode, path, "keys must be plain names")
-                key = str(key) if not isinstance(key, str) else key
+                key = str(key)
             if key in out and key not in merged:
                 raise self.fail(
                     knode, path + (key,), f"duplicate key '{key}': each key may appear once"
