@@ -333,7 +333,10 @@ class Timed:
         return timed
 
 
-def bench_overhead(device: str) -> dict:
+def _render_film(device: str, text: str, wrap):
+    """Render the film `text` on the tiny model on `device`, its runtime wrapped by
+    `wrap(runtime, sync)` (a Timed): (plan, summary, the wrapped runtime, seconds to make it,
+    seconds of render_plan)."""
     import torch
 
     from moldbatch.execute.executor import render_plan
@@ -346,16 +349,23 @@ def bench_overhead(device: str) -> dict:
 
     with tempfile.TemporaryDirectory() as d:
         spec = Path(d) / "film.yaml"
-        spec.write_text(TINY_FILM)
+        spec.write_text(text)
         plan = plan_file(spec)
         assert plan.valid, [str(x) for x in plan.diagnostics]
         t = time.perf_counter()
-        runtime = Timed(Runtime("ltx-2-tiny:random", device=device), sync)
+        runtime = wrap(Runtime("ltx-2-tiny:random", device=device), sync)
         load = time.perf_counter() - t
+        t = time.perf_counter()
         summary = render_plan(
             plan, progress=False, device=device, runtimes={plan.shots[0].model: runtime}
         )
-        wall = summary.seconds
+        wall = time.perf_counter() - t
+    return plan, summary, runtime, load, wall
+
+
+def bench_overhead(device: str) -> dict:
+    plan, summary, runtime, load, _ = _render_film(device, TINY_FILM, Timed)
+    wall = summary.seconds
     return {
         "device": device,
         "clips": sum(1 for s in plan.stages if s.kind == "clip"),
@@ -422,34 +432,18 @@ def bench_film(device: str, clip_seconds: float, smoke: bool = False) -> dict:
     1216x704. --smoke: the same at 128x96 on the CPU."""
     import dataclasses
 
-    import torch
-
     from moldbatch import models
-    from moldbatch.execute.executor import render_plan
-    from moldbatch.plan.planner import plan_file
-    from moldbatch.runtime import Runtime
-
-    def sync():
-        if device == "cuda":
-            torch.cuda.synchronize()
 
     width, height = (128, 96) if smoke else (WIDTH, HEIGHT)
+    text = FULL_FILM.replace("WIDTH", str(width)).replace("HEIGHT", str(height))
     tiny = models.MODELS[models.TINY_MODEL]
     # the tiny model's cap keeps CPU renders of untrusted specs short; on a GPU it renders a
     # real clip's 10868 tokens in well under a second
     models.MODELS[models.TINY_MODEL] = dataclasses.replace(tiny, max_latent_tokens=16384)
     try:
-        with tempfile.TemporaryDirectory() as d:
-            spec = Path(d) / "film.yaml"
-            spec.write_text(FULL_FILM.replace("WIDTH", str(width)).replace("HEIGHT", str(height)))
-            plan = plan_file(spec)
-            assert plan.valid, [str(x) for x in plan.diagnostics]
-            runtime = Paced(Runtime("ltx-2-tiny:random", device=device), sync, clip_seconds)
-            t = time.perf_counter()
-            summary = render_plan(
-                plan, progress=False, device=device, runtimes={plan.shots[0].model: runtime}
-            )
-            wall = time.perf_counter() - t
+        plan, summary, runtime, _, wall = _render_film(
+            device, text, lambda rt, sync: Paced(rt, sync, clip_seconds)
+        )
     finally:
         models.MODELS[models.TINY_MODEL] = tiny
     join = next(o.seconds for o in summary.stages if o.id == "film/join")
