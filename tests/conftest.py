@@ -185,3 +185,26 @@ def as_shipped_fp8(name: str, value):
         stem + ".weight_scale": scale.reshape(()),
         stem + ".input_scale": torch.tensor(0.01),
     }
+
+
+def wait_until_rendered(proc, workdir: Path, count: int, *, encodes: bool = True) -> None:
+    """Poll a render process's state database (`workdir`/state.sqlite) until `count` stages
+    are rendered (the prompt encodes among them unless `encodes` is False), the process ends,
+    or 90 s pass."""
+    import sqlite3
+    import time
+
+    db = workdir / "state.sqlite"
+    query = "SELECT COUNT(*) FROM stages WHERE status='rendered'"
+    if not encodes:
+        query += " AND kind != 'encode'"
+    deadline = time.monotonic() + 90
+    rendered = 0
+    while rendered < count and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        if db.exists():
+            try:
+                with sqlite3.connect(db) as con:
+                    rendered = con.execute(query).fetchone()[0]
+            except sqlite3.Error:
+                pass

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import shot_counts, write
+from conftest import shot_counts, wait_until_rendered, write
 
 pytestmark = pytest.mark.slow  # renders through subprocesses
 
@@ -89,19 +88,7 @@ def test_sigterm_mid_render_keeps_the_finished_stages_in_the_log(tmp_path: Path)
         stderr=subprocess.STDOUT,
         env=ENV,
     )
-    db = tmp_path / ".moldbatch" / "state.sqlite"
-    deadline = time.monotonic() + 90
-    rendered = 0
-    while rendered < 3 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-        if db.exists():
-            try:
-                with sqlite3.connect(db) as con:
-                    rendered = con.execute(
-                        "SELECT COUNT(*) FROM stages WHERE status='rendered' AND kind != 'encode'"
-                    ).fetchone()[0]
-            except sqlite3.Error:
-                pass
+    wait_until_rendered(proc, tmp_path / ".moldbatch", 3, encodes=False)
     assert proc.poll() is None, "the render finished before it could be cancelled"
     os.kill(proc.pid, signal.SIGTERM)  # what a cancelled or timed-out CI job sends
     assert proc.wait(60) == 130

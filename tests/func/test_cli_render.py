@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import shot_counts, write
+from conftest import shot_counts, wait_until_rendered, write
 
 pytestmark = pytest.mark.slow  # renders through subprocesses, Ray, Chromium or training
 
@@ -118,8 +118,6 @@ def test_a_malformed_manifest_counts_as_missing(tmp_path: Path):
 def test_status_says_interrupted_after_a_kill(tmp_path: Path):
     import os
     import signal
-    import sqlite3
-    import time
 
     # a chain long enough that Ctrl-C lands mid-run: 8 clips of 30 steps
     write(
@@ -135,19 +133,7 @@ def test_status_says_interrupted_after_a_kill(tmp_path: Path):
         cwd=tmp_path,
         stderr=subprocess.DEVNULL,
     )
-    db = tmp_path / ".moldbatch" / "state.sqlite"
-    deadline = time.monotonic() + 90
-    rendered = 0
-    while rendered < 1 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-        if db.exists():
-            try:
-                with sqlite3.connect(db) as con:
-                    rendered = con.execute(
-                        "SELECT COUNT(*) FROM stages WHERE status='rendered'"
-                    ).fetchone()[0]
-            except sqlite3.Error:
-                pass
+    wait_until_rendered(proc, tmp_path / ".moldbatch", 1)
     assert proc.poll() is None, "the render finished before it could be interrupted"
     os.kill(proc.pid, signal.SIGINT)  # Ctrl-C: a clean stop with exit 130
     assert proc.wait(60) == 130
