@@ -173,24 +173,17 @@ def media_needs(needs: list[str]) -> list[str]:
 TERMINAL_KINDS = ("export", "join")  # the stages whose results leave the work folder
 
 
-def key_doc(value, memo: dict | None = None):
-    """A stage's params as its key sees them: plain JSON, a file by its bytes only. `memo`
-    (id -> doc, for objects that outlive it) spares the walk of parts stages share: a clip's
-    conditions are its refine's too, a shot's LoRAs every clip's."""
+def key_doc(value):
+    """A stage's params as its key sees them: plain JSON, a file by its bytes only (what `diff`
+    compares; keys hash its canonical text, written directly by `keys.canonical`)."""
     kind = type(value)
     if kind in _PLAIN:
         return value
     if kind is FileRef:
         return {"sha256": value.sha256}
-    if memo is not None and id(value) in memo:
-        return memo[id(value)]
     if kind is tuple or kind is list:
-        doc = [key_doc(v, memo) for v in value]
-    else:
-        doc = {name: key_doc(getattr(value, name), memo) for name in key_fields(kind)}
-    if memo is not None:
-        memo[id(value)] = doc
-    return doc
+        return [key_doc(v) for v in value]
+    return {name: key_doc(getattr(value, name)) for name in key_fields(kind)}
 
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})
