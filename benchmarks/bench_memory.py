@@ -95,14 +95,8 @@ def measure(tier: str, mb: int) -> dict:
     return {"tier": tier, **json.loads(res.stdout.strip().splitlines()[-1])}
 
 
-def run(mb: int, tiers=TIERS, repeat: int = 1) -> list[dict]:
-    """Each tier's measure; with `repeat`, the lowest peak of that many child processes (a
-    peak RSS has noise of its own: the allocator, the threads' timing)."""
-    rows = []
-    for tier in tiers:
-        runs = [measure(tier, mb) for _ in range(repeat)]
-        rows.append(min(runs, key=lambda r: r["max_rss_mb"]))
-    return rows
+def run(mb: int, tiers=TIERS) -> list[dict]:
+    return [measure(tier, mb) for tier in tiers]
 
 
 def stored_prompt_sizes(tokens=(32, 64, 128, 256, 512, 1024)) -> list[dict]:
